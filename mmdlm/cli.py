@@ -1,0 +1,120 @@
+"""The `mmdlm` command: one entry point, one sub-command per job, each readable from a YAML recipe."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from . import config as cfg
+from .training.trainer import TrainArgs
+
+
+@dataclass
+class DataArgs:
+    dataset: str = field(default="stdlib", metadata={
+        "help": "'stdlib' (built-in: this Python's standard library), a hub dataset name or a local folder"})
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .txt/.json/.jsonl/.csv/.parquet files"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out"})
+    max_files: int | None = field(default=None, metadata={"help": "built-in corpus: use only the first N files"})
+    max_train_sequences: int | None = field(default=None, metadata={"help": "cap on packed training sequences"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per packed training sequence"})
+
+
+@dataclass
+class PretrainConfig(DataArgs, TrainArgs):
+    """Pretrain a causal LM from scratch (the AR teacher)."""
+
+    model_config: dict = field(default_factory=lambda: {"model_type": "llama"}, metadata={
+        "help": "transformers config of the new model, with model_type"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer to use; default: train a byte-level BPE on the training split"})
+    vocab_size: int = field(default=4096, metadata={"help": "size of the BPE trained when no tokenizer is given"})
+
+
+@dataclass
+class AdaptConfig(DataArgs, TrainArgs):
+    """Adapt a pretrained causal LM into a masked diffusion LM."""
+
+    model: str = field(default="assets/teacher", metadata={"help": "causal LM: local folder or hub id"})
+    attention: str = field(default="bidirectional", metadata={
+        "help": "bidirectional | annealed | block | causal"})
+    anneal_steps: int = field(default=0, metadata={"help": "annealed: steps over which the mask opens"})
+    block_size: int = field(default=16, metadata={"help": "block: target block size"})
+    block_warmup_steps: int = field(default=0, metadata={
+        "help": "block: steps over which the block size doubles from 1 to block_size (NBDiff)"})
+    ar_loss_weight: float = field(default=0.0, metadata={"help": "weight of an auxiliary AR loss"})
+    shift: bool = field(default=True, metadata={"help": "position i predicts token i+1 (keep the AR alignment)"})
+    mask_token: str = field(default="<|mask|>", metadata={"help": "added when the tokenizer has no mask token"})
+    mask_init: str = field(default="mean", metadata={"help": "new [MASK] row: mean | special"})
+    schedule: str = field(default="linear", metadata={"help": "linear | cosine | loglinear"})
+    eps: float = field(default=1e-3, metadata={"help": "smallest noise level t"})
+    t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
+    loss_normalize: str = field(default="token", metadata={"help": "token (ELBO per token) | masked"})
+
+
+@dataclass
+class GenerateConfig:
+    """Generate with a diffusion LM: continue a prompt and/or fill masked spans."""
+
+    model: str = field(default="assets/dlm", metadata={"help": "a mmdlm diffusion LM folder"})
+    prompt: str | None = field(default=None, metadata={"help": "text to continue"})
+    infill: str | None = field(default=None, metadata={
+        "help": "text with <|mask:N|> placeholders (N tokens each) to fill"})
+    gen_length: int = field(default=64, metadata={"help": "tokens to generate after the prompt"})
+    steps: int = field(default=64, metadata={"help": "denoising steps"})
+    block_length: int | None = field(default=None, metadata={
+        "help": "semi-autoregressive block length (default: the whole generation; block models: their block size)"})
+    rule: str = field(default="confidence", metadata={"help": "confidence | margin | entropy | random"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output: str | None = field(default=None, metadata={"help": "also write the results as JSON here"})
+
+
+def _run_pretrain(c: PretrainConfig) -> None:
+    from .recipes import pretrain
+
+    pretrain(c)
+
+
+def _run_adapt(c: AdaptConfig) -> None:
+    from .recipes import adapt
+
+    adapt(c)
+
+
+def _run_generate(c: GenerateConfig) -> None:
+    from .recipes import generate
+
+    generate(c)
+
+
+COMMANDS = {
+    "pretrain": (PretrainConfig, _run_pretrain),
+    "adapt": (AdaptConfig, _run_adapt),
+    "generate": (GenerateConfig, _run_generate),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmdlm", description="Discrete diffusion for text and images.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (cls, _) in COMMANDS.items():
+        sp = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        cfg.add_arguments(sp, cls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cls, run = COMMANDS[args.command]
+    try:
+        run(cfg.resolve(cls, args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mmdlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Masked (absorbing-state) discrete diffusion: schedules, forward noising, loss, unmasking.
+
+Pure torch and modality-agnostic: the same code drives text tokens and VQ image tokens.
+"""
+
+from .corruption import block_t, corrupt
+from .loss import masked_diffusion_loss
+from .schedules import (
+    SCHEDULES,
+    CosineSchedule,
+    LinearSchedule,
+    LogLinearSchedule,
+    Schedule,
+    get_schedule,
+)
+from .unmask import COMMIT_RULES, commit_scores, predict, tokens_to_commit, unmask_step
+
+__all__ = [
+    "Schedule",
+    "LinearSchedule",
+    "CosineSchedule",
+    "LogLinearSchedule",
+    "SCHEDULES",
+    "get_schedule",
+    "corrupt",
+    "block_t",
+    "masked_diffusion_loss",
+    "tokens_to_commit",
+    "predict",
+    "commit_scores",
+    "unmask_step",
+    "COMMIT_RULES",
+]

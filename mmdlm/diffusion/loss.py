@@ -1,0 +1,65 @@
+"""The masked-diffusion training objective (weighted cross-entropy on masked tokens)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_bool_mask, per_position_t
+from .schedules import Schedule
+
+__all__ = ["masked_diffusion_loss"]
+
+_NORMALIZATIONS = ("token", "masked")
+
+
+def masked_diffusion_loss(
+    logits: Tensor,
+    x0: Tensor,
+    masked: Tensor,
+    t: Tensor,
+    schedule: Schedule,
+    *,
+    normalize: str = "token",
+    eligible: Tensor | None = None,
+) -> Tensor:
+    """Weighted cross-entropy at masked positions.
+
+    ``logits[:, i]`` must already predict ``x0[:, i]`` (shifting is done by the caller).
+    With ``w = schedule.weight(t)`` taken per position (``t`` is ``(B,)`` or ``(B, L)``)::
+
+        S = sum_{b,i : masked} w_{b,i} * -log p(x0_{b,i} | x_t)
+
+    ``normalize``:
+
+    * ``"token"`` (default, LLaDA-style): ``S / #eligible`` where ``eligible`` marks the
+      positions that could have been masked (not protected; default all).  Since
+      ``E[masked] = m(t)`` per eligible position and ``w = m'/m``, this is an unbiased
+      estimate of the negative ELBO per token, an upper bound on the NLL per token;
+      ``exp`` of it is the "ELBO perplexity", comparable with an AR perplexity.
+    * ``"masked"`` (DiffuLLaMA-style): ``S / #masked``.  Not an ELBO; only a training loss.
+
+    ``masked`` must be a subset of ``eligible``.  CE is computed in float32.  When
+    nothing is masked the loss is a zero that is still connected to ``logits``.
+    """
+    if normalize not in _NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(_NORMALIZATIONS)}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, L, V), got shape {tuple(logits.shape)}")
+    if x0.shape != logits.shape[:2]:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected {tuple(logits.shape[:2])}")
+    check_bool_mask(masked, x0.shape, "masked")
+    check_bool_mask(eligible, x0.shape, "eligible")
+    t_full = per_position_t(torch.as_tensor(t, device=logits.device), x0.shape)
+
+    # Only gather the masked rows: saves memory for big vocabularies and keeps
+    # w(t) = inf (t = 0) at unmasked positions out of the graph.
+    ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
+    total = (schedule.weight(t_full[masked].float()) * ce).sum()
+
+    if normalize == "token":
+        denom = eligible.sum() if eligible is not None else torch.tensor(x0.numel(), device=logits.device)
+    else:
+        denom = masked.sum()
+    return total / denom.clamp_min(1).float()

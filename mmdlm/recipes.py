@@ -1,0 +1,119 @@
+"""What each `mmdlm` sub-command does, as plain functions of its config dataclass."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import torch
+
+from .data import load_text_splits, pack_texts
+
+
+def _packed_splits(c, tokenizer):
+    train, validation, info = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
+                                               validation_fraction=c.validation_fraction, max_files=c.max_files)
+    train_ids = pack_texts(train["text"], tokenizer, c.seq_len)
+    if c.max_train_sequences is not None:
+        train_ids = train_ids[: c.max_train_sequences]
+    try:
+        val_ids = pack_texts(validation["text"], tokenizer, c.seq_len)
+    except ValueError:  # a validation split shorter than one sequence: no evaluation
+        val_ids = None
+    return train_ids, val_ids, info
+
+
+def _check_positions(model, seq_len: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions "
+                         "(max_position_embeddings); lower seq_len")
+
+
+def _run_info(c, info, model, n_train) -> dict:
+    return {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "corpus": info.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()), "train_sequences": n_train,
+            "versions": versions()}
+
+
+def versions() -> dict:
+    import accelerate
+    import platform
+
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__}
+
+
+def pretrain(c) -> None:
+    """Train an AR teacher from scratch: BPE tokenizer, packed corpus, next-token loss."""
+    from .data.tokenizer import train_bpe
+    from .text.base import build_causal_lm, load_tokenizer
+    from .training.causal import CausalLMTrainer
+
+    if c.tokenizer:
+        tokenizer = load_tokenizer(c.tokenizer)
+    else:
+        train, _, _ = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
+                                       validation_fraction=c.validation_fraction, max_files=c.max_files)
+        tokenizer = train_bpe(train["text"], c.vocab_size)
+    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed)
+    _check_positions(model, c.seq_len)
+    train_ids, val_ids, info = _packed_splits(c, tokenizer)
+    trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
+                              run_info=_run_info(c, info, model, len(train_ids)))
+    final = trainer.train()
+    print(f"teacher saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+
+
+def adapt(c) -> None:
+    """Adapt a causal LM into a diffusion LM and train it with the masked-diffusion loss."""
+    from .text.adapt import DiffusionLM
+    from .text.base import load_causal_lm, load_tokenizer
+    from .training.diffusion import DiffusionTrainer
+
+    tokenizer = load_tokenizer(c.model)
+    model = load_causal_lm(c.model)
+    _check_positions(model, c.seq_len)
+    dlm = DiffusionLM.from_causal_lm(model, tokenizer, attention=c.attention, shift=c.shift,
+                                     mask_token=c.mask_token, mask_init=c.mask_init,
+                                     block_size=c.block_size if c.attention == "block" else None,
+                                     anneal_steps=c.anneal_steps, schedule=c.schedule, eps=c.eps)
+    train_ids, val_ids, info = _packed_splits(c, tokenizer)
+    trainer = DiffusionTrainer(dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
+                               ar_loss_weight=c.ar_loss_weight, block_warmup_steps=c.block_warmup_steps,
+                               t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
+                               run_info=_run_info(c, info, dlm, len(train_ids)))
+    final = trainer.train()
+    print(f"diffusion LM saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+
+
+def generate(c) -> dict:
+    """Continue `prompt` and/or fill the placeholders of `infill`; print and optionally save."""
+    from .io import atomic_write_text
+    from .text.adapt import load_dlm
+    from .text.generate import continue_text, infill_text
+
+    if c.prompt is None and c.infill is None:
+        raise ValueError("nothing to do: give --prompt and/or --infill")
+    dlm, tokenizer = load_dlm(c.model)
+    dlm.eval()
+    common = dict(steps=c.steps, rule=c.rule, temperature=c.temperature)
+    results: dict = {"model": c.model, "settings": {**common, "gen_length": c.gen_length,
+                                                    "block_length": c.block_length, "seed": c.seed}}
+    if c.prompt is not None:
+        g = torch.Generator().manual_seed(c.seed)
+        text = continue_text(dlm, tokenizer, c.prompt, gen_length=c.gen_length, block_length=c.block_length,
+                             generator=g, **common)
+        results["continuation"] = {"prompt": c.prompt, "output": text}
+        print(f"--- continuation ---\n{c.prompt}\033[1m{text}\033[0m\n")
+    if c.infill is not None:
+        g = torch.Generator().manual_seed(c.seed)
+        text = infill_text(dlm, tokenizer, c.infill, generator=g, **common)
+        results["infill"] = {"input": c.infill, "output": text}
+        print(f"--- infill ---\n{text}\n")
+    if c.output:
+        atomic_write_text(c.output, json.dumps(results, indent=2))
+        print(f"results written to {c.output}")
+    return results

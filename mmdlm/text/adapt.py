@@ -1,0 +1,209 @@
+"""Turn any transformers causal LM into a masked diffusion LM.
+
+The five changes of the adaptation recipe (../PRIMER "The five changes"): a non-causal
+attention pattern given as a 4D mask, RoPE and weights untouched, a [MASK] token added when
+the vocabulary has none, and the loss at masked positions only (in `mmdlm.diffusion`).
+Shift (DiffuLLaMA, Dream) keeps the AR alignment: the hidden state at position i predicts
+token i+1, so `align` moves the logits one step right and position 0 is never masked.
+
+A saved DLM is a plain transformers checkpoint (safetensors + tokenizer) plus `mmdlm.json`
+with the diffusion settings.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import atomic_dir
+from . import attention as attn
+from .base import load_causal_lm, load_tokenizer
+
+CONFIG_NAME = "mmdlm.json"
+FORMAT = "mmdlm-text-dlm"
+MASK_INITS = ("mean", "special")
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion settings saved beside the transformers checkpoint."""
+
+    mask_token_id: int
+    shift: bool = True
+    attention: str = "bidirectional"
+    block_size: int | None = None
+    anneal_steps: int = 0
+    schedule: str = "linear"
+    eps: float = 1e-3
+
+    def __post_init__(self):
+        attn.check_mode(self.attention)
+        if self.attention == "block" and (self.block_size is None or self.block_size < 1):
+            raise ValueError("attention 'block' needs block_size >= 1")
+        if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
+            raise ValueError(f"mask_token_id must be a non-negative int, got {self.mask_token_id!r}")
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **asdict(self)}, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DiffusionConfig":
+        path = Path(folder) / CONFIG_NAME
+        if not Path(folder).is_dir():
+            raise ValueError(f"{folder} is not a folder; expected a mmdlm diffusion LM checkpoint")
+        if not path.exists():
+            raise ValueError(f"{folder} is not a mmdlm diffusion LM checkpoint (no {CONFIG_NAME}); "
+                             "to turn a causal LM into one, run `mmdlm adapt --model ...`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is corrupt: {err}") from err
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+            raise ValueError(f"{path} is not a mmdlm text diffusion config (format must be {FORMAT!r})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path} has unknown keys {sorted(unknown)}; written by a newer mmdlm?")
+        return cls(**data)
+
+
+def add_mask_token(model, tokenizer, mask_token: str = "<|mask|>", init: str = "mean") -> int:
+    """Return the id of [MASK], adding the token (and an embedding row) when there is none.
+
+    The new input row is the mean of all existing rows ("mean") or of the special tokens'
+    rows ("special"); an untied output row gets the same treatment from the head.
+    """
+    if tokenizer.mask_token_id is not None:
+        return tokenizer.mask_token_id
+    if init not in MASK_INITS:
+        raise ValueError(f"unknown mask_init {init!r}; choose one of {', '.join(MASK_INITS)}")
+    tokenizer.add_special_tokens({"mask_token": mask_token})
+    mask_id = tokenizer.mask_token_id
+    n_old = model.get_input_embeddings().weight.shape[0]
+    if mask_id >= n_old:  # some vocabularies already carry spare rows
+        model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
+    special = [i for i in tokenizer.all_special_ids if i != mask_id and i < n_old]
+    rows = special if init == "special" and special else slice(0, min(n_old, mask_id))
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                      if m is not None}.values():
+            layer.weight[mask_id] = layer.weight[rows].mean(0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[mask_id] = layer.bias[rows].mean()
+    return mask_id
+
+
+class DiffusionLM(nn.Module):
+    """A causal LM run with a diffusion attention pattern; knows its [MASK] id and shift."""
+
+    def __init__(self, model, config: DiffusionConfig):
+        super().__init__()
+        impl = getattr(model.config, "_attn_implementation", None)
+        if impl not in SUPPORTED_ATTENTION:
+            raise ValueError(f"{type(model).__name__} uses attention implementation {impl!r}, which cannot "
+                             f"take arbitrary 4D masks; load it with attn_implementation='sdpa' or 'eager'")
+        self.model = model
+        self.config = config
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_causal_lm(cls, model, tokenizer, *, attention: str = "bidirectional", shift: bool = True,
+                       mask_token: str = "<|mask|>", mask_init: str = "mean", block_size: int | None = None,
+                       anneal_steps: int = 0, schedule: str = "linear", eps: float = 1e-3) -> "DiffusionLM":
+        """Adapt a causal LM (a model object, a local folder or a hub id). Mutates `tokenizer`."""
+        if isinstance(model, (str, Path)):
+            model = load_causal_lm(str(model))
+        mask_id = add_mask_token(model, tokenizer, mask_token, mask_init)
+        config = DiffusionConfig(mask_token_id=mask_id, shift=shift, attention=attention,
+                                 block_size=block_size, anneal_steps=anneal_steps, schedule=schedule, eps=eps)
+        dlm = cls(model, config)
+        if attention != "causal":
+            dlm.check_bidirectional()
+        return dlm
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype=torch.float32) -> "DiffusionLM":
+        config = DiffusionConfig.load(path)
+        return cls(load_causal_lm(str(path), dtype=dtype), config)
+
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        """Write atomically: the folder appears complete or not at all."""
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            self.config.save(tmp)
+
+    @torch.no_grad()
+    def check_bidirectional(self) -> None:
+        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0)."""
+        device = next(self.model.parameters()).device
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
+        other = ids.clone()
+        other[0, -1] = (ids[0, -1] + 1) % vocab
+        try:
+            a, b = (self.forward(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
+        except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be adapted
+            raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: its forward "
+                             f"rejected a 4D attention mask ({err})") from err
+        if torch.allclose(a, b):
+            raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: it ignores 4D "
+                             "attention masks (a later token did not change earlier logits)")
+
+    # ---- running ------------------------------------------------------------------------
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def max_length(self) -> int | None:
+        c = self.model.config
+        return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+    def pattern(self, length: int, device=None) -> torch.Tensor:
+        return attn.inference_pattern(self.config.attention, length, self.config.block_size, device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                pattern: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, **kwargs):
+        """Run the model under `pattern` (default: the inference pattern of the configured mode).
+
+        `attention_mask` is the usual (B, L) padding mask. Returns the model's output with raw
+        (unshifted) logits; use `align` to get logits[:, i] predicting token i.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        length = input_ids.shape[1]
+        if self.max_length is not None and length > self.max_length:
+            raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
+        if pattern is None:
+            pattern = self.pattern(length, input_ids.device)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
+        if position_ids is None and attention_mask is not None:  # left padding: count real tokens
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+
+    def align(self, logits: torch.Tensor) -> torch.Tensor:
+        """With shift, logits[:, i-1] predict token i: move them right; position 0 keeps its own."""
+        if not self.config.shift:
+            return logits
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Logits aligned to tokens: out[:, i] is the distribution of token i."""
+        return self.align(self.forward(input_ids, attention_mask, **kwargs).logits)
+
+
+def load_dlm(path: str | Path):
+    """(DiffusionLM, tokenizer) from a folder written by `save_pretrained(path, tokenizer)`."""
+    dlm = DiffusionLM.from_pretrained(path)
+    tokenizer = load_tokenizer(str(path))
+    if tokenizer.mask_token_id != dlm.mask_token_id:
+        raise ValueError(f"{path}: the tokenizer's mask token id {tokenizer.mask_token_id} does not match "
+                         f"the model's {dlm.mask_token_id}")
+    return dlm, tokenizer

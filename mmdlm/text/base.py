@@ -1,0 +1,45 @@
+"""Loading or building the causal LM that becomes a diffusion LM."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+
+def load_tokenizer(name_or_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        raise ValueError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
+
+
+def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtype=torch.float32):
+    """`AutoModelForCausalLM.from_pretrained` with a message that names the input on failure."""
+    if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
+        raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation=attn_implementation,
+                                                    dtype=dtype)
+    except ValueError as err:
+        raise ValueError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
+    except OSError as err:
+        raise ValueError(f"could not load a causal LM from {name_or_path!r} (a local folder or a hub id; "
+                         f"this machine may be offline): {err}") from err
+
+
+def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str = "sdpa", seed: int = 0):
+    """A freshly initialised causal LM from a transformers config dict with a `model_type` key."""
+    cfg = dict(model_config)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("model_config needs a 'model_type' (e.g. llama, gpt2, qwen2)")
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+    except ValueError as err:
+        raise ValueError(f"unknown model_type {model_type!r}: {err}") from err
+    config.vocab_size = len(tokenizer)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config, name, getattr(tokenizer, name))
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)

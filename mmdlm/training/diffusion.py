@@ -1,0 +1,110 @@
+"""The adaptation recipes as one trainer: masked-diffusion loss under a chosen attention mode.
+
+- bidirectional (Dream, DiffuGPT): full attention from the first step.
+- annealed (DiffuLLaMA): causal OR Bernoulli(ratio) entries, ratio = min(1, step/anneal_steps),
+  one draw per optimizer step.
+- block (BD3-LM, NBDiff): per-block noise levels and one pass over [x_t ; x_0] under the
+  context-causal mask; with `block_warmup_steps` the block size doubles from 1 (pure AR) to
+  the target (NBDiff's curriculum). An auxiliary AR loss (`ar_loss_weight`) is available in
+  every mode: a causal pass over x_0 with next-token cross-entropy.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import block_t, corrupt, get_schedule, masked_diffusion_loss
+from ..text import attention as attn
+from .trainer import Trainer
+
+T_SAMPLING = ("uniform", "stratified", "antithetic")
+NORMALIZE = ("token", "masked")
+
+
+def block_size_at(step: int, target: int, warmup_steps: int) -> int:
+    """NBDiff curriculum: 1, 2, 4, ... target in equal stages over `warmup_steps`."""
+    if warmup_steps <= 0 or target == 1:
+        return target
+    stages = int(math.log2(target)) + 1
+    return 2 ** min(stages - 1, step * stages // warmup_steps)
+
+
+class DiffusionTrainer(Trainer):
+    def __init__(self, dlm, train_data, args, *, tokenizer=None, ar_loss_weight: float = 0.0,
+                 block_warmup_steps: int = 0, t_sampling: str = "stratified", loss_normalize: str = "token",
+                 **kwargs):
+        dc = dlm.config
+        if t_sampling not in T_SAMPLING:
+            raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of {', '.join(T_SAMPLING)}")
+        if loss_normalize not in NORMALIZE:
+            raise ValueError(f"unknown loss_normalize {loss_normalize!r}; choose one of {', '.join(NORMALIZE)}")
+        if ar_loss_weight < 0:
+            raise ValueError(f"ar_loss_weight must be >= 0, got {ar_loss_weight}")
+        if ar_loss_weight > 0 and not dc.shift:
+            raise ValueError("an AR auxiliary loss needs shift=True (the AR alignment)")
+        if block_warmup_steps and dc.attention == "block" and dc.block_size & (dc.block_size - 1):
+            raise ValueError(f"the block curriculum doubles the block size: block_size must be a power of 2, "
+                             f"got {dc.block_size}")
+        if dc.attention == "annealed" and dc.anneal_steps <= 0:
+            raise ValueError("attention 'annealed' needs anneal_steps > 0")
+        super().__init__(dlm, train_data, args, **kwargs)
+        self.dc, self.tokenizer = dc, tokenizer
+        self.schedule = get_schedule(dc.schedule, dc.eps)
+        self.ar_loss_weight, self.block_warmup_steps = ar_loss_weight, block_warmup_steps
+        self.t_sampling, self.loss_normalize = t_sampling, loss_normalize
+
+    def _pattern(self, length: int, step: int, device) -> torch.Tensor:
+        if self.dc.attention == "annealed":
+            ratio = min(1.0, step / self.dc.anneal_steps)
+            g = torch.Generator(device).manual_seed(self.args.seed * 7919 + step)
+            return attn.annealed(length, ratio, generator=g, device=device)
+        return attn.inference_pattern(self.dc.attention, length, self.dc.block_size, device)
+
+    def diffusion_loss(self, model, x0: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+        b, length = x0.shape
+        protect = torch.zeros_like(x0, dtype=torch.bool)
+        if self.dc.shift:
+            protect[:, 0] = True  # nothing predicts position 0
+        if self.dc.attention == "block":
+            bs = block_size_at(step, self.dc.block_size, self.block_warmup_steps)
+            n_blocks = math.ceil(length / bs)
+            t_blocks = self.schedule.sample_t(b * n_blocks, generator=generator, device=x0.device,
+                                              method=self.t_sampling).view(b, n_blocks)
+            t = block_t(t_blocks, bs, length)
+            x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
+            pos = torch.arange(length, device=x0.device).repeat(2)[None].expand(b, -1)
+            raw = model(torch.cat([x_t, x0], 1), pattern=attn.context_causal(length, bs, x0.device),
+                        position_ids=pos).logits
+            noisy, clean = raw[:, :length], raw[:, length:]
+            if self.dc.shift:
+                # Token j is predicted at position j-1; the first token of a block comes from the
+                # last position of the previous, clean block (the x_0 half), as at inference.
+                logits = torch.cat([noisy[:, :1], noisy[:, :-1]], 1)
+                first = torch.arange(bs, length, bs, device=x0.device)
+                logits[:, first] = clean[:, first - 1]
+            else:
+                logits = noisy
+        else:
+            t = self.schedule.sample_t(b, generator=generator, device=x0.device, method=self.t_sampling)
+            x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
+            raw = model(x_t, pattern=self._pattern(length, step, x0.device)).logits
+            logits = torch.cat([raw[:, :1], raw[:, :-1]], 1) if self.dc.shift else raw
+        return masked_diffusion_loss(logits, x0, masked, t, self.schedule, normalize=self.loss_normalize,
+                                     eligible=~protect)
+
+    def compute_loss(self, model, batch, step, generator):
+        loss = self.diffusion_loss(model, batch, step, generator)
+        if self.ar_loss_weight > 0:
+            logits = model(batch, pattern=attn.causal(batch.shape[1], batch.device)).logits
+            ar = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+            loss = loss + self.ar_loss_weight * ar
+        return loss, batch.numel()
+
+    def eval_loss(self, model, batch, generator):
+        return self.diffusion_loss(model, batch, self.args.max_steps, generator)
+
+    def save_model(self, model, path: Path) -> None:
+        model.save_pretrained(path, tokenizer=self.tokenizer)

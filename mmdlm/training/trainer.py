@@ -1,0 +1,267 @@
+"""A small accelerate trainer with hooks, shared by every recipe.
+
+A recipe subclasses `Trainer` and implements `compute_loss(model, batch, step, generator)`;
+everything else (accumulation, mixed precision, warmup + cosine LR, atomic checkpoints with
+exact resume, progress bar, CSV log, loss curve) lives here once.
+
+Exact resume: the batch order and the noise of every micro-step are pure functions of
+(seed, step), so a run resumed from a checkpoint replays the same batches and the same masks
+as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from ..io import atomic_dir, atomic_write_text
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+LOG_FIELDS = ["step", "tokens", "loss", "lr", "tokens_per_s", "elapsed_s", "val_loss"]
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation settings common to every recipe."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "where the model, logs and checkpoints go"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch and process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup, then cosine decay to 0"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (accelerate)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: only at the end)"})
+    eval_batches: int = field(default=8, metadata={"help": "validation micro-batches per evaluation"})
+    log_every: int = field(default=10, metadata={"help": "CSV log row every N steps"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data order and noise"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "eval_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder (`checkpoints/step-N` holding trainer_state.json)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in root.iterdir()
+            if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).exists()]
+    return max(done)[1] if done else None
+
+
+class Trainer:
+    """Subclass and implement `compute_loss`; optionally `save_model` and `eval_loss`."""
+
+    def __init__(self, model: torch.nn.Module, train_data: torch.Tensor, args: TrainArgs,
+                 eval_data: torch.Tensor | None = None, run_info: dict | None = None):
+        args.validate()
+        if train_data.ndim != 2 or len(train_data) == 0:
+            raise ValueError(f"train_data must be a non-empty (N, seq_len) tensor, got shape {tuple(train_data.shape)}")
+        self.args = args
+        self.accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
+                                       mixed_precision=args.mixed_precision)
+        self.train_data, self.eval_data = train_data, eval_data
+        self.run_info = run_info or {}
+        self.out = Path(args.output_dir)
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=args.lr, betas=(0.9, 0.95))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+        # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
+        # step it once per process, but one step here is already global across processes.
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.accelerator.register_for_checkpointing(scheduler)
+        self.step, self.tokens = 0, 0
+
+    # ---- hooks -------------------------------------------------------------------------
+    def compute_loss(self, model, batch: torch.Tensor, step: int, generator: torch.Generator):
+        """Return (loss, tokens counted for throughput)."""
+        raise NotImplementedError
+
+    def eval_loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.compute_loss(model, batch, self.args.max_steps, generator)[0]
+
+    def save_model(self, model, path: Path) -> None:
+        model.save_pretrained(path)
+
+    # ---- data and noise: pure functions of (seed, step) ---------------------------------
+    def _batch(self, step: int, micro: int) -> torch.Tensor:
+        a = self.accelerator
+        start = (step * self.args.grad_accum + micro) * self.args.batch_size * a.num_processes \
+            + a.process_index * self.args.batch_size
+        n = len(self.train_data)
+        idx = [self._order(i // n)[i % n] for i in range(start, start + self.args.batch_size)]
+        return self.train_data[idx].to(a.device)
+
+    def _order(self, epoch: int) -> list[int]:
+        cache = getattr(self, "_orders", {})
+        if epoch not in cache:
+            g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+            cache = {epoch: torch.randperm(len(self.train_data), generator=g).tolist()}
+            self._orders = cache
+        return cache[epoch]
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        seed = hash((self.args.seed, step, micro, self.accelerator.process_index)) % 2**62
+        return torch.Generator(self.accelerator.device).manual_seed(seed)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = self.out / "checkpoints" / f"step-{self.step:07d}"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            with atomic_dir(path) as tmp:
+                self.accelerator.save_state(str(tmp), safe_serialization=True)
+                state = {"step": self.step, "tokens": self.tokens, "args": asdict(self.args)}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            ckpts = sorted(p for p in path.parent.iterdir() if CHECKPOINT_RE.match(p.name))
+            for old in ckpts[: max(0, len(ckpts) - max(1, self.args.keep_checkpoints))]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state_file = Path(path) / STATE_FILE
+        if not state_file.exists():
+            raise ValueError(f"{path} is not a mmdlm training checkpoint (no {STATE_FILE})")
+        self.accelerator.load_state(str(path))
+        state = json.loads(state_file.read_text())
+        self.step, self.tokens = state["step"], state["tokens"]
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.eval_data is None or len(self.eval_data) == 0:
+            return None
+        self.model.eval()
+        losses = []
+        bs = self.args.batch_size
+        for i in range(min(self.args.eval_batches, math.ceil(len(self.eval_data) / bs))):
+            batch = self.eval_data[i * bs:(i + 1) * bs].to(self.accelerator.device)
+            g = torch.Generator(self.accelerator.device).manual_seed(10_000 + i)
+            losses.append(self.eval_loss(self.model, batch, g).float().item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def train(self) -> Path:
+        a, args = self.accelerator, self.args
+        log_path = self.out / "log.csv"
+        rows: list[dict] = []
+        if args.resume:
+            ckpt = latest_checkpoint(self.out)
+            if ckpt is None:
+                a.print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 0")
+            else:
+                self.load_checkpoint(ckpt)
+                a.print(f"resumed from {ckpt} (step {self.step})")
+                if log_path.exists():
+                    with log_path.open() as f:
+                        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        if a.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "run.json", json.dumps(
+                {"args": asdict(args), **self.run_info}, indent=2, default=str))
+            with log_path.open("w", newline="") as f:
+                w = csv.DictWriter(f, LOG_FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+        self.model.train()
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
+                   desc="train", dynamic_ncols=True)
+        t0, tok0, start = time.perf_counter(), self.tokens, time.perf_counter()
+        while self.step < args.max_steps:
+            loss_sum, tokens = 0.0, 0
+            for micro in range(args.grad_accum):
+                batch = self._batch(self.step, micro)
+                with a.accumulate(self.model):
+                    loss, n_tok = self.compute_loss(self.model, batch, self.step, self._generator(self.step, micro))
+                    a.backward(loss)
+                    if a.sync_gradients and args.max_grad_norm > 0:
+                        a.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    if a.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach().float().item() / args.grad_accum
+                tokens += n_tok
+            self.step += 1
+            self.tokens += tokens * a.num_processes
+            tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
+            last = self.step == args.max_steps
+            val = self.evaluate() if (last or (args.eval_every and self.step % args.eval_every == 0)) else None
+            if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
+                row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
+                       "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
+                       "elapsed_s": f"{time.perf_counter() - start:.1f}",
+                       "val_loss": "" if val is None else f"{val:.5f}"}
+                with log_path.open("a", newline="") as f:
+                    csv.DictWriter(f, LOG_FIELDS).writerow(row)
+            if args.save_every and self.step % args.save_every == 0 and not last:
+                self.save_checkpoint()
+        bar.close()
+        self.save_checkpoint()
+        final = self.out / "model"
+        if a.is_main_process:
+            with atomic_dir(final) as tmp:
+                self.save_model(a.unwrap_model(self.model), tmp)
+            plot_loss_curve(log_path, self.out / "loss.png")
+        a.wait_for_everyone()
+        return final
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with Path(log_path).open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([int(r["tokens"]) for r in rows], [float(r["loss"]) for r in rows], label="train")
+    val = [(int(r["tokens"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png_path)

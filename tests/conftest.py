@@ -1,0 +1,54 @@
+"""Tiny models and data built in milliseconds; nothing here reaches a hub."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mmdlm.data.tokenizer import train_bpe
+
+TEXT = [
+    "def add(a, b):\n    return a + b\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "import os\nimport sys\n\nprint(os.getcwd(), sys.argv)\n",
+] * 8
+
+FAMILIES = {
+    "gpt2": dict(n_embd=32, n_layer=1, n_head=2, n_positions=64),
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, max_position_embeddings=64),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_factory():
+    def make():
+        return train_bpe(TEXT, vocab_size=300, min_frequency=1)
+    return make
+
+
+@pytest.fixture
+def tokenizer(tokenizer_factory):
+    return tokenizer_factory()
+
+
+def tiny_causal_lm(family: str, tokenizer, attn_implementation: str = "sdpa", seed: int = 0):
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  **FAMILIES[family])
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(TEXT))
+    return [str(path)]
