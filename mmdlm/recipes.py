@@ -95,8 +95,19 @@ def generate(c) -> dict:
     from .text.adapt import load_dlm
     from .text.generate import continue_text, infill_text
 
+    from .diffusion import COMMIT_RULES
+
     if c.prompt is None and c.infill is None:
         raise ValueError("nothing to do: give --prompt and/or --infill")
+    for name in ("steps", "gen_length"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+    if c.block_length is not None and c.block_length < 1:
+        raise ValueError(f"block_length must be >= 1, got {c.block_length}")
+    if c.temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {c.temperature}")
+    if c.rule not in COMMIT_RULES:
+        raise ValueError(f"unknown rule {c.rule!r}; choose one of {', '.join(COMMIT_RULES)}")
     dlm, tokenizer = load_dlm(c.model)
     dlm.eval()
     common = dict(steps=c.steps, rule=c.rule, temperature=c.temperature)

@@ -173,6 +173,27 @@ class Trainer:
         return sum(losses) / len(losses)
 
     # ---- the loop ------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+        a, args = self.accelerator, self.args
+        loss_sum, tokens = 0.0, 0
+        for micro in range(args.grad_accum):
+            batch = self._batch(self.step, micro)
+            with a.accumulate(self.model):
+                loss, n_tok = self.compute_loss(self.model, batch, self.step, self._generator(self.step, micro))
+                a.backward(loss)
+                if a.sync_gradients and args.max_grad_norm > 0:
+                    a.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                if a.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float().item() / args.grad_accum
+            tokens += n_tok
+        self.step += 1
+        self.tokens += tokens * a.num_processes
+        return loss_sum
+
     def train(self) -> Path:
         a, args = self.accelerator, self.args
         log_path = self.out / "log.csv"
@@ -200,22 +221,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         t0, tok0, start = time.perf_counter(), self.tokens, time.perf_counter()
         while self.step < args.max_steps:
-            loss_sum, tokens = 0.0, 0
-            for micro in range(args.grad_accum):
-                batch = self._batch(self.step, micro)
-                with a.accumulate(self.model):
-                    loss, n_tok = self.compute_loss(self.model, batch, self.step, self._generator(self.step, micro))
-                    a.backward(loss)
-                    if a.sync_gradients and args.max_grad_norm > 0:
-                        a.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                    self.optimizer.step()
-                    if a.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach().float().item() / args.grad_accum
-                tokens += n_tok
-            self.step += 1
-            self.tokens += tokens * a.num_processes
+            loss_sum = self.train_step()
             tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")

@@ -1,0 +1,53 @@
+"""Regenerate the README's benchmark tables from bench/results/*.json (never typed by hand).
+
+    python bench/report.py          # rewrites the blocks between <!-- bench:NAME --> markers
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def train_throughput(r: dict) -> str:
+    s = r["settings"]
+    return "\n".join([
+        "| loss | tokens/s (median) | ratio DLM/AR | goal |",
+        "|---|---:|---:|---:|",
+        f"| autoregressive (teacher) | {r['ar_tokens_per_s']:,.0f} | | |",
+        f"| masked diffusion ({s['dlm_recipe']}) | {r['dlm_tokens_per_s']:,.0f} | "
+        f"**{r['ratio']:.3f}** | >= {r['goal_ratio']} |",
+        "",
+        f"{s['parameters']:,}-parameter model, batch {s['batch_size']} x {s['seq_len']} tokens, "
+        f"{s['rounds']} alternating rounds of {s['steps_per_round']} optimizer steps, "
+        f"{s['torch_threads']} threads, torch {r['versions']['torch']}, transformers "
+        f"{r['versions']['transformers']}. Command: `{r['command']}`.",
+    ])
+
+
+RENDERERS = {"train_throughput": train_throughput}
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, render in RENDERERS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        block = render(json.loads(path.read_text()))
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        if not pattern.search(text):
+            print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)
+            return 1
+        text = pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    readme.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TEXT, tiny_causal_lm
+from mmdlm import cli
+from mmdlm.text.adapt import DiffusionLM
+
+
+def _main(*argv):
+    return cli.main(list(argv))
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _main(command, "--help")
+    assert exit_.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def test_every_flag_is_a_config_key_and_back(tmp_path):
+    import dataclasses
+
+    for name, (cls, _) in cli.COMMANDS.items():
+        sub = cli.parser()._subparsers._group_actions[0].choices[name]
+        dests = {a.dest for a in sub._actions} - {"help", "config"}
+        assert dests == {f.name for f in dataclasses.fields(cls)}, name
+
+
+def test_unknown_key_and_bad_type(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_step: 3\n")
+    assert _main("adapt", "--config", str(bad)) == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err
+    bad.write_text("max_steps: lots\n")
+    assert _main("adapt", "--config", str(bad)) == 2
+    assert "must be int" in capsys.readouterr().err
+    assert _main("adapt", "--config", str(tmp_path / "missing.yaml")) == 2
+
+
+@pytest.fixture
+def causal_dir(tmp_path, tokenizer):
+    model = tiny_causal_lm("gpt2", tokenizer)
+    model.save_pretrained(tmp_path / "causal")
+    tokenizer.save_pretrained(tmp_path / "causal")
+    return tmp_path / "causal"
+
+
+def test_adapt_then_generate_end_to_end(tmp_path, causal_dir, text_files, capsys):
+    recipe = tmp_path / "adapt.yaml"
+    recipe.write_text(f"model: {causal_dir}\nmax_steps: 50\nbatch_size: 2\nseq_len: 16\n")
+    out = tmp_path / "dlm"
+    code = _main("adapt", "--config", str(recipe), "--dataset", "local", "--data-files", *text_files,
+                 "--max-steps", "2", "--output-dir", str(out), "--warmup-steps", "0")
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["max_steps"] == 2  # the flag overrode the recipe
+    res = tmp_path / "gen.json"
+    code = _main("generate", "--model", str(out / "model"), "--prompt", "def add(a, b):",
+                 "--infill", "x = <|mask:3|>\n", "--gen-length", "8", "--steps", "4", "--output", str(res))
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(res.read_text())
+    assert "<|mask" not in data["infill"]["output"] and data["infill"]["output"].startswith("x = ")
+    assert data["continuation"]["prompt"] == "def add(a, b):"
+
+
+def test_adapt_bad_inputs(tmp_path, causal_dir, text_files, capsys):
+    base = ["adapt", "--model", str(causal_dir), "--dataset", "local", "--data-files", *text_files,
+            "--output-dir", str(tmp_path / "o"), "--max-steps", "1", "--seq-len", "16"]
+    assert _main(*base, "--seq-len", "65") == 2
+    assert "exceeds the model's 64 positions" in capsys.readouterr().err
+    assert _main(*base, "--text-column", "body") == 2
+    assert "text column 'body'" in capsys.readouterr().err
+    assert _main(*base[:6], str(tmp_path / "none.txt"), *base[7:]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model").exists()  # nothing half-written
+
+
+def test_generate_bad_inputs(tmp_path, causal_dir, tokenizer, capsys):
+    assert _main("generate", "--model", str(causal_dir), "--prompt", "x") == 2
+    assert "not a mmdlm diffusion LM checkpoint" in capsys.readouterr().err
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
+    dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x " * 80) == 2
+    assert "context is 64" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--infill", "no placeholder") == 2
+    assert "placeholder" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--steps", "0") == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--rule", "vibes") == 2
+    assert "unknown rule" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--gen-length", "8", "--steps", "0") == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "mmdlm", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "adapt" in out.stdout
