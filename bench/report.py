@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -29,7 +31,30 @@ def train_throughput(r: dict) -> str:
     ])
 
 
-RENDERERS = {"train_throughput": train_throughput}
+def assets(_: dict | None = None) -> str:
+    """The shipped checkpoints, from the run records copied beside them."""
+    rows = ["| checkpoint | recipe | parameters | training tokens | final train loss | validation loss |",
+            "|---|---|---:|---:|---:|---:|"]
+    for name in ("teacher", "dlm"):
+        folder = ROOT / "assets" / name
+        run_path, log_path = folder / "run.json", folder / "log.csv"
+        if not run_path.exists() or not log_path.exists():
+            continue
+        run = json.loads(run_path.read_text())
+        with log_path.open() as f:
+            log = list(csv.DictReader(f))
+        val = [r["val_loss"] for r in log if r["val_loss"]]
+        cfg = run["config"]
+        recipe = "AR pretraining" if name == "teacher" else \
+            f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule"
+        loss_kind = "next-token CE" if name == "teacher" else "negative ELBO per token"
+        rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
+                    f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
+                    f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
+    return "\n".join(rows)
+
+
+RENDERERS = {"train_throughput": train_throughput, "assets": assets}
 
 
 def main() -> int:
@@ -37,9 +62,9 @@ def main() -> int:
     text = readme.read_text()
     for name, render in RENDERERS.items():
         path = RESULTS / f"{name}.json"
-        if not path.exists():
+        if name != "assets" and not path.exists():
             continue
-        block = render(json.loads(path.read_text()))
+        block = render(json.loads(path.read_text()) if path.exists() else None)
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)

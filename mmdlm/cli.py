@@ -65,8 +65,17 @@ class GenerateConfig:
     steps: int = field(default=64, metadata={"help": "denoising steps"})
     block_length: int | None = field(default=None, metadata={
         "help": "semi-autoregressive block length (default: the whole generation; block models: their block size)"})
-    rule: str = field(default="confidence", metadata={"help": "confidence | margin | entropy | random"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    rule: str = field(default="confidence", metadata={
+        "help": "which tokens to commit: confidence | margin | entropy | random | origin"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "parallel decoding: commit every token with confidence >= threshold (at least one per step)"})
+    cache: str = field(default="none", metadata={"help": "KV cache: none | prefix | dual (exact for block models)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
+    alg_temp: float = field(default=0.0, metadata={"help": "randomness in choosing which tokens to commit (Dream)"})
+    guidance_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance (the prompt masked)"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop once EOS is generated"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     output: str | None = field(default=None, metadata={"help": "also write the results as JSON here"})
 

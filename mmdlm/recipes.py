@@ -92,10 +92,9 @@ def adapt(c) -> None:
 def generate(c) -> dict:
     """Continue `prompt` and/or fill the placeholders of `infill`; print and optionally save."""
     from .io import atomic_write_text
+    from .schedulers import MaskedDiffusionScheduler
     from .text.adapt import load_dlm
-    from .text.generate import continue_text, infill_text
-
-    from .diffusion import COMMIT_RULES
+    from .text.generate import CACHES, continue_text, infill_text
 
     if c.prompt is None and c.infill is None:
         raise ValueError("nothing to do: give --prompt and/or --infill")
@@ -104,24 +103,26 @@ def generate(c) -> dict:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
     if c.block_length is not None and c.block_length < 1:
         raise ValueError(f"block_length must be >= 1, got {c.block_length}")
-    if c.temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {c.temperature}")
-    if c.rule not in COMMIT_RULES:
-        raise ValueError(f"unknown rule {c.rule!r}; choose one of {', '.join(COMMIT_RULES)}")
+    if c.cache not in CACHES:
+        raise ValueError(f"unknown cache {c.cache!r}; choose one of {', '.join(CACHES)}")
+    sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
+                    threshold=c.threshold)
+    MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
     dlm, tokenizer = load_dlm(c.model)
     dlm.eval()
-    common = dict(steps=c.steps, rule=c.rule, temperature=c.temperature)
-    results: dict = {"model": c.model, "settings": {**common, "gen_length": c.gen_length,
-                                                    "block_length": c.block_length, "seed": c.seed}}
+    scheduler = MaskedDiffusionScheduler(schedule=dlm.config.schedule, eps=dlm.config.eps, **sampling)
+    options = dict(steps=c.steps, scheduler=scheduler, cache=c.cache)
+    results: dict = {"model": c.model, "settings": {**sampling, "steps": c.steps, "cache": c.cache,
+                                                    "gen_length": c.gen_length, "block_length": c.block_length,
+                                                    "guidance_scale": c.guidance_scale, "seed": c.seed}}
     if c.prompt is not None:
-        g = torch.Generator().manual_seed(c.seed)
         text = continue_text(dlm, tokenizer, c.prompt, gen_length=c.gen_length, block_length=c.block_length,
-                             generator=g, **common)
+                             guidance_scale=c.guidance_scale, stop_at_eos=c.stop_at_eos,
+                             generator=torch.Generator().manual_seed(c.seed), **options)
         results["continuation"] = {"prompt": c.prompt, "output": text}
         print(f"--- continuation ---\n{c.prompt}\033[1m{text}\033[0m\n")
     if c.infill is not None:
-        g = torch.Generator().manual_seed(c.seed)
-        text = infill_text(dlm, tokenizer, c.infill, generator=g, **common)
+        text = infill_text(dlm, tokenizer, c.infill, generator=torch.Generator().manual_seed(c.seed), **options)
         results["infill"] = {"input": c.infill, "output": text}
         print(f"--- infill ---\n{text}\n")
     if c.output:

@@ -52,3 +52,13 @@ def text_files(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(TEXT))
     return [str(path)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps process-wide state (e.g. mixed precision); each test starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield

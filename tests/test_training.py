@@ -137,3 +137,8 @@ def test_trainer_argument_errors(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="power of 2"):
         DiffusionTrainer(_dlm(tokenizer, attention="block", block_size=6), _data(tokenizer), _args(tmp_path),
                          block_warmup_steps=4)
+
+
+def test_bf16_mixed_precision_step(tmp_path, tokenizer):
+    trainer = DiffusionTrainer(_dlm(tokenizer), _data(tokenizer), _args(tmp_path, mixed_precision="bf16"))
+    assert math.isfinite(trainer.train_step())

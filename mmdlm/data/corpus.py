@@ -26,6 +26,7 @@ class CorpusInfo:
     source: str
     train_docs: int
     validation_docs: int
+    files: int | None = None  # files listed (built-in corpus only; empty files are skipped)
     files_sha256: str | None = None  # hash of the sorted file list (built-in corpus only)
     python: str | None = None
 
@@ -65,6 +66,7 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
         source=f"{BUILTIN}:{root}",
         train_docs=len(splits["train"]["text"]),
         validation_docs=len(splits["validation"]["text"]),
+        files=len(files),
         files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
         python=platform.python_version(),
     )

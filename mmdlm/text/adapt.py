@@ -172,8 +172,9 @@ class DiffusionLM(nn.Module):
                 pattern: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, **kwargs):
         """Run the model under `pattern` (default: the inference pattern of the configured mode).
 
-        `attention_mask` is the usual (B, L) padding mask. Returns the model's output with raw
-        (unshifted) logits; use `align` to get logits[:, i] predicting token i.
+        `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first).
+        `pattern` is (L, L), or (L, K) when `past_key_values` hold the first K - L keys. Returns
+        the model's output with raw (unshifted) logits; `align` gives logits[:, i] for token i.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")

@@ -71,11 +71,14 @@ def inference_pattern(mode: str, length: int, block_size: int | None = None, dev
 
 def to_additive(allowed: torch.Tensor, padding: torch.Tensor | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(L, L) or (B, L, L) bool pattern [+ (B, L) key padding mask] -> (B|1, 1, L, L) float mask."""
+    """(Q, K) or (B, Q, K) bool pattern [+ (B, K) key padding mask] -> (B|1, 1, Q, K) float mask.
+
+    Q < K when cached keys precede the queries (the pattern's columns follow the cache order).
+    """
     if allowed.ndim == 2:
         allowed = allowed[None]
-    if allowed.ndim != 3 or allowed.shape[-1] != allowed.shape[-2]:
-        raise ValueError(f"attention pattern must be (L, L) or (B, L, L), got {tuple(allowed.shape)}")
+    if allowed.ndim != 3:
+        raise ValueError(f"attention pattern must be (Q, K) or (B, Q, K), got {tuple(allowed.shape)}")
     if padding is not None:
         if padding.ndim != 2 or padding.shape[-1] != allowed.shape[-1]:
             raise ValueError(f"attention_mask must be (batch, {allowed.shape[-1]}), got {tuple(padding.shape)}")

@@ -1,120 +1,238 @@
-"""A first sampler for diffusion LMs: start from [MASK], commit the best tokens step by step.
+"""Sampling from a diffusion LM: one loop, with caches, parallel decoding and guidance as options.
 
-`denoise` works on token ids: every [MASK] in `ids` is filled over `steps` steps, block by
-block (semi-autoregressive, LLaDA style) when blocks are given. At each step the model
-predicts all masked tokens and commits as many as the noise schedule says (from t to s the
-expected share still masked is mask_prob(s)/mask_prob(t)), choosing them by a commit rule.
-Block-attention models are decoded on their own block grid, so every block sees a clean past.
+`generate` fills every [MASK] of `ids`, block by block (semi-autoregressive, LLaDA style).
+Each step runs the model, and a `MaskedDiffusionScheduler` commits some of the block's masked
+tokens (by a commit schedule, or every token above a confidence threshold). Options:
+
+- cache="prefix": at the start of each block one full pass fills a KV cache of everything
+  before the block; steps then run only the block and what follows it. For block-attention
+  models this is exact (earlier blocks are clean and never see later ones); for
+  bidirectional models it is Fast-dLLM's approximate prefix cache, refreshed once per block.
+- cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
+  steps run the block alone.
+- guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
+- stop_at_eos: once every row has produced EOS, the remaining masks become EOS and the loop
+  ends (no EOS flood to decode, nothing after EOS in the text).
+
+With shift, token i is predicted at position i-1, so each pass also includes the position
+just before the block.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
-from ..diffusion import get_schedule, tokens_to_commit, unmask_step
+from . import attention as attn
 
 PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
+CACHES = ("none", "prefix", "dual")
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.LongTensor
+    nfe: int  # forward passes through the model (a guided step counts two)
+    history: list[torch.LongTensor] | None = None
 
 
 def block_ranges(start: int, end: int, block_length: int, *, align: bool = False) -> list[tuple[int, int]]:
     """Cut [start, end) into blocks of `block_length`; with `align`, on the absolute grid."""
     if block_length < 1:
         raise ValueError(f"block_length must be >= 1, got {block_length}")
-    edges = list(range((start // block_length + 1) * block_length if align else start + block_length,
-                       end, block_length))
-    bounds = [start, *edges, end]
+    first = (start // block_length + 1) * block_length if align else start + block_length
+    bounds = [start, *range(first, end, block_length), end]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-@torch.no_grad()
-def denoise(dlm, ids: torch.Tensor, *, steps: int, blocks: list[tuple[int, int]] | None = None,
-            rule: str = "confidence", temperature: float = 0.0, attention_mask: torch.Tensor | None = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill every mask token of `ids` (B, L); returns a new tensor."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    x = ids.clone()
-    mask_id = dlm.mask_token_id
-    blocks = blocks or [(0, x.shape[1])]
-    schedule = get_schedule(dlm.config.schedule, dlm.config.eps)
-    per_block = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
-    positions = torch.arange(x.shape[1], device=x.device)
-    for (lo, hi), n_steps in zip(blocks, per_block):
-        in_block = (positions >= lo) & (positions < hi)
-        n_steps = max(n_steps, 1)
-        for k in range(n_steps):
-            editable = in_block[None] & (x == mask_id)
-            n_masked = editable.sum(-1)
-            if not n_masked.any():
-                break
-            t, s = 1 - k / n_steps, 1 - (k + 1) / n_steps
-            n_commit = tokens_to_commit(n_masked, t, s, schedule)
-            logits = dlm.predict(x, attention_mask)
-            x, _ = unmask_step(x, logits, mask_id, n_commit, rule=rule, temperature=temperature,
-                               editable=editable, generator=generator)
-    return x
-
-
-def _prefix(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-
-def _check_length(dlm, n: int, what: str) -> None:
-    limit = dlm.max_length
-    if limit is not None and n > limit:
-        raise ValueError(f"{what} needs {n} tokens but the model's context is {limit}; shorten it")
-
-
-def _blocks(dlm, start: int, end: int, block_length: int | None):
+def default_blocks(dlm, start: int, end: int, block_length: int | None) -> list[tuple[int, int]]:
+    """Block-attention models decode on their own block grid; others in `block_length` chunks."""
     if dlm.config.attention == "block":
         return block_ranges(start, end, block_length or dlm.config.block_size, align=True)
     return block_ranges(start, end, block_length or (end - start))
 
 
-def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: int = 64,
-                  block_length: int | None = None, generator: torch.Generator | None = None, **kw) -> str:
-    """Generate `gen_length` tokens after `prompt`; the text stops at the first EOS."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
-    prompt_ids = _prefix(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if not prompt_ids:
-        raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
-    _check_length(dlm, len(prompt_ids) + gen_length, f"prompt ({len(prompt_ids)} tokens) + gen_length")
-    device = next(dlm.parameters()).device
-    ids = torch.tensor([prompt_ids + [dlm.mask_token_id] * gen_length], device=device)
-    blocks = _blocks(dlm, len(prompt_ids), ids.shape[1], block_length)
-    out = denoise(dlm, ids, steps=steps, blocks=blocks, generator=generator, **kw)[0, len(prompt_ids):].tolist()
-    if tokenizer.eos_token_id in out:
-        out = out[: out.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(out)
+def _select(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
+    """A new cache holding the key/value entries at `index` (in that order) of every layer."""
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys.index_select(-2, index), layer.values.index_select(-2, index), i)
+    return out
 
 
-def parse_infill(tokenizer, text: str, mask_id: int) -> list[int]:
+class _Runner:
+    """Runs the model on a window of positions, with or without cached keys/values."""
+
+    def __init__(self, dlm, attention_mask, length, device):
+        self.dlm, self.attention_mask, self.nfe = dlm, attention_mask, 0
+        self.pattern = dlm.pattern(length, device)
+        self.shift = int(dlm.config.shift)
+        if attention_mask is None:
+            self.positions = torch.arange(length, device=device)[None]
+        else:
+            self.positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
+
+    def full(self, x, lo, hi, keep_cache: str):
+        """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
+        q0 = lo - self.shift
+        out = self.dlm(x, self.attention_mask, pattern=self.pattern, position_ids=self.positions.expand(x.shape[0], -1),
+                       use_cache=keep_cache != "none", logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
+        self.nfe += 1
+        if keep_cache != "none":
+            keep = torch.arange(q0, device=x.device)
+            if keep_cache == "dual":
+                keep = torch.cat([keep, torch.arange(hi, x.shape[1], device=x.device)])
+            self.cache, self.cached = _select(out.past_key_values, keep), keep
+        return out.logits
+
+    def window(self, x, lo, hi, cache: str):
+        """Run only the positions the cache lacks; return aligned logits for [lo, hi)."""
+        q0 = lo - self.shift
+        q = torch.arange(q0, hi if cache == "dual" else x.shape[1], device=x.device)
+        kv = torch.cat([self.cached, q])
+        pattern = self.pattern[q][:, kv]
+        pad = None if self.attention_mask is None else self.attention_mask[:, kv]
+        n = hi - lo
+        out = self.dlm(x[:, q], pad, pattern=pattern, position_ids=self.positions.expand(x.shape[0], -1)[:, q],
+                       past_key_values=self.cache, use_cache=True,
+                       logits_to_keep=torch.arange(0, n, device=x.device))
+        self.cache.crop(-len(q))
+        self.nfe += 1
+        return out.logits
+
+
+@torch.no_grad()
+def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
+             attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
+             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | None = None,
+             stop_at_eos: bool = False, record_history: bool = False, callback=None,
+             generator: torch.Generator | None = None, **step_options) -> GenerationResult:
+    """Fill every mask token of `ids` (B, L). `blocks` cut the masked region (default: one block).
+
+    `steps` is the budget for the whole generation, split evenly across blocks; with a
+    threshold a block may finish early. `callback(step, t, x)` runs after every step.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_scale > 0 and cache != "none":
+        raise ValueError("classifier-free guidance runs without a cache (cache='none')")
+    if guidance_scale > 0 and (prompt_mask is None or not prompt_mask.any()):
+        raise ValueError("classifier-free guidance needs a prompt to mask (prompt_mask)")
+    mask_id = dlm.mask_token_id
+    x = ids.clone()
+    masked = (x == mask_id).any(0).nonzero().flatten()
+    if len(masked) == 0:
+        return GenerationResult(x, 0, [] if record_history else None)
+    region = (int(masked[0]), int(masked[-1]) + 1)
+    blocks = blocks or [region]
+    if dlm.config.shift and region[0] == 0:
+        raise ValueError("with shift, position 0 cannot be generated: start the input with BOS or a prompt token")
+    runner = _Runner(dlm, attention_mask, x.shape[1], x.device)
+    history = [x.clone()] if record_history else None
+    per_block = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
+    step_index = 0
+
+    for (lo, hi), budget in zip(blocks, per_block):
+        scheduler.set_timesteps(max(budget, 1), device=x.device)
+        for k, t in enumerate(scheduler.timesteps):
+            if not (x[:, lo:hi] == mask_id).any():
+                break
+            if guidance_scale > 0:
+                uncond = x.masked_fill(prompt_mask, mask_id)
+                both = runner.full(torch.cat([x, uncond]), lo, hi, "none") if attention_mask is None else None
+                if both is None:  # padded batches: two passes keep the padding mask simple
+                    c, u = runner.full(x, lo, hi, "none"), runner.full(uncond, lo, hi, "none")
+                else:
+                    c, u = both.chunk(2)
+                    runner.nfe += 1
+                logits = u + (1 + guidance_scale) * (c - u)
+            elif cache == "none" or k == 0:
+                logits = runner.full(x, lo, hi, cache)
+            else:
+                logits = runner.window(x, lo, hi, cache)
+            if k == len(scheduler.timesteps) - 1:
+                t = scheduler.timesteps[-1]  # the last step commits everything left
+            out = scheduler.step(logits, t, x[:, lo:hi], mask_token_id=mask_id, generator=generator, **step_options)
+            x[:, lo:hi] = out.prev_sample
+            step_index += 1
+            if record_history:
+                history.append(x.clone())
+            if callback is not None:
+                callback(step_index, float(t), x)
+        if stop_at_eos and eos_token_id is not None and (x[:, region[0]:hi] == eos_token_id).any(-1).all():
+            x[:, hi:] = x[:, hi:].masked_fill(x[:, hi:] == mask_id, eos_token_id)
+            break
+    return GenerationResult(x, runner.nfe, history)
+
+
+# ---- text helpers -----------------------------------------------------------------------------
+def parse_infill(tokenizer, text: str, mask_id: int | None) -> list[int]:
     """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids."""
     pieces = PLACEHOLDER.split(text)
     if len(pieces) == 1:
         raise ValueError("infill text has no <|mask:N|> placeholder (e.g. 'def f(x):<|mask:8|>')")
+    if mask_id is None:
+        raise ValueError("this model has no mask token, so it cannot fill <|mask:N|> placeholders")
     ids: list[int] = []
     for i, piece in enumerate(pieces):
         if i % 2:
-            n = int(piece)
-            if n < 1:
+            if int(piece) < 1:
                 raise ValueError("a <|mask:N|> placeholder needs N >= 1")
-            ids += [mask_id] * n
+            ids += [mask_id] * int(piece)
         elif piece:
             ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
     return ids
 
 
-def infill_text(dlm, tokenizer, text: str, *, steps: int = 32, generator: torch.Generator | None = None,
-                **kw) -> str:
+def _default_scheduler(dlm, **kw):
+    from ..schedulers import MaskedDiffusionScheduler
+
+    return MaskedDiffusionScheduler(schedule=dlm.config.schedule, eps=dlm.config.eps, **kw)
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def _check_length(dlm, n: int, what: str) -> None:
+    if dlm.max_length is not None and n > dlm.max_length:
+        raise ValueError(f"{what} needs {n} tokens but the model's context is {dlm.max_length}; shorten it")
+
+
+def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: int = 64,
+                  block_length: int | None = None, scheduler=None, **options) -> str:
+    """Generate `gen_length` tokens after `prompt`; the text stops at the first EOS."""
+    if gen_length < 1:
+        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
+    prompt_ids = _bos(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+    _check_length(dlm, len(prompt_ids) + gen_length, f"prompt ({len(prompt_ids)} tokens) + gen_length")
+    device = next(dlm.parameters()).device
+    ids = torch.tensor([prompt_ids + [dlm.mask_token_id] * gen_length], device=device)
+    blocks = default_blocks(dlm, len(prompt_ids), ids.shape[1], block_length)
+    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_mask[:, len(_bos(tokenizer)):len(prompt_ids)] = True  # what guidance masks
+    out = generate(dlm, ids, scheduler or _default_scheduler(dlm), steps=steps, blocks=blocks, prompt_mask=prompt_mask,
+                   eos_token_id=tokenizer.eos_token_id, **options).sequences[0, len(prompt_ids):].tolist()
+    if tokenizer.eos_token_id in out:
+        out = out[: out.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(out)
+
+
+def infill_text(dlm, tokenizer, text: str, *, steps: int = 32, scheduler=None, **options) -> str:
     """Fill the `<|mask:N|>` spans of `text`, keeping everything else; returns the whole text."""
-    prefix = _prefix(tokenizer)
+    prefix = _bos(tokenizer)
     ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id)
     _check_length(dlm, len(ids), "the infill text")
-    device = next(dlm.parameters()).device
-    x = torch.tensor([ids], device=device)
-    blocks = _blocks(dlm, len(prefix), len(ids), None) if dlm.config.attention == "block" else None
-    out = denoise(dlm, x, steps=steps, blocks=blocks, generator=generator, **kw)
-    return tokenizer.decode(out[0, len(prefix):].tolist())
+    x = torch.tensor([ids], device=next(dlm.parameters()).device)
+    blocks = default_blocks(dlm, len(prefix), len(ids), None) if dlm.config.attention == "block" else None
+    out = generate(dlm, x, scheduler or _default_scheduler(dlm), steps=steps, blocks=blocks, **options)
+    return tokenizer.decode(out.sequences[0, len(prefix):].tolist())

@@ -1,0 +1,171 @@
+"""`MaskedDiffusionScheduler`: the reverse process of masked diffusion, in diffusers' shape.
+
+It works on any tensor of token ids (text tokens, VQ image codes): `set_timesteps` lays out
+noise levels from t=1 down to 0, and `step` turns the model's logits at the current ids into
+the next ids, committing some masked positions and leaving the rest masked.
+
+How many tokens are committed in a step from t to s:
+- a commit schedule (default): the expected share still masked at s is mask_prob(s)/mask_prob(t),
+  so n - round(n * mask_prob(s)/mask_prob(t)) of the n masked tokens, at least one;
+- confidence-threshold parallel decoding (Fast-dLLM): every token whose confidence reaches
+  `threshold`, and at least the single best one;
+- rule "origin" (LLaDA / Dream "origin"): each masked token independently with probability
+  1 - mask_prob(s)/mask_prob(t).
+Which tokens: the highest scores under the rule ("confidence" = max probability,
+"margin" = top1 - top2, "entropy" = negative entropy, "random"), or, with `alg_temp` > 0,
+a draw without replacement from softmax(score / alg_temp) (Dream).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+from ..diffusion import commit_scores, get_schedule, tokens_to_commit
+
+RULES = ("confidence", "margin", "entropy", "random", "origin")
+
+
+@dataclass
+class MaskedDiffusionSchedulerOutput(BaseOutput):
+    """prev_sample: ids after the step; pred_original_sample: every masked position filled with
+    its prediction; committed: the positions committed by this step."""
+
+    prev_sample: torch.LongTensor
+    pred_original_sample: torch.LongTensor
+    committed: torch.BoolTensor
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Keep the top-k tokens and/or the smallest set whose probability reaches top_p."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_inference_steps: int = 64, schedule: str = "linear", eps: float = 1e-3,
+                 rule: str = "confidence", temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, alg_temp: float = 0.0, threshold: float | None = None):
+        get_schedule(schedule, eps)
+        self._check(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p, alg_temp=alg_temp,
+                    threshold=threshold)
+        self.set_timesteps(num_inference_steps)
+
+    @staticmethod
+    def _check(*, rule, temperature, top_k, top_p, alg_temp, threshold):
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        if temperature < 0 or alg_temp < 0:
+            raise ValueError("temperature and alg_temp must be >= 0")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+
+    @property
+    def noise_schedule(self):
+        return get_schedule(self.config.schedule, self.config.eps)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Noise levels t_k = 1 - k/N for k = 0..N-1; step k goes from t_k to t_k - 1/N."""
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = torch.linspace(1.0, 0.0, num_inference_steps + 1, device=device)[:-1]
+
+    def _next_t(self, t: float) -> float:
+        return max(t - 1.0 / self.num_inference_steps, 0.0)
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.LongTensor, *,
+             mask_token_id: int, editable: torch.BoolTensor | None = None,
+             generator: torch.Generator | None = None, return_dict: bool = True, **overrides):
+        """One reverse step. `model_output` (B, L, V) are logits aligned with `sample` (B, L).
+
+        Only masked positions that are `editable` (default: all) can be committed. Any config
+        value (rule, temperature, top_k, top_p, alg_temp, threshold) can be overridden per call.
+        """
+        c = {k: overrides.pop(k, self.config[k]) for k in
+             ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold")}
+        if overrides:
+            raise TypeError(f"unexpected arguments: {', '.join(overrides)}")
+        self._check(**c)
+        if sample.ndim != 2 or model_output.shape[:2] != sample.shape:
+            raise ValueError(f"need sample (B, L) and model_output (B, L, V); got {tuple(sample.shape)} "
+                             f"and {tuple(model_output.shape)}")
+        t = float(timestep)
+        s = self._next_t(t)
+        masked = sample == mask_token_id
+        candidates = masked if editable is None else masked & editable
+
+        logits = model_output.float()
+        logits[..., mask_token_id] = float("-inf")  # [MASK] is never a prediction
+        probs = logits.softmax(-1)
+        sample_logits = filter_logits(logits, c["top_k"], c["top_p"])
+        if c["temperature"] > 0:
+            flat = (sample_logits / c["temperature"]).softmax(-1).flatten(0, 1)
+            tokens = torch.multinomial(flat, 1, generator=generator).view(sample.shape)
+        else:
+            tokens = sample_logits.argmax(-1)
+
+        n_cand = candidates.sum(-1)
+        if c["rule"] == "origin":
+            keep_p = float(self.noise_schedule.mask_prob(torch.tensor(s)) / self.noise_schedule.mask_prob(torch.tensor(t)))
+            coin = torch.rand(sample.shape, generator=generator, device=sample.device) >= keep_p
+            commit = candidates & coin
+        else:
+            scores = commit_scores(probs, tokens, c["rule"], generator=generator)
+            scores = torch.where(candidates, scores, float("-inf"))
+            if c["threshold"] is not None:
+                conf = probs.gather(-1, tokens[..., None])[..., 0]
+                commit = candidates & (conf >= c["threshold"])
+                best = scores.argmax(-1, keepdim=True)  # at least one per row that has candidates
+                commit |= torch.zeros_like(commit).scatter(-1, best, True) & candidates
+            else:
+                n = tokens_to_commit(n_cand, t, s, self.noise_schedule) if t > 0 else n_cand
+                commit = self._top_n(scores, n, c["alg_temp"], generator) & candidates
+        if s <= 0.0:  # the last step leaves nothing masked
+            commit = candidates
+        prev = torch.where(commit, tokens, sample)
+        pred = torch.where(masked, tokens, sample)
+        if not return_dict:
+            return prev, pred, commit
+        return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=pred, committed=commit)
+
+    @staticmethod
+    def _top_n(scores: torch.Tensor, n: torch.Tensor, alg_temp: float, generator) -> torch.Tensor:
+        """Boolean mask of n[b] positions per row: the best scores, or a softmax draw with alg_temp."""
+        if alg_temp > 0:
+            finite = torch.isfinite(scores)
+            # Gumbel top-k = sampling without replacement from softmax(score / alg_temp)
+            u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1)
+            scores = torch.where(finite, scores / alg_temp - torch.log(-torch.log(u)), scores)
+        order = scores.argsort(dim=-1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                                                 .expand_as(order))
+        return rank < n[:, None]
+
+    def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,
+                  generator: torch.Generator | None = None, protect: torch.BoolTensor | None = None):
+        """The forward process (for training loops written against the scheduler)."""
+        from ..diffusion import corrupt
+
+        return corrupt(original_samples, t, mask_token_id, self.noise_schedule, protect=protect,
+                       generator=generator)[0]
+
+    def __len__(self) -> int:
+        return self.num_inference_steps
