@@ -29,10 +29,12 @@ test: install
 teacher: install
 	$(BIN)/mmdlm pretrain --config configs/teacher.yaml
 	rm -rf assets/teacher && cp -r outputs/teacher/model assets/teacher
+	cp outputs/teacher/run.json outputs/teacher/log.csv outputs/teacher/loss.png assets/teacher/
 
 dlm: install
 	$(BIN)/mmdlm adapt --config configs/dlm.yaml
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
+	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
 assets: teacher dlm
 

@@ -57,7 +57,8 @@ class AdaptConfig(DataArgs, TrainArgs):
 class GenerateConfig:
     """Generate with a diffusion LM: continue a prompt and/or fill masked spans."""
 
-    model: str = field(default="assets/dlm", metadata={"help": "a mmdlm diffusion LM folder"})
+    model: str = field(default="assets/dlm", metadata={
+        "help": "a mmdlm diffusion LM folder (mmdlm adapt output) or a saved TextDiffusionPipeline"})
     prompt: str | None = field(default=None, metadata={"help": "text to continue"})
     infill: str | None = field(default=None, metadata={
         "help": "text with <|mask:N|> placeholders (N tokens each) to fill"})
@@ -77,6 +78,8 @@ class GenerateConfig:
     guidance_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance (the prompt masked)"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop once EOS is generated"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    history: str | None = field(default=None, metadata={
+        "help": "show the unmasking: 'terminal' (animation), or a path ending in .gif or .html"})
     output: str | None = field(default=None, metadata={"help": "also write the results as JSON here"})
 
 

@@ -89,12 +89,24 @@ def adapt(c) -> None:
     print(f"diffusion LM saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
 
 
+def load_text_pipeline(path: str, **scheduler_options):
+    """A TextDiffusionPipeline from a saved pipeline (model_index.json) or a DLM folder (mmdlm.json)."""
+    from pathlib import Path
+
+    from .pipelines import TextDiffusionPipeline
+
+    if (Path(path) / "model_index.json").exists():
+        pipe = TextDiffusionPipeline.from_pretrained(path)
+        pipe.scheduler.register_to_config(**scheduler_options)
+        return pipe
+    return TextDiffusionPipeline.from_dlm(path, **scheduler_options)
+
+
 def generate(c) -> dict:
     """Continue `prompt` and/or fill the placeholders of `infill`; print and optionally save."""
     from .io import atomic_write_text
     from .schedulers import MaskedDiffusionScheduler
-    from .text.adapt import load_dlm
-    from .text.generate import CACHES, continue_text, infill_text
+    from .text.generate import CACHES
 
     if c.prompt is None and c.infill is None:
         raise ValueError("nothing to do: give --prompt and/or --infill")
@@ -105,27 +117,47 @@ def generate(c) -> dict:
         raise ValueError(f"block_length must be >= 1, got {c.block_length}")
     if c.cache not in CACHES:
         raise ValueError(f"unknown cache {c.cache!r}; choose one of {', '.join(CACHES)}")
+    if c.history not in (None, "terminal") and not c.history.endswith((".gif", ".html")):
+        raise ValueError(f"history must be 'terminal' or a path ending in .gif or .html, got {c.history!r}")
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
                     threshold=c.threshold)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
-    dlm, tokenizer = load_dlm(c.model)
-    dlm.eval()
-    scheduler = MaskedDiffusionScheduler(schedule=dlm.config.schedule, eps=dlm.config.eps, **sampling)
-    options = dict(steps=c.steps, scheduler=scheduler, cache=c.cache)
-    results: dict = {"model": c.model, "settings": {**sampling, "steps": c.steps, "cache": c.cache,
-                                                    "gen_length": c.gen_length, "block_length": c.block_length,
-                                                    "guidance_scale": c.guidance_scale, "seed": c.seed}}
+    pipe = load_text_pipeline(c.model, **sampling)
+    pipe.set_progress_bar_config(disable=True)
+    settings = {**sampling, "steps": c.steps, "cache": c.cache, "gen_length": c.gen_length,
+                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed}
+    results: dict = {"model": c.model, "settings": settings}
+    jobs = []
     if c.prompt is not None:
-        text = continue_text(dlm, tokenizer, c.prompt, gen_length=c.gen_length, block_length=c.block_length,
-                             guidance_scale=c.guidance_scale, stop_at_eos=c.stop_at_eos,
-                             generator=torch.Generator().manual_seed(c.seed), **options)
-        results["continuation"] = {"prompt": c.prompt, "output": text}
-        print(f"--- continuation ---\n{c.prompt}\033[1m{text}\033[0m\n")
+        jobs.append(("continuation", c.prompt, dict(gen_length=c.gen_length, block_length=c.block_length,
+                                                    guidance_scale=c.guidance_scale)))
     if c.infill is not None:
-        text = infill_text(dlm, tokenizer, c.infill, generator=torch.Generator().manual_seed(c.seed), **options)
-        results["infill"] = {"input": c.infill, "output": text}
-        print(f"--- infill ---\n{text}\n")
+        jobs.append(("infill", c.infill, dict(gen_length=0)))
+    for kind, text, kw in jobs:
+        out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos, return_history=c.history is not None,
+                   generator=torch.Generator().manual_seed(c.seed), **kw)
+        results[kind] = {"input": text, "output": out.texts[0], "nfe": out.nfe}
+        shown = f"{text}\033[1m{out.texts[0]}\033[0m" if kind == "continuation" else out.texts[0]
+        print(f"--- {kind} ---\n{shown}\n")
+        if c.history is not None:
+            _show_history(pipe, out.history, c.history, kind)
     if c.output:
         atomic_write_text(c.output, json.dumps(results, indent=2))
         print(f"results written to {c.output}")
     return results
+
+
+def _show_history(pipe, history, target: str, kind: str) -> None:
+    from pathlib import Path
+
+    from .text import history as h
+
+    bos = int(pipe.tokenizer.bos_token_id is not None)
+    all_frames = h.frames(pipe.tokenizer, history, pipe.config.mask_token_id, start=bos)
+    if target == "terminal":
+        h.play_terminal(all_frames)
+        return
+    path = Path(target)
+    path = path.with_name(f"{path.stem}-{kind}{path.suffix}")
+    (h.write_gif if path.suffix == ".gif" else h.write_html)(all_frames, path)
+    print(f"unmasking history written to {path}")

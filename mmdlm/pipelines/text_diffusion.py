@@ -1,0 +1,152 @@
+"""`TextDiffusionPipeline`: text generation with a diffusion LM, the diffusers way.
+
+A sibling of diffusers' `LLaDA2Pipeline`: the components are the transformers model, its
+tokenizer and a `MaskedDiffusionScheduler`; the diffusion settings of the model (mask id,
+shift, attention mode, block size) are pipeline config, saved in `model_index.json`. The
+pipeline orchestrates; the sampling loop is `mmdlm.text.generate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..schedulers import MaskedDiffusionScheduler
+from ..text.adapt import DiffusionConfig, DiffusionLM, load_dlm
+from ..text.generate import PLACEHOLDER, default_blocks, generate, parse_infill
+
+
+@dataclass
+class TextDiffusionPipelineOutput(BaseOutput):
+    """texts: the generated text per prompt (the continuation; for prompts with <|mask:N|>
+    placeholders, the whole filled text). sequences: the token ids, prompt included.
+    history: ids after every step, when asked for. nfe: forward passes."""
+
+    texts: list[str] | None
+    sequences: torch.LongTensor
+    history: list[torch.LongTensor] | None = None
+    nfe: int = 0
+
+
+class TextDiffusionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "model"
+    _callback_tensor_inputs = ["sequences"]
+
+    def __init__(self, model, tokenizer, scheduler: MaskedDiffusionScheduler, mask_token_id: int | None = None,
+                 shift: bool = True, attention: str = "bidirectional", block_size: int | None = None):
+        super().__init__()
+        self.register_modules(model=model, tokenizer=tokenizer, scheduler=scheduler)
+        if mask_token_id is None:
+            mask_token_id = getattr(tokenizer, "mask_token_id", None)
+        if mask_token_id is None:
+            raise ValueError("the pipeline needs a mask token: the tokenizer has none and no mask_token_id was given")
+        self.register_to_config(mask_token_id=mask_token_id, shift=shift, attention=attention, block_size=block_size)
+        self.dlm = DiffusionLM(model, DiffusionConfig(
+            mask_token_id=mask_token_id, shift=shift, attention=attention, block_size=block_size,
+            schedule=scheduler.config.schedule, eps=scheduler.config.eps))
+
+    @classmethod
+    def from_dlm(cls, path: str | Path, **scheduler_options) -> "TextDiffusionPipeline":
+        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output)."""
+        dlm, tokenizer = load_dlm(path)
+        c = dlm.config
+        scheduler = MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, **scheduler_options)
+        return cls(dlm.model.eval(), tokenizer, scheduler, mask_token_id=c.mask_token_id, shift=c.shift,
+                   attention=c.attention, block_size=c.block_size)
+
+    def _encode(self, prompts: list[str], gen_length: int):
+        tok, mask_id = self.tokenizer, self.config.mask_token_id
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        rows, n_prompt = [], []
+        for p in prompts:
+            body = parse_infill(tok, p, mask_id) if PLACEHOLDER.search(p) else tok(p, add_special_tokens=False)["input_ids"]
+            rows.append(bos + body + [mask_id] * gen_length)
+            n_prompt.append(len(bos) + len(body))
+        if not all(rows):
+            raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+        width = max(map(len, rows))
+        limit = self.dlm.max_length
+        if limit is not None and width > limit:
+            raise ValueError(f"prompt + gen_length needs {width} tokens but the model's context is {limit}; "
+                             "shorten the prompt or lower gen_length")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # left padding
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (r, n) in enumerate(zip(rows, n_prompt)):
+            prompt_mask[i, width - len(r) + len(bos): width - len(r) + n] = True
+        return ids, attention_mask, prompt_mask, n_prompt, rows
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], *, gen_length: int = 64, block_length: int | None = None,
+                 num_inference_steps: int = 64, rule: str | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
+                 threshold: float | None = None, cache: str = "none", guidance_scale: float = 0.0,
+                 stop_at_eos: bool = True, generator: torch.Generator | None = None, output_type: str = "text",
+                 return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None):
+        """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
+
+        Sampling options left as None take the scheduler's config. `output_type` is "text"
+        (decoded texts) or "ids" (sequences only).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompt given")
+        if output_type not in ("text", "ids"):
+            raise ValueError(f"output_type must be 'text' or 'ids', got {output_type!r}")
+        if gen_length < 0:
+            raise ValueError(f"gen_length must be >= 0, got {gen_length}")
+        if gen_length == 0 and not all(PLACEHOLDER.search(p) for p in prompts):
+            raise ValueError("gen_length is 0 and a prompt has no <|mask:N|> placeholder: nothing to generate")
+        if block_length is not None and block_length < 1:
+            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
+                                           alg_temp=alg_temp, threshold=threshold).items() if v is not None}
+        ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
+        width = ids.shape[1]
+        tail = (width - gen_length, width)
+        blocks = None
+        if gen_length:
+            infill_region = [b for b in [(int((ids == self.config.mask_token_id).any(0).nonzero()[0]), tail[0])]
+                             if b[0] < b[1]]
+            blocks = infill_region + default_blocks(self.dlm, *tail, block_length)
+
+        callback_inputs = callback_on_step_end_tensor_inputs or []
+        bad = set(callback_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
+        bar = self.progress_bar(total=num_inference_steps)
+
+        def on_step(i, t, x):
+            bar.update(1)
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, t, {k: x for k in callback_inputs})
+
+        out = generate(self.dlm, ids, self.scheduler, steps=num_inference_steps, blocks=blocks,
+                       attention_mask=None if attention_mask.all() else attention_mask, cache=cache,
+                       guidance_scale=guidance_scale, prompt_mask=prompt_mask,
+                       eos_token_id=self.tokenizer.eos_token_id, stop_at_eos=stop_at_eos,
+                       record_history=return_history, callback=on_step, generator=generator, **overrides)
+        bar.close()
+        texts = None
+        if output_type == "text":
+            texts = [self._decode(out.sequences[i], width - len(r), n, PLACEHOLDER.search(p) is not None, width)
+                     for i, (r, n, p) in enumerate(zip(rows, n_prompt, prompts))]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return texts, out.sequences
+        return TextDiffusionPipelineOutput(texts=texts, sequences=out.sequences, history=out.history, nfe=out.nfe)
+
+    def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int) -> str:
+        tok = self.tokenizer
+        bos = int(tok.bos_token_id is not None)
+        body = seq[start + bos: width].tolist()
+        gen_from = n_prompt - bos  # index in body where the appended tail starts
+        tail = body[gen_from:]
+        if tok.eos_token_id in tail:
+            tail = tail[: tail.index(tok.eos_token_id)]
+        return tok.decode((body[:gen_from] if infill else []) + tail)

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from mmdlm.pipelines import TextDiffusionPipeline
+from mmdlm.schedulers import MaskedDiffusionScheduler
+from mmdlm.text import history as h
+from mmdlm.text.adapt import DiffusionLM
+
+
+@pytest.fixture
+def pipe(tmp_path, tokenizer):
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("qwen2", tokenizer), tokenizer)
+    dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
+    p = TextDiffusionPipeline.from_dlm(tmp_path / "dlm")
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    kw = dict(gen_length=6, num_inference_steps=3, temperature=0.7)
+    a = pipe(["def f(x):", "import os"], generator=torch.Generator().manual_seed(0), **kw)
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = TextDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again.scheduler, MaskedDiffusionScheduler)
+    assert again.config.mask_token_id == pipe.config.mask_token_id
+    b = again(["def f(x):", "import os"], generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
+
+
+def test_batch_left_padding_matches_single(pipe):
+    """A short prompt in a batch with a longer one generates what it generates alone."""
+    alone = pipe("x", gen_length=5, num_inference_steps=5)
+    batch = pipe(["x", "import os, sys"], gen_length=5, num_inference_steps=5)
+    assert batch.sequences.shape[0] == 2
+    assert batch.sequences[0, -5:].tolist() == alone.sequences[0, -5:].tolist()
+
+
+def test_callbacks_history_and_output_types(pipe):
+    seen = []
+
+    def cb(p, i, t, tensors):
+        seen.append((i, round(t, 3), tuple(tensors["sequences"].shape)))
+        return {}
+
+    out = pipe("a", gen_length=4, num_inference_steps=4, callback_on_step_end=cb,
+               callback_on_step_end_tensor_inputs=["sequences"], return_history=True, output_type="ids")
+    assert [s[0] for s in seen] == [1, 2, 3, 4] and seen[0][1] == 1.0
+    assert out.texts is None and len(out.history) == 5
+    frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)
+    assert [s for _, s in frames[0]].count("masked") == 4 and "masked" not in [s for _, s in frames[-1]]
+    assert sum(s == "new" for _, s in frames[1]) == 1
+
+
+def test_infill_and_bad_inputs(pipe):
+    out = pipe("x = <|mask:3|> + 1", gen_length=0, num_inference_steps=3)
+    assert out.texts[0].startswith("x = ") and out.texts[0].endswith(" + 1")
+    with pytest.raises(ValueError, match="context is 64"):
+        pipe("x " * 70, gen_length=8)
+    with pytest.raises(ValueError, match="nothing to generate"):
+        pipe("x", gen_length=0)
+    with pytest.raises(ValueError, match="threshold"):
+        pipe("x", gen_length=4, threshold=1.5)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe("x", gen_length=4, output_type="pil")
+    with pytest.raises(ValueError, match="steps"):
+        pipe("x", gen_length=4, num_inference_steps=0)
+
+
+def test_history_writers(tmp_path, pipe):
+    out = pipe("a", gen_length=3, num_inference_steps=3, return_history=True)
+    frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)
+    h.write_html(frames, tmp_path / "u.html")
+    h.write_gif(frames, tmp_path / "u.gif")
+    assert "const frames" in (tmp_path / "u.html").read_text()
+    from PIL import Image
+
+    with Image.open(tmp_path / "u.gif") as gif:
+        assert gif.n_frames == 4
+    import io
+
+    buf = io.StringIO()
+    h.play_terminal(frames, delay=0, stream=buf)
+    assert buf.getvalue().count("step ") == 4
+
+
+def test_scheduler_config_round_trip(tmp_path):
+    s = MaskedDiffusionScheduler(num_inference_steps=7, schedule="cosine", threshold=0.9, rule="margin")
+    s.save_pretrained(tmp_path / "s")
+    t = MaskedDiffusionScheduler.from_pretrained(tmp_path / "s")
+    assert t.config.threshold == 0.9 and t.config.rule == "margin" and len(t) == 7
+    with pytest.raises(ValueError, match="unknown rule"):
+        MaskedDiffusionScheduler(rule="vibes")
+    with pytest.raises(ValueError, match="top_p"):
+        MaskedDiffusionScheduler(top_p=0)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from mmdlm.schedulers import MaskedDiffusionScheduler, filter_logits
+
+M = 9  # mask id in a vocabulary of 10
+
+
+def _logits(rows):
+    return torch.tensor(rows, dtype=torch.float).log()
+
+
+def test_filter_logits_top_k_top_p():
+    logits = _logits([[0.5, 0.3, 0.15, 0.05]])
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7)[0])
+    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7 <= 0.8
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def _probs(l, v=10, seed=0, b=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, l, v, generator=g) * 3
+
+
+def test_confidence_commits_the_most_confident():
+    s = MaskedDiffusionScheduler(num_inference_steps=2)
+    x = torch.full((1, 4), M)
+    logits = torch.zeros(1, 4, 10)
+    logits[0, 2, 3] = 10.0  # position 2 is sure of token 3
+    logits[0, 0, 1] = 5.0
+    out = s.step(logits, s.timesteps[0], x, mask_token_id=M)
+    assert out.committed.tolist() == [[True, False, True, False]]
+    assert out.prev_sample[0, 2] == 3 and out.prev_sample[0, 0] == 1
+    assert not (out.pred_original_sample == M).any()
+
+
+def test_threshold_and_at_least_one():
+    s = MaskedDiffusionScheduler(threshold=0.9)
+    x = torch.full((1, 5), M)
+    logits = torch.zeros(1, 5, 10)
+    out = s.step(logits, 1.0, x, mask_token_id=M)  # nothing confident: exactly one commit
+    assert out.committed.sum() == 1
+    logits[0, :3, 4] = 20.0
+    out = s.step(logits, 1.0, x, mask_token_id=M)
+    assert out.committed.tolist() == [[True, True, True, False, False]]
+
+
+def test_origin_rate_and_last_step():
+    s = MaskedDiffusionScheduler(num_inference_steps=4, rule="origin")
+    x = torch.full((1, 4000), M)
+    g = torch.Generator().manual_seed(0)
+    out = s.step(_probs(4000), s.timesteps[0], x, mask_token_id=M, generator=g)
+    assert abs(out.committed.float().mean().item() - 0.25) < 0.03  # 1 - m(0.75)/m(1)
+    out = s.step(_probs(4000), s.timesteps[-1], x, mask_token_id=M, generator=g)
+    assert out.committed.all()
+
+
+def test_editable_and_unmasked_untouched():
+    s = MaskedDiffusionScheduler(num_inference_steps=1)
+    x = torch.tensor([[1, M, M, 2]])
+    out = s.step(_probs(4), 1.0, x, mask_token_id=M, editable=torch.tensor([[True, True, False, True]]))
+    assert out.prev_sample[0, 0] == 1 and out.prev_sample[0, 3] == 2
+    assert out.prev_sample[0, 2] == M and out.prev_sample[0, 1] != M
+
+
+def test_alg_temp_and_sampling_are_seeded():
+    s = MaskedDiffusionScheduler(num_inference_steps=4, alg_temp=1.0, temperature=1.0, top_k=3)
+    x = torch.full((2, 16), M)
+    a = s.step(_probs(16, b=2), 1.0, x, mask_token_id=M, generator=torch.Generator().manual_seed(1)).prev_sample
+    b = s.step(_probs(16, b=2), 1.0, x, mask_token_id=M, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.equal(a, b) and ((a != M).sum(-1) == 4).all()
+    with pytest.raises(TypeError, match="unexpected"):
+        s.step(_probs(16, b=2), 1.0, x, mask_token_id=M, speed="fast")
