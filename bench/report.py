@@ -54,7 +54,29 @@ def assets(_: dict | None = None) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"train_throughput": train_throughput, "assets": assets}
+def sampling(r: dict) -> str:
+    recs = r["records"]
+    by = {(x["method"], x["block_length"], x["threshold"]): x for x in recs}
+    ar = by[("ar_greedy", None, None)]
+    vanilla = next(x for x in recs if x["method"] == "dlm_vanilla")
+    rows = ["| method | block | threshold | tokens/s | x vanilla DLM | x AR greedy | NFE/token | gen. ppl | "
+            "infill exact match | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in recs:
+        rows.append(f"| {x['method']} | {x['block_length'] or ''} | {x['threshold'] or ''} | {x['tokens_per_s']:.1f} | "
+                    f"{x['tokens_per_s'] / vanilla['tokens_per_s']:.2f} | "
+                    f"{x['tokens_per_s'] / ar['tokens_per_s']:.2f} | "
+                    f"{x['nfe_per_token']:.3f} | {x['gen_ppl']:.2f} | {x['infill_exact_match']:.3f} | "
+                    f"{x['peak_mem_mb']:.0f} |")
+    s = r["settings"]
+    rows += ["", f"{s['prompts']} held-out prompts of {s['prompt_len']} tokens, {s['gen_length']} tokens generated "
+             f"each (batch {s['batch_size']}, EOS does not stop anyone); {s['spans']} held-out infilling spans of "
+             f"{s['span']} tokens with {s['left']} tokens of left and {s['right']} of right context. "
+             f"{s['torch_threads']} threads, torch {r['versions']['torch']}. Command: `{r['command']}`."]
+    return "\n".join(rows)
+
+
+RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling}
 
 
 def main() -> int:

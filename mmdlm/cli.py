@@ -59,7 +59,8 @@ class GenerateConfig:
 
     model: str = field(default="assets/dlm", metadata={
         "help": "a mmdlm diffusion LM folder (mmdlm adapt output) or a saved TextDiffusionPipeline"})
-    prompt: str | None = field(default=None, metadata={"help": "text to continue"})
+    prompt: str | None = field(default=None, metadata={
+        "help": "text to continue (\\n and \\t are read as newline and tab)"})
     infill: str | None = field(default=None, metadata={
         "help": "text with <|mask:N|> placeholders (N tokens each) to fill"})
     gen_length: int = field(default=64, metadata={"help": "tokens to generate after the prompt"})

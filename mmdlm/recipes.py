@@ -37,9 +37,9 @@ def _run_info(c, info, model, n_train) -> dict:
 
 
 def versions() -> dict:
-    import accelerate
     import platform
 
+    import accelerate
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__,
@@ -129,13 +129,13 @@ def generate(c) -> dict:
     results: dict = {"model": c.model, "settings": settings}
     jobs = []
     if c.prompt is not None:
-        jobs.append(("continuation", c.prompt, dict(gen_length=c.gen_length, block_length=c.block_length,
+        jobs.append(("continuation", _unescape(c.prompt), dict(gen_length=c.gen_length, block_length=c.block_length,
                                                     guidance_scale=c.guidance_scale)))
     if c.infill is not None:
-        jobs.append(("infill", c.infill, dict(gen_length=0)))
+        jobs.append(("infill", _unescape(c.infill), dict(gen_length=0)))
     for kind, text, kw in jobs:
-        out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos, return_history=c.history is not None,
-                   generator=torch.Generator().manual_seed(c.seed), **kw)
+        out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
+                   return_history=c.history is not None, generator=torch.Generator().manual_seed(c.seed), **kw)
         results[kind] = {"input": text, "output": out.texts[0], "nfe": out.nfe}
         shown = f"{text}\033[1m{out.texts[0]}\033[0m" if kind == "continuation" else out.texts[0]
         print(f"--- {kind} ---\n{shown}\n")
@@ -145,6 +145,11 @@ def generate(c) -> dict:
         atomic_write_text(c.output, json.dumps(results, indent=2))
         print(f"results written to {c.output}")
     return results
+
+
+def _unescape(text: str) -> str:
+    """Let shell users write newlines and tabs as \\n and \\t."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _show_history(pipe, history, target: str, kind: str) -> None:

@@ -2,11 +2,9 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
-
 from conftest import tiny_causal_lm
+
 from mmdlm.diffusion import get_schedule, masked_diffusion_loss
-from mmdlm.text import attention as attn
 from mmdlm.text.adapt import DiffusionConfig, DiffusionLM, add_mask_token, load_dlm
 
 

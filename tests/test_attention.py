@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import FAMILIES, tiny_causal_lm
+
 from mmdlm.text import attention as attn
 from mmdlm.text.adapt import DiffusionLM
 

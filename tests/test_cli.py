@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_causal_lm
 
-from conftest import TEXT, tiny_causal_lm
 from mmdlm import cli
 from mmdlm.text.adapt import DiffusionLM
 
@@ -64,7 +64,7 @@ def test_adapt_then_generate_end_to_end(tmp_path, causal_dir, text_files, capsys
     assert code == 0, capsys.readouterr().err
     data = json.loads(res.read_text())
     assert "<|mask" not in data["infill"]["output"] and data["infill"]["output"].startswith("x = ")
-    assert data["continuation"]["prompt"] == "def add(a, b):"
+    assert data["continuation"]["input"] == "def add(a, b):"
 
 
 def test_adapt_bad_inputs(tmp_path, causal_dir, text_files, capsys):
@@ -92,8 +92,24 @@ def test_generate_bad_inputs(tmp_path, causal_dir, tokenizer, capsys):
     assert "steps must be >= 1" in capsys.readouterr().err
     assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--rule", "vibes") == 2
     assert "unknown rule" in capsys.readouterr().err
-    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--gen-length", "8", "--steps", "0") == 2
-    assert "steps must be >= 1" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--threshold", "0") == 2
+    assert "threshold must be in (0, 1]" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--history", "out.png") == 2
+    assert "history" in capsys.readouterr().err
+
+
+def test_generate_with_history_and_saved_pipeline(tmp_path, tokenizer, capsys):
+    from mmdlm.pipelines import TextDiffusionPipeline
+
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
+    dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
+    TextDiffusionPipeline.from_dlm(tmp_path / "dlm").save_pretrained(tmp_path / "pipe")
+    for model in ("dlm", "pipe"):
+        code = _main("generate", "--model", str(tmp_path / model), "--prompt", "a\\nb", "--gen-length", "4",
+                     "--steps", "4", "--threshold", "0.5", "--cache", "prefix", "--history", str(tmp_path / "h.html"))
+        assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "h-continuation.html").exists()
+    assert "a\nb" in capsys.readouterr().out  # the escaped newline became a real one
 
 
 def test_console_script_runs():

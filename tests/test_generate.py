@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
+
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import DiffusionLM
 from mmdlm.text.generate import block_ranges, continue_text, generate, infill_text, parse_infill

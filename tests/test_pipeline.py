@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
+
 from mmdlm.pipelines import TextDiffusionPipeline
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text import history as h

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TEXT, tiny_causal_lm
+
 from mmdlm.data import pack_texts
 from mmdlm.diffusion import corrupt, get_schedule
 from mmdlm.text import attention as attn
@@ -113,7 +113,8 @@ def test_resume_gives_the_same_weights(tmp_path, tokenizer_factory):
     with pytest.raises(_Interrupt):
         crashed.train()
     assert latest_checkpoint(tmp_path / "b" / "run").name == "step-0000003"
-    resumed = DiffusionTrainer(_dlm(tokenizer_factory()), data, _args(tmp_path / "b", max_steps=5, save_every=3, resume=True))
+    resumed = DiffusionTrainer(_dlm(tokenizer_factory()), data,
+                               _args(tmp_path / "b", max_steps=5, save_every=3, resume=True))
     resumed.train()
     assert resumed.step == 5
     a = full.accelerator.unwrap_model(full.model).state_dict()

@@ -62,7 +62,10 @@ class TextDiffusionPipeline(DiffusionPipeline):
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         rows, n_prompt = [], []
         for p in prompts:
-            body = parse_infill(tok, p, mask_id) if PLACEHOLDER.search(p) else tok(p, add_special_tokens=False)["input_ids"]
+            if PLACEHOLDER.search(p):
+                body = parse_infill(tok, p, mask_id)
+            else:
+                body = tok(p, add_special_tokens=False)["input_ids"]
             rows.append(bos + body + [mask_id] * gen_length)
             n_prompt.append(len(bos) + len(body))
         if not all(rows):

@@ -124,7 +124,8 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
         n_cand = candidates.sum(-1)
         if c["rule"] == "origin":
-            keep_p = float(self.noise_schedule.mask_prob(torch.tensor(s)) / self.noise_schedule.mask_prob(torch.tensor(t)))
+            m = self.noise_schedule.mask_prob
+            keep_p = float(m(torch.tensor(s)) / m(torch.tensor(t)))
             coin = torch.rand(sample.shape, generator=generator, device=sample.device) >= keep_p
             commit = candidates & coin
         else:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from . import attention as attn
-
 PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
 CACHES = ("none", "prefix", "dual")
 
@@ -78,8 +76,9 @@ class _Runner:
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
         q0 = lo - self.shift
-        out = self.dlm(x, self.attention_mask, pattern=self.pattern, position_ids=self.positions.expand(x.shape[0], -1),
-                       use_cache=keep_cache != "none", logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
+        out = self.dlm(x, self.attention_mask, pattern=self.pattern,
+                       position_ids=self.positions.expand(x.shape[0], -1), use_cache=keep_cache != "none",
+                       logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
         self.nfe += 1
         if keep_cache != "none":
             keep = torch.arange(q0, device=x.device)

@@ -60,13 +60,15 @@ def write_html(all_frames, path: str | Path, title: str = "mmdlm unmasking") -> 
 const frames = {data};
 const esc = s => s.replace(/&/g,"&amp;").replace(/</g,"&lt;");
 function show(k) {{
-  document.getElementById("text").innerHTML = frames[k].map(([t, s]) => `<span class="${{s}}">${{esc(t)}}</span>`).join("");
+  document.getElementById("text").innerHTML =
+    frames[k].map(([t, s]) => `<span class="${{s}}">${{esc(t)}}</span>`).join("");
   document.getElementById("label").textContent = `step ${{k}} / ${{frames.length - 1}}`;
 }}
 const slider = document.getElementById("step");
 slider.oninput = () => show(+slider.value);
 document.getElementById("play").onclick = () => {{
-  let k = 0; const id = setInterval(() => {{ slider.value = k; show(k); if (++k >= frames.length) clearInterval(id); }}, 120);
+  let k = 0;
+  const id = setInterval(() => {{ slider.value = k; show(k); if (++k >= frames.length) clearInterval(id); }}, 120);
 }};
 show(0);
 </script></body></html>
