@@ -60,19 +60,20 @@ def sampling(r: dict) -> str:
     ar = by[("ar_greedy", None, None)]
     vanilla = next(x for x in recs if x["method"] == "dlm_vanilla")
     rows = ["| method | block | threshold | tokens/s | x vanilla DLM | x AR greedy | NFE/token | gen. ppl | "
-            "infill exact match | peak RSS MB |",
+            "infill exact match | peak mem. MB |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in recs:
         rows.append(f"| {x['method']} | {x['block_length'] or ''} | {x['threshold'] or ''} | {x['tokens_per_s']:.1f} | "
                     f"{x['tokens_per_s'] / vanilla['tokens_per_s']:.2f} | "
                     f"{x['tokens_per_s'] / ar['tokens_per_s']:.2f} | "
                     f"{x['nfe_per_token']:.3f} | {x['gen_ppl']:.2f} | {x['infill_exact_match']:.3f} | "
-                    f"{x['peak_mem_mb']:.0f} |")
+                    f"{x['peak_mem_mb']:.1f} |")
     s = r["settings"]
     rows += ["", f"{s['prompts']} held-out prompts of {s['prompt_len']} tokens, {s['gen_length']} tokens generated "
              f"each (batch {s['batch_size']}, EOS does not stop anyone); {s['spans']} held-out infilling spans of "
              f"{s['span']} tokens with {s['left']} tokens of left and {s['right']} of right context. "
-             f"{s['torch_threads']} threads, torch {r['versions']['torch']}. Command: `{r['command']}`."]
+             f"Peak memory: {s['peak_mem']}. {s['torch_threads']} threads, torch {r['versions']['torch']}. "
+             f"Command: `{r['command']}`."]
     return "\n".join(rows)
 
 
@@ -87,11 +88,11 @@ def main() -> int:
         if name != "assets" and not path.exists():
             continue
         block = render(json.loads(path.read_text()) if path.exists() else None)
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)
             return 1
-        text = pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
     readme.write_text(text)
     return 0
 

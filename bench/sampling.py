@@ -21,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def _ar_ppl(teacher, prompt: list[int], gen: list[int], bos: int) -> float:
     return float(nll.sum()), len(gen)
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(cfg: dict, a) -> dict:
     """Run one configuration in this process and return its record."""
     from mmdlm.schedulers import MaskedDiffusionScheduler
@@ -81,7 +91,8 @@ def run_one(cfg: dict, a) -> dict:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(a.teacher)
     teacher = load_causal_lm(a.teacher).eval()
-    prompts, spans = held_out(tokenizer, a.prompts, a.prompt_len, a.spans, a.span, a.left, a.right)
+    data = json.loads(Path(a.data).read_text())
+    prompts, spans = data["prompts"], data["spans"]
     bos = tokenizer.bos_token_id
     is_ar = cfg["method"].startswith("ar_")
     if not is_ar:
@@ -92,6 +103,7 @@ def run_one(cfg: dict, a) -> dict:
                                              threshold=cfg.get("threshold"))
     g = torch.Generator().manual_seed(0)
     outputs, nfe, elapsed = [], 0, 0.0
+    rss_before = _rss_mb()
     for p in prompts:
         if is_ar:
             ids = torch.tensor([[bos] + p])
@@ -114,6 +126,7 @@ def run_one(cfg: dict, a) -> dict:
             elapsed += time.perf_counter() - t0
             outputs.append(res.sequences[0, len(p) + 1:].tolist())
             nfe += res.nfe
+    peak_growth = max(0.0, _peak_rss_mb() - rss_before)
     nll, count = 0.0, 0
     for p, o in zip(prompts, outputs):
         s, n = _ar_ppl(teacher, p, o, bos)
@@ -141,7 +154,8 @@ def run_one(cfg: dict, a) -> dict:
         "nfe_per_token": round(nfe / n_tokens, 4),
         "gen_ppl": round(float(torch.tensor(nll / count).exp()), 3),
         "infill_exact_match": round(hits / len(spans), 4),
-        "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mem_mb": round(peak_growth, 1),
+        "resident_after_load_mb": round(rss_before, 1),
         "sample_output": tokenizer.decode(outputs[0]),
     }
 
@@ -159,16 +173,22 @@ def main() -> None:
     p.add_argument("--right", type=int, default=16)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON)
+    p.add_argument("--data", help=argparse.SUPPRESS)  # internal: the held-out prompts and spans (JSON file)
     a = p.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if a.one:
         print(json.dumps(run_one(json.loads(a.one), a)))
         return
+    from mmdlm.text.base import load_tokenizer
+
+    prompts, spans = held_out(load_tokenizer(a.teacher), a.prompts, a.prompt_len, a.spans, a.span, a.left, a.right)
+    data_file = Path(tempfile.mkdtemp()) / "held_out.json"
+    data_file.write_text(json.dumps({"prompts": prompts, "spans": spans}))
     records = []
     keys = ("teacher", "dlm", "prompts", "prompt_len", "gen_length", "spans", "span", "left", "right")
     passthrough = [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
     for cfg in CONFIGS:
-        cmd = [sys.executable, __file__, *passthrough, "--one", json.dumps(cfg)]
+        cmd = [sys.executable, __file__, *passthrough, "--data", str(data_file), "--one", json.dumps(cfg)]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if done.returncode != 0:
             raise SystemExit(f"configuration {cfg} failed:\n{done.stderr[-3000:]}")
@@ -184,11 +204,12 @@ def main() -> None:
         "records": records,
         "settings": {k: getattr(a, k) for k in keys if k not in ("teacher", "dlm")}
         | {"teacher": os.path.relpath(a.teacher, ROOT), "dlm": os.path.relpath(a.dlm, ROOT), "batch_size": 1,
-           "torch_threads": torch.get_num_threads(), "peak_mem": "peak resident memory of the process (ru_maxrss)"},
+           "torch_threads": torch.get_num_threads(),
+           "peak_mem": "growth of the process's peak resident memory during generation over its size after loading"},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__},
-        "command": "python bench/sampling.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/sampling.py", *sys.argv[1:]]),
     }
     out = Path(a.out)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

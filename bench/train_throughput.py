@@ -86,7 +86,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
         "versions": versions(),
         "corpus": info.to_dict(),
-        "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/train_throughput.py", *sys.argv[1:]]),
     }
     out = Path(a.out)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

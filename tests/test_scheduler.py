@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mmdlm.schedulers import MaskedDiffusionScheduler, filter_logits
+from mmdlm.diffusion import filter_logits
+from mmdlm.schedulers import MaskedDiffusionScheduler
 
 M = 9  # mask id in a vocabulary of 10
 

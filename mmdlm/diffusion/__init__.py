@@ -13,7 +13,15 @@ from .schedules import (
     Schedule,
     get_schedule,
 )
-from .unmask import COMMIT_RULES, commit_scores, predict, tokens_to_commit, unmask_step
+from .unmask import (
+    COMMIT_RULES,
+    commit_scores,
+    filter_logits,
+    predict,
+    select_top,
+    tokens_to_commit,
+    unmask_step,
+)
 
 __all__ = [
     "Schedule",
@@ -26,7 +34,9 @@ __all__ = [
     "block_t",
     "masked_diffusion_loss",
     "tokens_to_commit",
+    "filter_logits",
     "predict",
+    "select_top",
     "commit_scores",
     "unmask_step",
     "COMMIT_RULES",

@@ -42,20 +42,28 @@ def masked_diffusion_loss(
 
     ``masked`` must be a subset of ``eligible``.  CE is computed in float32.  When
     nothing is masked the loss is a zero that is still connected to ``logits``.
+
+    ``logits`` may also be ``(N, V)``: the logits of the N masked positions only, in
+    row-major order, so that a model can skip its output head everywhere else.
     """
     if normalize not in _NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(_NORMALIZATIONS)}")
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be (B, L, V), got shape {tuple(logits.shape)}")
-    if x0.shape != logits.shape[:2]:
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be (B, L), got shape {tuple(x0.shape)}")
+    if logits.dim() == 3 and x0.shape != logits.shape[:2]:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected {tuple(logits.shape[:2])}")
     check_bool_mask(masked, x0.shape, "masked")
+    if logits.dim() == 3:
+        logits = logits[masked]
+    elif logits.dim() != 2 or logits.shape[0] != int(masked.sum()):
+        raise ValueError(f"logits must be (B, L, V) or (#masked, V), got shape {tuple(logits.shape)} "
+                         f"for {int(masked.sum())} masked positions")
     check_bool_mask(eligible, x0.shape, "eligible")
     t_full = per_position_t(torch.as_tensor(t, device=logits.device), x0.shape)
 
-    # Only gather the masked rows: saves memory for big vocabularies and keeps
+    # Only the masked rows: saves memory for big vocabularies and keeps
     # w(t) = inf (t = 0) at unmasked positions out of the graph.
-    ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
+    ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
     total = (schedule.weight(t_full[masked].float()) * ce).sum()
 
     if normalize == "token":

@@ -13,7 +13,8 @@ from torch import Tensor
 from ._checks import check_bool_mask, check_mask_id
 from .schedules import Schedule
 
-__all__ = ["tokens_to_commit", "predict", "commit_scores", "unmask_step", "COMMIT_RULES"]
+__all__ = ["tokens_to_commit", "filter_logits", "predict", "commit_scores", "select_top", "unmask_step",
+           "COMMIT_RULES"]
 
 COMMIT_RULES = ("confidence", "margin", "entropy", "random")
 
@@ -37,14 +38,33 @@ def tokens_to_commit(n_masked: Tensor, t: float, s: float, schedule: Schedule) -
     return torch.minimum(n.clamp_min(1), n_masked).clamp_min(0)
 
 
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Keep the ``top_k`` most likely tokens and/or the smallest set whose mass reaches ``top_p``."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p >= top_p  # the mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
 def predict(
-    logits: Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None
+    logits: Tensor,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Predict a token at every position.
 
     ``temperature == 0`` takes the argmax; otherwise samples from
-    ``softmax(logits / temperature)``.  Returns ``(tokens (B, L), probs (B, L, V))`` with
-    ``probs = softmax(logits)`` in float32 (temperature-free; used for scores).
+    ``softmax(logits / temperature)`` restricted by ``top_k`` / ``top_p``.  Returns
+    ``(tokens (B, L), probs (B, L, V))`` with ``probs = softmax(logits)`` in float32
+    (unfiltered and temperature-free; used for scores).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -53,10 +73,36 @@ def predict(
     if temperature == 0:
         tokens = logits.argmax(dim=-1)
     else:
-        sample_probs = (logits / temperature).softmax(dim=-1)
+        sample_probs = (filter_logits(logits, top_k, top_p) / temperature).softmax(dim=-1)
         flat = sample_probs.reshape(-1, sample_probs.shape[-1])
         tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
     return tokens, probs
+
+
+def select_top(
+    scores: Tensor,
+    n: Tensor,
+    candidates: Tensor,
+    *,
+    alg_temp: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boolean mask of the ``n[b]`` best-scoring candidates of each row.
+
+    With ``alg_temp > 0`` the positions are drawn without replacement from
+    ``softmax(score / alg_temp)`` instead (Gumbel top-k; Dream's ``alg_temp``).
+    """
+    scores = scores.float()
+    if alg_temp > 0:
+        u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
+        scores = scores / alg_temp - torch.log(-torch.log(u))
+    # Candidates get finite scores, everything else -inf, so candidates always rank first.
+    scores = torch.where(candidates, scores.clamp_min(torch.finfo(scores.dtype).min), float("-inf"))
+    n = torch.minimum(n.clamp_min(0), candidates.sum(dim=-1))
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, ranks)
+    return (rank < n[:, None]) & candidates
 
 
 def commit_scores(
@@ -110,7 +156,7 @@ def unmask_step(
     check_bool_mask(editable, x.shape, "editable")
     if rule not in COMMIT_RULES:
         raise ValueError(f"unknown commit rule {rule!r}; valid: {', '.join(COMMIT_RULES)}")
-    b, l = x.shape
+    b = x.shape[0]
     n_commit = torch.as_tensor(n_commit, device=x.device).long()
     if n_commit.dim() == 0:
         n_commit = n_commit.expand(b)
@@ -124,13 +170,7 @@ def unmask_step(
     is_masked = x == mask_id
     candidates = is_masked if editable is None else is_masked & editable
     scores = commit_scores(probs, tokens, rule, generator=generator)
-    # Candidates get finite scores, everything else -inf, so candidates always rank first.
-    scores = torch.where(candidates, scores.clamp_min(torch.finfo(scores.dtype).min), float("-inf"))
-
-    n = torch.minimum(n_commit.clamp_min(0), candidates.sum(dim=1))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(l, device=x.device).expand(b, l))
-    commit = (rank < n[:, None]) & candidates
+    commit = select_top(scores, n_commit, candidates)
 
     new_x = torch.where(commit, tokens, x)
     x0_pred = torch.where(is_masked, tokens, x)

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from ..diffusion import commit_scores, get_schedule, tokens_to_commit
+from ..diffusion import commit_scores, get_schedule, predict, select_top, tokens_to_commit
 
 RULES = ("confidence", "margin", "entropy", "random", "origin")
 
@@ -37,19 +37,6 @@ class MaskedDiffusionSchedulerOutput(BaseOutput):
     prev_sample: torch.LongTensor
     pred_original_sample: torch.LongTensor
     committed: torch.BoolTensor
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Keep the top-k tokens and/or the smallest set whose probability reaches top_p."""
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -112,15 +99,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         masked = sample == mask_token_id
         candidates = masked if editable is None else masked & editable
 
-        logits = model_output.float()
+        logits = model_output.float()  # a copy: the caller's logits stay untouched
         logits[..., mask_token_id] = float("-inf")  # [MASK] is never a prediction
-        probs = logits.softmax(-1)
-        sample_logits = filter_logits(logits, c["top_k"], c["top_p"])
-        if c["temperature"] > 0:
-            flat = (sample_logits / c["temperature"]).softmax(-1).flatten(0, 1)
-            tokens = torch.multinomial(flat, 1, generator=generator).view(sample.shape)
-        else:
-            tokens = sample_logits.argmax(-1)
+        tokens, probs = predict(logits, temperature=c["temperature"], top_k=c["top_k"], top_p=c["top_p"],
+                                generator=generator)
 
         n_cand = candidates.sum(-1)
         if c["rule"] == "origin":
@@ -130,15 +112,13 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             commit = candidates & coin
         else:
             scores = commit_scores(probs, tokens, c["rule"], generator=generator)
-            scores = torch.where(candidates, scores, float("-inf"))
             if c["threshold"] is not None:
                 conf = probs.gather(-1, tokens[..., None])[..., 0]
                 commit = candidates & (conf >= c["threshold"])
-                best = scores.argmax(-1, keepdim=True)  # at least one per row that has candidates
-                commit |= torch.zeros_like(commit).scatter(-1, best, True) & candidates
+                commit |= select_top(scores, torch.ones_like(n_cand), candidates)  # at least one
             else:
                 n = tokens_to_commit(n_cand, t, s, self.noise_schedule) if t > 0 else n_cand
-                commit = self._top_n(scores, n, c["alg_temp"], generator) & candidates
+                commit = select_top(scores, n, candidates, alg_temp=c["alg_temp"], generator=generator)
         if s <= 0.0:  # the last step leaves nothing masked
             commit = candidates
         prev = torch.where(commit, tokens, sample)
@@ -146,19 +126,6 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev, pred, commit
         return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=pred, committed=commit)
-
-    @staticmethod
-    def _top_n(scores: torch.Tensor, n: torch.Tensor, alg_temp: float, generator) -> torch.Tensor:
-        """Boolean mask of n[b] positions per row: the best scores, or a softmax draw with alg_temp."""
-        if alg_temp > 0:
-            finite = torch.isfinite(scores)
-            # Gumbel top-k = sampling without replacement from softmax(score / alg_temp)
-            u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1)
-            scores = torch.where(finite, scores / alg_temp - torch.log(-torch.log(u)), scores)
-        order = scores.argsort(dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
-                                                 .expand_as(order))
-        return rank < n[:, None]
 
     def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,
                   generator: torch.Generator | None = None, protect: torch.BoolTensor | None = None):

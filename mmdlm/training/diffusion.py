@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class DiffusionTrainer(Trainer):
         self.schedule = get_schedule(dc.schedule, dc.eps)
         self.ar_loss_weight, self.block_warmup_steps = ar_loss_weight, block_warmup_steps
         self.t_sampling, self.loss_normalize = t_sampling, loss_normalize
+        self.head_on_kept_only = "logits_to_keep" in inspect.signature(dlm.model.forward).parameters
 
     def _pattern(self, length: int, step: int, device) -> torch.Tensor:
         if self.dc.attention == "annealed":
@@ -90,8 +92,13 @@ class DiffusionTrainer(Trainer):
         else:
             t = self.schedule.sample_t(b, generator=generator, device=x0.device, method=self.t_sampling)
             x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
-            raw = model(x_t, pattern=self._pattern(length, step, x0.device)).logits
-            logits = torch.cat([raw[:, :1], raw[:, :-1]], 1) if self.dc.shift else raw
+            # The output head only runs where a masked token is predicted (position i-1 with shift).
+            keep = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], 1) if self.dc.shift else masked
+            pattern = self._pattern(length, step, x0.device)
+            if self.head_on_kept_only:
+                logits = model(x_t, pattern=pattern, logits_to_keep=keep).logits
+            else:
+                logits = model(x_t, pattern=pattern).logits[keep]
         return masked_diffusion_loss(logits, x0, masked, t, self.schedule, normalize=self.loss_normalize,
                                      eligible=~protect)
 
