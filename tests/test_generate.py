@@ -4,7 +4,7 @@ from conftest import tiny_causal_lm
 
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import DiffusionLM
-from mmdlm.text.generate import block_ranges, continue_text, generate, infill_text, parse_infill
+from mmdlm.text.generate import block_ranges, continue_text, generate, infill_text, mask_spans, parse_infill
 
 
 def _dlm(tokenizer, family="llama", **kw):
@@ -122,3 +122,17 @@ def test_text_helpers(tokenizer):
         parse_infill(tokenizer, "a<|mask:0|>", dlm.mask_token_id)
     with pytest.raises(ValueError, match="no mask token"):
         parse_infill(tokenizer, "a<|mask:2|>", None)
+
+
+def test_mask_spans(tokenizer):
+    text = "def add(a, b):\n    return a + b\n"
+    assert mask_spans(text, [(4, 7, 2)]) == "def <|mask:2|>(a, b):\n    return a + b\n"
+    counted = mask_spans(text, [(4, 7), (26, 31)], tokenizer)
+    n = len(tokenizer("add", add_special_tokens=False)["input_ids"])
+    assert counted.startswith(f"def <|mask:{n}|>(a, b)") and counted.endswith("|>\n")
+    with pytest.raises(ValueError, match="overlaps"):
+        mask_spans(text, [(0, 5, 1), (3, 6, 1)])
+    with pytest.raises(ValueError, match="outside"):
+        mask_spans(text, [(0, 500, 1)])
+    with pytest.raises(ValueError, match="tokenizer"):
+        mask_spans(text, [(0, 3)])

@@ -190,6 +190,28 @@ def parse_infill(tokenizer, text: str, mask_id: int | None) -> list[int]:
     return ids
 
 
+def mask_spans(text: str, spans, tokenizer=None) -> str:
+    """Replace character spans of `text` by `<|mask:N|>` placeholders.
+
+    `spans` holds (start, end) or (start, end, n_tokens) tuples; without n_tokens, N is the
+    number of tokens the span has now (needs `tokenizer`). Spans must not overlap.
+    """
+    out, last = [], 0
+    for span in sorted(spans):
+        start, end, *n = span
+        if not 0 <= start < end <= len(text):
+            raise ValueError(f"span {span} is outside the text (length {len(text)}) or empty")
+        if start < last:
+            raise ValueError(f"span {span} overlaps the previous one")
+        if not n:
+            if tokenizer is None:
+                raise ValueError("give n_tokens for each span, or a tokenizer to count them")
+            n = [len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])]
+        out += [text[last:start], f"<|mask:{int(n[0])}|>"]
+        last = end
+    return "".join(out + [text[last:]])
+
+
 def _default_scheduler(dlm, **kw):
     from ..schedulers import MaskedDiffusionScheduler
 
