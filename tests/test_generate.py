@@ -67,6 +67,8 @@ def test_cached_logits_match_full_pass(tokenizer):
     x2[0, 9] = 77  # a committed token inside the block
     window = runner.window(x2, 8, 12, "prefix")
     assert torch.allclose(runner.full(x2, 8, 12, "none"), window, atol=1e-5)
+    with torch.no_grad():  # and both equal a plain pass over the whole sequence
+        assert torch.allclose(dlm.predict(x2)[0, 8:12], window, atol=1e-5)
     assert full.shape == window.shape
 
 

@@ -47,6 +47,15 @@ def test_callbacks_history_and_output_types(pipe):
     out = pipe("a", gen_length=4, num_inference_steps=4, callback_on_step_end=cb,
                callback_on_step_end_tensor_inputs=["sequences"], return_history=True, output_type="ids")
     assert [s[0] for s in seen] == [1, 2, 3, 4] and seen[0][1] == 1.0
+
+    def force_last(p, i, t, tensors):  # a callback can edit the ids
+        seq = tensors["sequences"].clone()
+        seq[:, -1] = 7
+        return {"sequences": seq}
+
+    forced = pipe("a", gen_length=4, num_inference_steps=4, callback_on_step_end=force_last,
+                  callback_on_step_end_tensor_inputs=["sequences"], output_type="ids")
+    assert (forced.sequences[:, -1] == 7).all()
     assert out.texts is None and len(out.history) == 5
     frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)
     assert [s for _, s in frames[0]].count("masked") == 4 and "masked" not in [s for _, s in frames[-1]]

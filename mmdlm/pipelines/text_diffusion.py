@@ -111,12 +111,12 @@ class TextDiffusionPipeline(DiffusionPipeline):
                                            alg_temp=alg_temp, threshold=threshold).items() if v is not None}
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
-        tail = (width - gen_length, width)
-        blocks = None
+        blocks = None  # pure infilling: one block over the masked region
         if gen_length:
-            infill_region = [b for b in [(int((ids == self.config.mask_token_id).any(0).nonzero()[0]), tail[0])]
-                             if b[0] < b[1]]
-            blocks = infill_region + default_blocks(self.dlm, *tail, block_length)
+            blocks = default_blocks(self.dlm, width - gen_length, width, block_length)
+            first_mask = int((ids == self.config.mask_token_id).any(0).nonzero()[0])
+            if first_mask < width - gen_length:  # placeholders in the prompt: filled first, as one block
+                blocks = [(first_mask, width - gen_length)] + blocks
 
         callback_inputs = callback_on_step_end_tensor_inputs or []
         bad = set(callback_inputs) - set(self._callback_tensor_inputs)
@@ -127,7 +127,9 @@ class TextDiffusionPipeline(DiffusionPipeline):
         def on_step(i, t, x):
             bar.update(1)
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, t, {k: x for k in callback_inputs})
+                changed = callback_on_step_end(self, i, t, {k: x for k in callback_inputs}) or {}
+                if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
+                    x.copy_(changed["sequences"])
 
         out = generate(self.dlm, ids, self.scheduler, steps=num_inference_steps, blocks=blocks,
                        attention_mask=None if attention_mask.all() else attention_mask, cache=cache,

@@ -67,39 +67,40 @@ class _Runner:
         self.dlm, self.attention_mask, self.nfe = dlm, attention_mask, 0
         self.pattern = dlm.pattern(length, device)
         self.shift = int(dlm.config.shift)
+        # With causal or block-causal attention nothing after the current block can matter.
+        self.past_only = dlm.config.attention in ("causal", "block")
         if attention_mask is None:
             self.positions = torch.arange(length, device=device)[None]
         else:
             self.positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
 
+    def _run(self, x, q, kv, **kwargs):
+        pad = None if self.attention_mask is None else self.attention_mask[:, kv]
+        positions = self.positions.expand(x.shape[0], -1)[:, q]
+        self.nfe += 1
+        return self.dlm(x[:, q], pad, pattern=self.pattern[q][:, kv], position_ids=positions, **kwargs)
+
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
-        q0 = lo - self.shift
-        out = self.dlm(x, self.attention_mask, pattern=self.pattern,
-                       position_ids=self.positions.expand(x.shape[0], -1), use_cache=keep_cache != "none",
-                       logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
-        self.nfe += 1
+        q0, end = lo - self.shift, hi if self.past_only else x.shape[1]
+        q = torch.arange(end, device=x.device)
+        out = self._run(x, q, q, use_cache=keep_cache != "none",
+                        logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
         if keep_cache != "none":
             keep = torch.arange(q0, device=x.device)
             if keep_cache == "dual":
-                keep = torch.cat([keep, torch.arange(hi, x.shape[1], device=x.device)])
+                keep = torch.cat([keep, torch.arange(hi, end, device=x.device)])
             self.cache, self.cached = _select(out.past_key_values, keep), keep
         return out.logits
 
     def window(self, x, lo, hi, cache: str):
         """Run only the positions the cache lacks; return aligned logits for [lo, hi)."""
         q0 = lo - self.shift
-        q = torch.arange(q0, hi if cache == "dual" else x.shape[1], device=x.device)
-        kv = torch.cat([self.cached, q])
-        pattern = self.pattern[q][:, kv]
-        pad = None if self.attention_mask is None else self.attention_mask[:, kv]
-        n = hi - lo
-        out = self.dlm(x[:, q], pad, pattern=pattern, position_ids=self.positions.expand(x.shape[0], -1)[:, q],
-                       past_key_values=self.cache, use_cache=True,
-                       logits_to_keep=torch.arange(0, n, device=x.device))
+        q = torch.arange(q0, hi if cache == "dual" or self.past_only else x.shape[1], device=x.device)
+        out = self._run(x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+                        logits_to_keep=torch.arange(hi - lo, device=x.device))
         self.cache.crop(-len(q))
-        self.nfe += 1
         return out.logits
 
 
@@ -140,24 +141,17 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
-        for k, t in enumerate(scheduler.timesteps):
+        for k, t in enumerate(scheduler.timesteps):  # the last step commits whatever is left
             if not (x[:, lo:hi] == mask_id).any():
                 break
             if guidance_scale > 0:
-                uncond = x.masked_fill(prompt_mask, mask_id)
-                both = runner.full(torch.cat([x, uncond]), lo, hi, "none") if attention_mask is None else None
-                if both is None:  # padded batches: two passes keep the padding mask simple
-                    c, u = runner.full(x, lo, hi, "none"), runner.full(uncond, lo, hi, "none")
-                else:
-                    c, u = both.chunk(2)
-                    runner.nfe += 1
+                c = runner.full(x, lo, hi, "none")
+                u = runner.full(x.masked_fill(prompt_mask, mask_id), lo, hi, "none")
                 logits = u + (1 + guidance_scale) * (c - u)
             elif cache == "none" or k == 0:
                 logits = runner.full(x, lo, hi, cache)
             else:
                 logits = runner.window(x, lo, hi, cache)
-            if k == len(scheduler.timesteps) - 1:
-                t = scheduler.timesteps[-1]  # the last step commits everything left
             out = scheduler.step(logits, t, x[:, lo:hi], mask_token_id=mask_id, generator=generator, **step_options)
             x[:, lo:hi] = out.prev_sample
             step_index += 1
