@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def train_throughput(r: dict) -> str:
+def train_throughput(r: dict | None) -> str | None:
+    if r is None:
+        return None
     s = r["settings"]
     return "\n".join([
         "| loss | tokens/s (median) | ratio DLM/AR | goal |",
@@ -54,7 +56,9 @@ def assets(_: dict | None = None) -> str:
     return "\n".join(rows)
 
 
-def sampling(r: dict) -> str:
+def sampling(r: dict | None) -> str | None:
+    if r is None:
+        return None
     recs = r["records"]
     by = {(x["method"], x["block_length"], x["threshold"]): x for x in recs}
     ar = by[("ar_greedy", None, None)]
@@ -77,7 +81,20 @@ def sampling(r: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling}
+def quickstart(_: dict | None = None) -> str | None:
+    """What `make quickstart` printed last on this machine (outputs/quickstart.json)."""
+    path = ROOT / "outputs" / "quickstart.json"
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    cont, infill = r["continuation"], r["infill"]
+    return "\n".join([
+        f"Continuation (the prompt `{cont['input']!r}`, then up to {r['settings']['gen_length']} generated tokens; "
+        f"{cont['nfe']} forward passes, greedy):", "", "```python", cont["input"] + cont["output"], "```", "",
+        f"Infilling of `{infill['input']!r}`:", "", "```python", infill["output"].rstrip("\n"), "```"])
+
+
+RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart}
 
 
 def main() -> int:
@@ -85,9 +102,9 @@ def main() -> int:
     text = readme.read_text()
     for name, render in RENDERERS.items():
         path = RESULTS / f"{name}.json"
-        if name != "assets" and not path.exists():
-            continue
         block = render(json.loads(path.read_text()) if path.exists() else None)
+        if block is None:
+            continue
         pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)

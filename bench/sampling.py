@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -196,8 +195,7 @@ def main() -> None:
         print(json.dumps({k: rec[k] for k in ("method", "block_length", "threshold", "tokens_per_s",
                                               "nfe_per_token", "gen_ppl", "infill_exact_match")}))
         records.append(rec)
-    import accelerate
-    import transformers
+    from mmdlm.recipes import machine, versions
 
     result = {
         "benchmark": "sampling",
@@ -206,9 +204,8 @@ def main() -> None:
         | {"teacher": os.path.relpath(a.teacher, ROOT), "dlm": os.path.relpath(a.dlm, ROOT), "batch_size": 1,
            "torch_threads": torch.get_num_threads(),
            "peak_mem": "growth of the process's peak resident memory during generation over its size after loading"},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+        "machine": machine(),
+        "versions": versions(),
         "command": " ".join(["python bench/sampling.py", *sys.argv[1:]]),
     }
     out = Path(a.out)

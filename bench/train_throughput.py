@@ -12,7 +12,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmdlm.data import load_text_splits, pack_texts  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402
-from mmdlm.recipes import versions  # noqa: E402
+from mmdlm.recipes import machine, versions  # noqa: E402
 from mmdlm.text.adapt import DiffusionLM  # noqa: E402
 from mmdlm.text.base import load_causal_lm, load_tokenizer  # noqa: E402
 from mmdlm.training import TrainArgs  # noqa: E402
@@ -83,7 +82,7 @@ def main() -> None:
                      "parameters": sum(p.numel() for p in teacher.parameters()),
                      "dlm_recipe": "bidirectional + shift, linear schedule, stratified t",
                      "torch_threads": torch.get_num_threads()},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "versions": versions(),
         "corpus": info.to_dict(),
         "command": " ".join(["python bench/train_throughput.py", *sys.argv[1:]]),

@@ -36,6 +36,14 @@ def _run_info(c, info, model, n_train) -> dict:
             "versions": versions()}
 
 
+def machine() -> dict:
+    import os
+    import platform
+
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def versions() -> dict:
     import platform
 

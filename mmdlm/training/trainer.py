@@ -213,7 +213,7 @@ class Trainer:
             atomic_write_text(self.out / "run.json", json.dumps(
                 {"args": asdict(args), **self.run_info}, indent=2, default=str))
             with log_path.open("w", newline="") as f:
-                w = csv.DictWriter(f, LOG_FIELDS)
+                w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
                 w.writeheader()
                 w.writerows(rows)
         self.model.train()
@@ -233,7 +233,7 @@ class Trainer:
                        "elapsed_s": f"{time.perf_counter() - start:.1f}",
                        "val_loss": "" if val is None else f"{val:.5f}"}
                 with log_path.open("a", newline="") as f:
-                    csv.DictWriter(f, LOG_FIELDS).writerow(row)
+                    csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
             if args.save_every and self.step % args.save_every == 0 and not last:
                 self.save_checkpoint()
         bar.close()
