@@ -143,3 +143,23 @@ def test_trainer_argument_errors(tmp_path, tokenizer):
 def test_bf16_mixed_precision_step(tmp_path, tokenizer):
     trainer = DiffusionTrainer(_dlm(tokenizer), _data(tokenizer), _args(tmp_path, mixed_precision="bf16"))
     assert math.isfinite(trainer.train_step())
+
+
+def test_head_on_masked_positions_only_changes_nothing(tmp_path, tokenizer):
+    trainer = DiffusionTrainer(_dlm(tokenizer).eval(), _data(tokenizer), _args(tmp_path))
+    assert trainer.head_on_kept_only  # llama takes logits_to_keep
+    x0 = _data(tokenizer)[:3]
+    fast = trainer.diffusion_loss(trainer.model, x0, 0, torch.Generator().manual_seed(2))
+    trainer.head_on_kept_only = False
+    full = trainer.diffusion_loss(trainer.model, x0, 0, torch.Generator().manual_seed(2))
+    assert torch.allclose(fast, full, rtol=1e-5)
+
+
+def test_annealing_opens_the_mask_over_steps(tmp_path, tokenizer):
+    trainer = DiffusionTrainer(_dlm(tokenizer, attention="annealed", anneal_steps=10), _data(tokenizer),
+                               _args(tmp_path))
+    assert torch.equal(trainer._pattern(16, 0, "cpu"), attn.causal(16))
+    assert trainer._pattern(16, 10, "cpu").all()
+    half = trainer._pattern(64, 5, "cpu")
+    upper = torch.ones(64, 64, dtype=torch.bool).triu(1)
+    assert 0.4 < half[upper].float().mean() < 0.6
