@@ -30,7 +30,9 @@ def test_confidence_commits_the_most_confident():
     logits = torch.zeros(1, 4, 10)
     logits[0, 2, 3] = 10.0  # position 2 is sure of token 3
     logits[0, 0, 1] = 5.0
+    before = logits.clone()
     out = s.step(logits, s.timesteps[0], x, mask_token_id=M)
+    assert torch.equal(logits, before)  # the caller's logits are not modified
     assert out.committed.tolist() == [[True, False, True, False]]
     assert out.prev_sample[0, 2] == 3 and out.prev_sample[0, 0] == 1
     assert not (out.pred_original_sample == M).any()

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from ..diffusion import commit_scores, get_schedule, predict, select_top, tokens_to_commit
+from ..diffusion import commit_scores, corrupt, get_schedule, predict, select_top, tokens_to_commit
 
 RULES = ("confidence", "margin", "entropy", "random", "origin")
 
@@ -99,8 +99,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         masked = sample == mask_token_id
         candidates = masked if editable is None else masked & editable
 
-        logits = model_output.float()  # a copy: the caller's logits stay untouched
-        logits[..., mask_token_id] = float("-inf")  # [MASK] is never a prediction
+        # [MASK] is never a prediction (out of place: the caller's logits stay untouched)
+        never = torch.tensor([mask_token_id], device=model_output.device)
+        logits = model_output.float().index_fill(-1, never, float("-inf"))
         tokens, probs = predict(logits, temperature=c["temperature"], top_k=c["top_k"], top_p=c["top_p"],
                                 generator=generator)
 
@@ -130,8 +131,6 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,
                   generator: torch.Generator | None = None, protect: torch.BoolTensor | None = None):
         """The forward process (for training loops written against the scheduler)."""
-        from ..diffusion import corrupt
-
         return corrupt(original_samples, t, mask_token_id, self.noise_schedule, protect=protect,
                        generator=generator)[0]
 
