@@ -131,8 +131,10 @@ def test_trainer_argument_errors(tmp_path, tokenizer):
         DiffusionTrainer(dlm, _data(tokenizer), _args(tmp_path, batch_size=0))
     with pytest.raises(ValueError, match="t_sampling"):
         DiffusionTrainer(dlm, _data(tokenizer), _args(tmp_path), t_sampling="sobol")
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="empty"):
         DiffusionTrainer(dlm, torch.zeros(0, 16, dtype=torch.long), _args(tmp_path))
+    with pytest.raises(ValueError, match="one length"):
+        DiffusionTrainer(dlm, {"a": torch.zeros(3, 4), "b": torch.zeros(2, 4)}, _args(tmp_path))
     with pytest.raises(ValueError, match="anneal_steps"):
         DiffusionTrainer(_dlm(tokenizer, attention="annealed"), _data(tokenizer), _args(tmp_path))
     with pytest.raises(ValueError, match="power of 2"):

@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping, Union
 
 import torch
 from accelerate import Accelerator
@@ -65,6 +66,28 @@ class TrainArgs:
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
+# A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
+# belonging to example i (e.g. {"input_ids", "prompt_mask"}, or {"pixels", "text_ids"}).
+Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+
+
+def data_len(data: Data) -> int:
+    if isinstance(data, torch.Tensor):
+        return len(data) if data.ndim else 0
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"the tensors of a dataset must have one length each, got {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
+
+
+def take(data: Data, index, device) -> Data:
+    """Rows `index` of every tensor in `data`, on `device`."""
+    index = torch.as_tensor(list(index), dtype=torch.long)
+    if isinstance(data, torch.Tensor):
+        return data[index].to(device)
+    return {k: v[index].to(device) for k, v in data.items()}
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder (`checkpoints/step-N` holding trainer_state.json)."""
     root = Path(output_dir) / "checkpoints"
@@ -78,11 +101,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 class Trainer:
     """Subclass and implement `compute_loss`; optionally `save_model` and `eval_loss`."""
 
-    def __init__(self, model: torch.nn.Module, train_data: torch.Tensor, args: TrainArgs,
-                 eval_data: torch.Tensor | None = None, run_info: dict | None = None):
+    def __init__(self, model: torch.nn.Module, train_data: Data, args: TrainArgs,
+                 eval_data: Data | None = None, run_info: dict | None = None):
         args.validate()
-        if train_data.ndim != 2 or len(train_data) == 0:
-            raise ValueError(f"train_data must be a non-empty (N, seq_len) tensor, got shape {tuple(train_data.shape)}")
+        if data_len(train_data) == 0:
+            raise ValueError("train_data is empty: no training example to learn from")
         self.args = args
         self.accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
                                        mixed_precision=args.mixed_precision)
@@ -103,11 +126,11 @@ class Trainer:
         self.step, self.tokens = 0, 0
 
     # ---- hooks -------------------------------------------------------------------------
-    def compute_loss(self, model, batch: torch.Tensor, step: int, generator: torch.Generator):
-        """Return (loss, tokens counted for throughput)."""
+    def compute_loss(self, model, batch: Data, step: int, generator: torch.Generator):
+        """Return (loss, tokens counted for throughput). `batch` has the structure of the data."""
         raise NotImplementedError
 
-    def eval_loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def eval_loss(self, model, batch: Data, generator: torch.Generator) -> torch.Tensor:
         return self.compute_loss(model, batch, self.args.max_steps, generator)[0]
 
     def save_model(self, model, path: Path) -> None:
@@ -118,15 +141,15 @@ class Trainer:
         a = self.accelerator
         start = (step * self.args.grad_accum + micro) * self.args.batch_size * a.num_processes \
             + a.process_index * self.args.batch_size
-        n = len(self.train_data)
+        n = data_len(self.train_data)
         idx = [self._order(i // n)[i % n] for i in range(start, start + self.args.batch_size)]
-        return self.train_data[idx].to(a.device)
+        return take(self.train_data, idx, a.device)
 
     def _order(self, epoch: int) -> list[int]:
         cache = getattr(self, "_orders", {})
         if epoch not in cache:
             g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
-            cache = {epoch: torch.randperm(len(self.train_data), generator=g).tolist()}
+            cache = {epoch: torch.randperm(data_len(self.train_data), generator=g).tolist()}
             self._orders = cache
         return cache[epoch]
 
@@ -160,13 +183,13 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        if self.eval_data is None or len(self.eval_data) == 0:
+        if self.eval_data is None or data_len(self.eval_data) == 0:
             return None
         self.model.eval()
         losses = []
-        bs = self.args.batch_size
-        for i in range(min(self.args.eval_batches, math.ceil(len(self.eval_data) / bs))):
-            batch = self.eval_data[i * bs:(i + 1) * bs].to(self.accelerator.device)
+        bs, n = self.args.batch_size, data_len(self.eval_data)
+        for i in range(min(self.args.eval_batches, math.ceil(n / bs))):
+            batch = take(self.eval_data, range(i * bs, min((i + 1) * bs, n)), self.accelerator.device)
             g = torch.Generator(self.accelerator.device).manual_seed(10_000 + i)
             losses.append(self.eval_loss(self.model, batch, g).float().item())
         self.model.train()
