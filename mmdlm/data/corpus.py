@@ -17,6 +17,8 @@ import datasets
 BUILTIN = "stdlib"
 _LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
                   ".csv": "csv", ".parquet": "parquet"}
+# image files load as an `imagefolder`, with captions from metadata.jsonl / metadata.csv among the files
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -74,12 +76,19 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
             datasets.Dataset.from_dict(splits["validation"]), info)
 
 
-def _load_source(source: str, data_files: list[str] | None) -> datasets.DatasetDict:
+def _load_source(source: str, data_files: list[str] | None,
+                 builtins: str = f"'{BUILTIN}' for the built-in corpus") -> datasets.DatasetDict:
     if data_files:
         missing = [f for f in data_files if not Path(f).exists()]
         if missing:
             raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
         suffixes = {Path(f).suffix.lower() for f in data_files}
+        if suffixes & set(IMAGE_SUFFIXES):
+            others = [f for f in data_files if Path(f).suffix.lower() not in IMAGE_SUFFIXES
+                      and not Path(f).name.startswith("metadata.")]
+            if others:
+                raise ValueError(f"image files can come only with metadata.jsonl/metadata.csv, got {others}")
+            return datasets.load_dataset("imagefolder", data_files=data_files)
         builders = {_LOCAL_FORMATS.get(s) for s in suffixes}
         if None in builders or len(builders) != 1:
             raise ValueError(f"data files must share one format among {sorted(_LOCAL_FORMATS)}; "
@@ -91,7 +100,7 @@ def _load_source(source: str, data_files: list[str] | None) -> datasets.DatasetD
         return datasets.load_dataset(source)
     except Exception as err:  # offline hub, typo, private set: say what was tried
         raise ValueError(f"could not load dataset {source!r} (a hub name, a local folder, or "
-                         f"'{BUILTIN}' for the built-in corpus; or pass data files): {err}") from err
+                         f"{builtins}; or pass data files): {err}") from err
 
 
 def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = None,

@@ -1,0 +1,167 @@
+"""Image-text data: images to tensors and back, and one loader for every image-caption source.
+
+Tensors follow the diffusers convention: (B, 3, H, W) float in [-1, 1]. The conversions use
+PIL, numpy and torch only (no torchvision).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+BUILTINS = ("shapes", "digits")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency is composited on white, 16-bit/float greys rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size` (bicubic, antialiased by PIL) and centre-crop a square."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(images, size: int) -> torch.Tensor:
+    """PIL images (one or a list, any mode and size) -> (B, 3, size, size) float in [-1, 1].
+
+    Non-square images are resized on their short side and centre-cropped. A tensor is
+    checked and passed through: (3, H, W) or (B, 3, H, W) in [-1, 1], already `size` pixels.
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    if isinstance(images, torch.Tensor):
+        x = images[None] if images.ndim == 3 else images
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"an image tensor must be (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}")
+        if tuple(x.shape[2:]) != (size, size):
+            raise ValueError(f"image tensor is {x.shape[2]}x{x.shape[3]} but the model works at {size}x{size}; "
+                             "pass PIL images to have them resized")
+        if x.numel() and (x.min() < -1 - 1e-3 or x.max() > 1 + 1e-3):
+            raise ValueError(f"image tensor values must lie in [-1, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        return x.float()
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    out = []
+    for i, image in enumerate(images):
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8:
+                raise ValueError(f"image {i}: numpy images must be uint8 (H, W) or (H, W, C), got {image.dtype}")
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image {i} is a {type(image).__name__}; give PIL images, uint8 arrays or a tensor")
+        a = np.asarray(_fit(_to_rgb(image), size), dtype=np.float32)
+        out.append(torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1)
+    if not out:
+        raise ValueError("no images given")
+    return torch.stack(out)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) or (3, H, W) in [-1, 1] (1 channel: grey) -> a list of RGB PIL images."""
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    x = images[None] if images.ndim == 3 else images
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"to_pil takes (B, 3, H, W) or (B, 1, H, W) tensors in [-1, 1], got {tuple(images.shape)}")
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in x]
+
+
+def _builtin(name: str, split: str, image_size: int, n: int | None, seed: int):
+    if name == "shapes":
+        from .shapes import samples
+
+        rows = list(samples(split, n, image_size, seed))
+    else:
+        from .digits import samples
+
+        rows = list(samples(split, image_size, seed))[:n]
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _open(value, row: int, column: str) -> Image.Image:
+    """Decode one stored image ({'bytes', 'path'} from datasets, a path, or a PIL image)."""
+    if isinstance(value, Image.Image):
+        return value
+    try:
+        if isinstance(value, dict) and value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = Image.open(value["path"])
+        elif isinstance(value, str):
+            image = Image.open(value)
+        else:
+            raise ValueError(f"holds {type(value).__name__}, not an image")
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"row {row} of column {column!r}: the image cannot be decoded ({err})") from err
+
+
+def load_image_text(dataset: str, *, split: str = "train", image_column: str = "image", text_column: str = "text",
+                    image_size: int = 32, n: int | None = None, data_files: list[str] | None = None,
+                    seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """Images (N, 3, image_size, image_size) in [-1, 1] and their N texts.
+
+    `dataset` is a built-in set, "shapes" (splits train/test; `n` images, one per caption
+    when None; `seed` picks the layouts) or "digits" (splits train/test; the first `n`), or
+    any `datasets` source: a hub name, a local folder (e.g. an `imagefolder` with a
+    metadata.jsonl of `file_name` and `text`), or `data_files` (images with a metadata
+    file, or .json(l)/.csv/.parquet with an image column of paths or bytes).
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 (or None for all), got {n}")
+    if dataset in BUILTINS and not data_files:
+        images, texts = _builtin(dataset, split, image_size, n, seed)
+        return to_tensor(images, image_size), texts
+
+    import datasets
+
+    from .corpus import _load_source
+
+    dsd = _load_source(dataset, data_files, builtins=f"{' or '.join(map(repr, BUILTINS))} for a built-in set")
+    if split not in dsd:
+        raise ValueError(f"dataset {dataset!r} has no {split!r} split (splits: {list(dsd)})")
+    ds = dsd[split]
+    for role, column in (("image", image_column), ("text", text_column)):
+        if column not in ds.column_names:
+            raise ValueError(f"{role} column {column!r} not in dataset {dataset!r}; columns are "
+                             f"{ds.column_names} (set {role}_column)")
+    if len(ds) == 0:
+        raise ValueError(f"dataset {dataset!r} split {split!r} is empty")
+    if n is not None:
+        ds = ds.select(range(min(n, len(ds))))
+    if isinstance(ds.features[image_column], datasets.Image):
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    images, texts = [], []
+    for row, (value, text) in enumerate(zip(ds[image_column], ds[text_column])):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"row {row} of column {text_column!r} holds {text!r}, not a non-empty text")
+        images.append(_open(value, row, image_column))
+        texts.append(text)
+    return to_tensor(images, image_size), texts
