@@ -84,6 +84,73 @@ class GenerateConfig:
     output: str | None = field(default=None, metadata={"help": "also write the results as JSON here"})
 
 
+@dataclass
+class TrainMMConfig(TrainArgs):
+    """Train a multimodal backbone on image-caption pairs (text-to-image, captioning, joint)."""
+
+    backbone: str | None = field(default=None, metadata={
+        "help": "which backbone to train (a name registered in mmdlm.training.multimodal.BACKBONES)"})
+    dataset: str = field(default="shapes", metadata={
+        "help": "'shapes' or 'digits' (built in), a hub dataset name or a local folder (e.g. an imagefolder)"})
+    data_files: list[str] | None = field(default=None, metadata={
+        "help": "local files: images with a metadata.jsonl/.csv, or .json(l)/.csv/.parquet"})
+    image_column: str = field(default="image", metadata={"help": "column holding the images"})
+    text_column: str = field(default="text", metadata={"help": "column holding the captions"})
+    image_size: int = field(default=32, metadata={"help": "image side in pixels (resized and centre-cropped)"})
+    text_length: int = field(default=16, metadata={"help": "tokens on the caption canvas (caption, then EOS)"})
+    n_train: int | None = field(default=None, metadata={
+        "help": "training examples (shapes: rendered, default one per training caption; others: the first N)"})
+    n_eval: int = field(default=256, metadata={"help": "evaluation examples for the validation loss (0: none)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "caption tokenizer (folder or hub id); default: a word-level tokenizer trained on the captions"})
+    model_config: dict = field(default_factory=dict, metadata={"help": "arguments of the backbone's model"})
+    pretrained: str | None = field(default=None, metadata={"help": "pretrained backbone weights to start from"})
+    text_loss_weight: float = field(default=1.0, metadata={"help": "loss = image loss + w x text loss"})
+    task_weights: dict = field(default_factory=lambda: {"t2i": 0.4, "caption": 0.4, "joint": 0.2}, metadata={
+        "help": "share of each training task (t2i: text clean, caption: image clean, joint: both noisy)"})
+    caption_dropout: float = field(default=0.1, metadata={
+        "help": "probability of hiding the caption of a t2i sample (classifier-free guidance)"})
+    image_tokenizer: str | None = field(default=None, metadata={
+        "help": "image autoencoder: a VAE (continuous) or VQ model (discrete) folder; default: per backbone"})
+
+    def validate(self) -> None:
+        from .training.multimodal import check_task_weights
+
+        super().validate()
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.text_length < 1:
+            raise ValueError(f"text_length must be >= 1, got {self.text_length}")
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.n_eval < 0:
+            raise ValueError(f"n_eval must be >= 0, got {self.n_eval}")
+        if self.text_loss_weight < 0:
+            raise ValueError(f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        check_task_weights(self.task_weights)
+
+
+@dataclass
+class EvalMMConfig:
+    """Evaluate a multimodal pipeline on shapes or digits; write one record per (backbone, dataset)."""
+
+    model: str | None = field(default=None, metadata={"help": "a saved multimodal pipeline folder"})
+    dataset: str = field(default="shapes", metadata={"help": "shapes | digits"})
+    n: int = field(default=64, metadata={"help": "samples per task"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps (default: the pipeline's)"})
+    tasks: list[str] = field(default_factory=lambda: ["t2i", "caption", "joint"], metadata={
+        "help": "which of t2i, caption, joint to evaluate"})
+    batch_size: int = field(default=16, metadata={"help": "samples per pipeline call"})
+    guidance_scale: float | None = field(default=None, metadata={"help": "image guidance (default: the pipeline's)"})
+    text_guidance_scale: float | None = field(default=None, metadata={
+        "help": "text guidance (default: the pipeline's)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})
+    samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
+
+
 def _run_pretrain(c: PretrainConfig) -> None:
     from .recipes import pretrain
 
@@ -102,10 +169,29 @@ def _run_generate(c: GenerateConfig) -> None:
     generate(c)
 
 
+def _run_train_mm(c: TrainMMConfig) -> None:
+    from .training.multimodal import BACKBONES
+
+    c.validate()
+    if c.backbone not in BACKBONES:
+        known = ", ".join(sorted(BACKBONES)) or "none is registered in this installation"
+        what = "no backbone given (--backbone)" if c.backbone is None else f"unknown backbone {c.backbone!r}"
+        raise ValueError(f"{what}; choose one of: {known}")
+    BACKBONES[c.backbone](c)
+
+
+def _run_eval_mm(c: EvalMMConfig) -> None:
+    from .recipes import eval_mm
+
+    eval_mm(c)
+
+
 COMMANDS = {
     "pretrain": (PretrainConfig, _run_pretrain),
     "adapt": (AdaptConfig, _run_adapt),
     "generate": (GenerateConfig, _run_generate),
+    "train-mm": (TrainMMConfig, _run_train_mm),
+    "eval-mm": (EvalMMConfig, _run_eval_mm),
 }
 
 

@@ -155,6 +155,27 @@ def generate(c) -> dict:
     return results
 
 
+def eval_mm(c) -> dict:
+    """Evaluate a saved multimodal pipeline and update the results file."""
+    from .eval.imagetext import evaluate, write_record
+    from .pipelines.multimodal import load_pipeline
+
+    if not c.model:
+        raise ValueError("give the pipeline to evaluate: --model PATH")
+    kwargs = {k: getattr(c, k) for k in ("guidance_scale", "text_guidance_scale") if getattr(c, k) is not None}
+    pipe = load_pipeline(c.model)
+    pipe.set_progress_bar_config(disable=True)
+    record = evaluate(pipe, c.dataset, n=c.n, num_inference_steps=c.steps, seed=c.seed, batch_size=c.batch_size,
+                      tasks=c.tasks, samples_dir=c.samples_dir, **kwargs)
+    record = {**record, "model": c.model, "command": " ".join(["mmdlm"] + sys.argv[1:])}
+    write_record(c.output, record)
+    shown = {k: record[k] for k in ("backbone", "dataset", "n", "t2i_accuracy", "caption_accuracy",
+                                    "joint_consistency", "s_per_image", "s_per_caption")}
+    print(json.dumps(shown, indent=2))
+    print(f"record written to {c.output}")
+    return record
+
+
 def _unescape(text: str) -> str:
     """Let shell users write newlines and tabs as \\n and \\t."""
     return text.replace("\\n", "\n").replace("\\t", "\t")

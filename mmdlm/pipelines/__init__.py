@@ -1,4 +1,13 @@
 """diffusers-style pipelines."""
+from .multimodal import (
+    TASKS,
+    MultimodalPipelineOutput,
+    format_images,
+    load_pipeline,
+    register_pipeline,
+    resolve_task,
+)
 from .text_diffusion import TextDiffusionPipeline, TextDiffusionPipelineOutput
 
-__all__ = ["TextDiffusionPipeline", "TextDiffusionPipelineOutput"]
+__all__ = ["TASKS", "MultimodalPipelineOutput", "TextDiffusionPipeline", "TextDiffusionPipelineOutput",
+           "format_images", "load_pipeline", "register_pipeline", "resolve_task"]

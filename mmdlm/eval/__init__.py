@@ -1,0 +1,4 @@
+"""Evaluation: image-text accuracy of multimodal pipelines."""
+from .imagetext import evaluate, scene_attributes, write_record
+
+__all__ = ["evaluate", "scene_attributes", "write_record"]

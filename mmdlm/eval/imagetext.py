@@ -1,0 +1,238 @@
+"""Image-text evaluation of any multimodal pipeline, through the shared call convention only.
+
+On `shapes` (held-out scenes, never seen in training):
+- text-to-image: held-out captions -> images, read back by `parse_image`; correct when every
+  attribute matches, with per-attribute accuracies (colour: both colours present; shape,
+  size: of the object with each colour; relation: between the two colours);
+- captioning: held-out images -> captions, parsed by `parse_caption`; correct when the
+  caption describes the image's scene (either phrasing: "A left of B" = "B right of A"),
+  plus exact string match with the dataset's caption and per-attribute accuracies;
+- joint: images and captions from nothing; consistent when the parser's reading of the
+  image equals the parsed caption.
+On `digits` (the test split): text-to-image judged by `DigitClassifier`, captions by
+`parse_digit_caption`, joint consistency as the classifier's label equal to the caption's.
+
+Results are one record per (backbone, dataset) in `bench/results/imagetext.json`.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..data import shapes as S
+from ..io import atomic_write_text
+
+DATASETS = ("shapes", "digits")
+EVAL_TASKS = ("t2i", "caption", "joint")
+ATTRIBUTES = ("colour", "shape", "size", "relation")
+RESULTS = Path("bench/results/imagetext.json")
+
+
+def scene_attributes(predicted: S.Scene | None, truth: S.Scene) -> dict[str, bool]:
+    """Which attributes of `truth` the `predicted` scene gets right (objects matched by colour)."""
+    if predicted is None:
+        return {**{a: False for a in ATTRIBUTES}, "all": False}
+    p, t = predicted.canonical(), truth.canonical()
+    by_colour = {o.colour: o for o in (p.first, p.second)}
+    objects = [(o, by_colour.get(o.colour)) for o in (t.first, t.second)]
+    out = {
+        "colour": set(by_colour) == {t.first.colour, t.second.colour},
+        "shape": all(q is not None and q.shape == o.shape for o, q in objects),
+        "size": all(q is not None and q.size == o.size for o, q in objects),
+        "relation": p.first.colour == t.first.colour and p.second.colour == t.second.colour
+        and p.relation == t.relation,
+    }
+    out["all"] = p == t
+    return out
+
+
+@lru_cache(maxsize=2)
+def _digit_classifier(image_size: int):
+    from ..data.digits import DigitClassifier
+
+    return DigitClassifier(image_size)
+
+
+def _default_steps(pipe) -> int | None:
+    param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return param.default
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield i // size, items[i:i + size]
+
+
+def _check(out, n: int, field: str, task: str):
+    value = getattr(out, field, None)
+    if value is None or len(value) != n:
+        got = "none" if value is None else len(value)
+        raise ValueError(f"the pipeline returned {got} {field} for a {task} batch of {n}")
+    return list(value)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(sum(map(float, values)) / len(values), 4) if values else None
+
+
+def image_grid(images, cols: int = 8):
+    """Paste PIL images side by side, `cols` per row."""
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps: int | None = None, seed: int = 0,
+             batch_size: int = 16, tasks=EVAL_TASKS, image_size: int | None = None,
+             samples_dir: str | Path | None = None, **call_kwargs) -> dict:
+    """Score `pipe` on `dataset` ("shapes" or "digits") with `n` samples per task.
+
+    The pipeline is called only through the shared convention (`prompt=..., task="t2i"`,
+    `image=..., task="caption"`, `task="joint", num_images_per_prompt=...`), `batch_size`
+    samples at a time, the batch b with `torch.Generator().manual_seed(seed + b)`. Extra
+    keyword arguments (e.g. `guidance_scale`) go to every call and into the record.
+    `num_inference_steps=None` uses the pipeline's default. With `samples_dir`, grids of
+    the first generated images are written there as PNG.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"evaluation knows the built-in sets {', '.join(DATASETS)}, not {dataset!r}")
+    tasks = tuple(tasks)
+    unknown = set(tasks) - set(EVAL_TASKS)
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be among {', '.join(EVAL_TASKS)}, got {list(tasks)}")
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    image_size = image_size or getattr(pipe, "image_size", None) or 32
+    steps = num_inference_steps if num_inference_steps is not None else _default_steps(pipe)
+    step_kw = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+
+    def call(b: int, **kw):
+        return pipe(**kw, generator=torch.Generator().manual_seed(seed + b), output_type="pil",
+                    **step_kw, **call_kwargs)
+
+    if dataset == "shapes":
+        data = list(S.samples("test", n, image_size, seed))
+        truth_images = [d[0] for d in data]
+        texts, truths = [d[1] for d in data], [d[2] for d in data]
+    else:
+        from ..data.digits import samples as digit_samples
+
+        data = list(digit_samples("test", image_size))[:n]
+        truth_images, texts, truths = [d[0] for d in data], [d[1] for d in data], [d[2] for d in data]
+    n = len(data)
+    record: dict = {"backbone": getattr(pipe, "backbone", type(pipe).__name__), "pipeline": type(pipe).__name__,
+                    "dataset": dataset, "n": n, "num_inference_steps": steps, "seed": seed,
+                    "image_size": image_size, "batch_size": batch_size,
+                    **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image", "s_per_caption"):
+        record[key] = None
+    judge = _digit_classifier(image_size) if dataset == "digits" else None
+    examples: dict = {}
+    grids: dict = {}
+
+    if "t2i" in tasks:
+        images, start = [], time.perf_counter()
+        for b, prompts in _batches(texts, batch_size):
+            images += _check(call(b, prompt=prompts, task="t2i"), len(prompts), "images", "t2i")
+        record["s_per_image"] = round((time.perf_counter() - start) / n, 4)
+        grids["t2i"] = images
+        examples["t2i_prompts"] = texts[:8]
+        if dataset == "shapes":
+            scores = [scene_attributes(S.parse_image(im), t) for im, t in zip(images, truths)]
+            record["t2i_accuracy"] = _mean(s["all"] for s in scores)
+            record.update({f"t2i_{a}": _mean(s[a] for s in scores) for a in ATTRIBUTES})
+            record["t2i_readable"] = _mean(S.parse_image(im) is not None for im in images)
+        else:
+            record["t2i_accuracy"] = _mean(p == t for p, t in zip(judge.predict(images).tolist(), truths))
+
+    if "caption" in tasks:
+        captions, start = [], time.perf_counter()
+        for b, batch in _batches(truth_images, batch_size):
+            captions += _check(call(b, image=batch, task="caption"), len(batch), "texts", "caption")
+        record["s_per_caption"] = round((time.perf_counter() - start) / n, 4)
+        examples["captions"] = [[t, c] for t, c in zip(texts[:8], captions)]
+        record["caption_exact_match"] = _mean(c.strip() == t for c, t in zip(captions, texts))
+        if dataset == "shapes":
+            parsed = [S.parse_caption(c) for c in captions]
+            scores = [scene_attributes(p, t) for p, t in zip(parsed, truths)]
+            record["caption_accuracy"] = _mean(s["all"] for s in scores)
+            record.update({f"caption_{a}": _mean(s[a] for s in scores) for a in ATTRIBUTES})
+            record["caption_valid"] = _mean(p is not None for p in parsed)
+        else:
+            from ..data.digits import parse_digit_caption
+
+            parsed = [parse_digit_caption(c) for c in captions]
+            record["caption_accuracy"] = _mean(p == t for p, t in zip(parsed, truths))
+            record["caption_valid"] = _mean(p is not None for p in parsed)
+
+    if "joint" in tasks:
+        images, captions, start = [], [], time.perf_counter()
+        for b, batch in _batches(list(range(n)), batch_size):
+            out = call(b, task="joint", num_images_per_prompt=len(batch))
+            images += _check(out, len(batch), "images", "joint")
+            captions += _check(out, len(batch), "texts", "joint")
+        record["s_per_joint"] = round((time.perf_counter() - start) / n, 4)
+        grids["joint"] = images
+        examples["joint_captions"] = captions[:8]
+        if dataset == "shapes":
+            seen = [S.parse_image(im) for im in images]
+            said = [S.parse_caption(c) for c in captions]
+            record["joint_consistency"] = _mean(S.same_scene(a, b) for a, b in zip(seen, said))
+            record["joint_image_readable"] = _mean(a is not None for a in seen)
+        else:
+            from ..data.digits import parse_digit_caption
+
+            said = [parse_digit_caption(c) for c in captions]
+            seen = judge.predict(images).tolist()
+            record["joint_consistency"] = _mean(s is not None and s == a for a, s in zip(seen, said))
+        record["joint_caption_valid"] = _mean(s is not None for s in said)
+
+    record["examples"] = examples
+    if samples_dir is not None:
+        folder = Path(samples_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for task, images in grids.items():
+            image_grid(images[:32]).save(folder / f"{record['backbone']}-{dataset}-{task}.png")
+    return record
+
+
+def write_record(path: str | Path, record: dict) -> dict:
+    """Insert `record` into the results file at `path`, replacing the one with the same
+    (backbone, dataset); atomic. The file holds the records plus the versions and machine of
+    the last writer; each record also keeps its own. Returns the file's content."""
+    from importlib.metadata import version
+
+    from ..recipes import machine, versions
+
+    for key in ("backbone", "dataset"):
+        if not record.get(key):
+            raise ValueError(f"a record needs a {key!r}")
+    path = Path(path)
+    data = {"benchmark": "imagetext", "records": []}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); move it away rather than have it overwritten") from err
+        if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+            raise ValueError(f"{path} is not an image-text results file (no list of records)")
+    env = {"versions": {**versions(), "diffusers": version("diffusers")}, "machine": machine()}
+    record = {**record, **{k: record.get(k) or v for k, v in env.items()}}
+    key = (record["backbone"], record["dataset"])
+    records = [r for r in data["records"] if (r.get("backbone"), r.get("dataset")) != key] + [record]
+    data.update(env, records=sorted(records, key=lambda r: (r.get("dataset", ""), r.get("backbone", ""))))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return data

@@ -1,0 +1,230 @@
+"""Conventions shared by the multimodal pipelines, and `load_pipeline` for every mmdlm pipeline.
+
+`DualDiffusionPipeline` (MM-DiT: continuous image side, masked text diffusion) and
+`UnifiedDiscretePipeline` (VQ image codes and text tokens in one masked diffusion) take the
+same call and return the same output, so switching between them means changing one class
+name::
+
+    pipe(prompt=None, image=None, task=None, *, mask_image=None, num_inference_steps=...,
+         guidance_scale=..., text_guidance_scale=..., generator=None, output_type="pil",
+         return_dict=True, callback_on_step_end=None,
+         callback_on_step_end_tensor_inputs=None, num_images_per_prompt=1,
+         return_history=False, ...) -> MultimodalPipelineOutput
+
+- `prompt`: a string or a list; `<|mask:N|>` placeholders mark N text tokens to generate.
+- `image`: PIL image(s) (any mode and size: converted to RGB, resized and centre-cropped to
+  the model's `image_size`, see `mmdlm.data.imagetext.to_tensor`) or a (B, 3, H, W) tensor
+  in [-1, 1] at the model's size. `mask_image` (inpainting): white = regenerate.
+- `task`: one of `TASKS`, or None to infer it from the inputs (`resolve_task`):
+
+  | task      | inputs                              | generates                            |
+  |-----------|-------------------------------------|--------------------------------------|
+  | `t2i`     | prompt                              | images                               |
+  | `caption` | image                               | texts                                |
+  | `vqa`     | image + prompt with placeholders    | texts (the filled prompts)           |
+  | `joint`   | nothing                             | images and their captions            |
+  | `infill`  | prompt with placeholders [+ image]  | texts (and images when none given)   |
+  | `inpaint` | image + mask_image [+ prompt]       | images                               |
+
+- Batch: `num_images_per_prompt` samples per prompt (per image for caption/vqa); for
+  `joint` it is the number of samples.
+- `guidance_scale`: classifier-free guidance of the image by the text (the unconditional pass
+  masks the caption); `text_guidance_scale`: guidance of the text by the image (the
+  unconditional pass hides the image). 0 disables either; both use u + (1 + w)(c - u) as the
+  text path does.
+- `generator`: a torch.Generator (or a list, one per sample) fixes every random draw.
+- `output_type`: "pil" (a list of PIL images), "np" ((B, H, W, 3) float in [0, 1]) or "pt"
+  ((B, 3, H, W) float in [0, 1]), as in diffusers (`format_images`).
+- `callback_on_step_end(pipe, step, timestep, callback_kwargs) -> dict`, as in diffusers.
+- `return_history=True` fills `history`: one dict per step with "images" (the current
+  estimate, (B, 3, H, W) in [-1, 1], or None) and "text_ids" ((B, L) ids with masks, or None).
+
+Each pipeline also exposes `backbone` (a short name for benchmark records, e.g. "mmdit") and
+`image_size` (pixels), which `mmdlm.eval.imagetext.evaluate` reads.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+from ..text.generate import PLACEHOLDER
+from .text_diffusion import TextDiffusionPipeline
+
+TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
+OUTPUT_TYPES = ("pil", "pt", "np")
+
+
+@dataclass
+class MultimodalPipelineOutput(BaseOutput):
+    """images: generated images (list of PIL, or an array/tensor by `output_type`), None when
+    the task generates none. texts: generated texts, None when the task generates none.
+    history: per-step frames when asked for (see the module docstring)."""
+
+    images: Any = None
+    texts: list[str] | None = None
+    history: list[dict] | None = None
+
+
+# ---------------------------------------------------------------- task resolution
+def _prompt_list(prompt) -> list[str]:
+    if prompt is None:
+        return []
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("prompt is an empty list; give at least one prompt, or prompt=None")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string")
+        if not p.strip():
+            raise ValueError(f"prompt {i} is empty; give a text, or prompt=None (an image and a caption from "
+                             "nothing: task='joint')")
+    return prompts
+
+
+def count_images(image) -> int:
+    """How many images `image` holds (0 for None): a PIL image, an array, a tensor or a list."""
+    if image is None:
+        return 0
+    if isinstance(image, Image.Image):
+        return 1
+    if isinstance(image, (torch.Tensor, np.ndarray)):
+        return 1 if image.ndim == 3 else int(image.shape[0])
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image is an empty list; give at least one image, or image=None")
+        return len(image)
+    raise ValueError(f"image is a {type(image).__name__}; give PIL images, a uint8 array or a tensor")
+
+
+def _check_batch(n_prompts: int, n_images: int, task: str) -> None:
+    if n_prompts > 1 and n_images > 1 and n_prompts != n_images:
+        raise ValueError(f"{task}: {n_prompts} prompts for {n_images} images; give one prompt per image, "
+                         "or one for all")
+
+
+def resolve_task(prompt=None, image=None, task: str | None = None, *, mask_image=None) -> str:
+    """The task to run: `task` checked against the inputs, or inferred when None.
+
+    Inference: mask_image -> inpaint; nothing -> joint; an image alone -> caption; a prompt
+    alone -> t2i (infill when it has <|mask:N|> placeholders); an image and a prompt with
+    placeholders -> vqa. Combinations the inputs do not allow raise a ValueError saying
+    what to give instead.
+    """
+    prompts = _prompt_list(prompt)
+    n_images = count_images(image)
+    holes = [bool(PLACEHOLDER.search(p)) for p in prompts]
+    if any(holes) and not all(holes):
+        raise ValueError("some prompts have <|mask:N|> placeholders and some do not; run them as separate batches")
+    placeholders = bool(holes) and all(holes)
+    if task is None:
+        if mask_image is not None:
+            task = "inpaint"
+        elif not prompts:
+            task = "caption" if n_images else "joint"
+        elif not n_images:
+            task = "infill" if placeholders else "t2i"
+        elif placeholders:
+            task = "vqa"
+        else:
+            raise ValueError("an image and a prompt without <|mask:N|> placeholders: to ask about the image put "
+                             "placeholders where the answer goes (task='vqa'); to redraw part of it give "
+                             "mask_image (task='inpaint'); to caption it give no prompt")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if mask_image is not None and task != "inpaint":
+        raise ValueError(f"mask_image is only for task='inpaint', not {task!r}")
+
+    if task == "t2i":
+        if not prompts:
+            raise ValueError("t2i needs a prompt; for an image and a caption from nothing use task='joint'")
+        if n_images:
+            raise ValueError("t2i draws from a prompt alone but an image was given; to redraw part of an image "
+                             "use task='inpaint' with mask_image")
+        if placeholders:
+            raise ValueError("the prompt has <|mask:N|> placeholders; t2i needs a complete prompt "
+                             "(to fill the placeholders use task='infill')")
+    elif task == "caption":
+        if not n_images:
+            raise ValueError("captioning needs an image (image=...)")
+        if prompts:
+            raise ValueError("captioning takes no prompt; to ask about the image use task='vqa' with "
+                             "<|mask:N|> placeholders where the answer goes")
+    elif task in ("vqa", "infill"):
+        if task == "vqa" and not n_images:
+            raise ValueError("vqa needs an image to answer about (image=...)")
+        if not prompts or not placeholders:
+            raise ValueError(f"{task} needs a prompt with <|mask:N|> placeholders where the text to generate goes, "
+                             "e.g. 'what shape is the red object ?<|mask:1|>'")
+        _check_batch(len(prompts), n_images, task)
+    elif task == "joint":
+        if prompts or n_images:
+            raise ValueError("joint generation starts from nothing; with a prompt use task='t2i', with an image "
+                             "task='caption'")
+    elif task == "inpaint":
+        if not n_images or mask_image is None:
+            raise ValueError("inpaint needs an image and a mask_image (white = regenerate)")
+        if count_images(mask_image) not in (1, n_images):
+            raise ValueError(f"inpaint: {count_images(mask_image)} masks for {n_images} images")
+        if placeholders:
+            raise ValueError("inpaint takes a complete prompt (or none); <|mask:N|> placeholders belong to "
+                             "task='infill'/'vqa'")
+        _check_batch(len(prompts), n_images, task)
+    return task
+
+
+def format_images(images: torch.Tensor, output_type: str = "pil"):
+    """(B, 3, H, W) in [-1, 1] -> a list of PIL images ("pil"), a (B, H, W, 3) float array in
+    [0, 1] ("np") or a (B, 3, H, W) tensor in [0, 1] ("pt")."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    if output_type == "pil":
+        from ..data.imagetext import to_pil
+
+        return to_pil(images)
+    x = (images.detach().float().clamp(-1, 1) + 1) / 2
+    return x if output_type == "pt" else x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---------------------------------------------------------------- loading any mmdlm pipeline
+PIPELINES: dict[str, type] = {}
+
+
+def register_pipeline(cls: type) -> type:
+    """Make `load_pipeline` know a pipeline class (use as a class decorator)."""
+    PIPELINES[cls.__name__] = cls
+    return cls
+
+
+register_pipeline(TextDiffusionPipeline)
+
+
+def load_pipeline(path: str | Path, **kwargs):
+    """Load a saved mmdlm pipeline of any kind: reads `_class_name` in `model_index.json` and
+    calls that class's `from_pretrained(path, **kwargs)` (diffusers cannot resolve mmdlm's
+    classes by name itself)."""
+    from .. import pipelines  # noqa: F401  (importing the package registers every pipeline)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no pipeline at {path}")
+    index = path / "model_index.json"
+    if not index.is_file():
+        hint = ""
+        if (path / "mmdlm.json").is_file():
+            hint = "; it is a mmdlm diffusion LM folder: load it with TextDiffusionPipeline.from_dlm"
+        raise ValueError(f"{path} is not a saved pipeline (no model_index.json){hint}")
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
+    if name not in PIPELINES:
+        raise ValueError(f"{path} holds a {name or 'unnamed'} pipeline, not a mmdlm pipeline "
+                         f"(mmdlm pipelines: {', '.join(sorted(PIPELINES))})")
+    return PIPELINES[name].from_pretrained(path, **kwargs)

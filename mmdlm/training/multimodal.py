@@ -1,0 +1,117 @@
+"""What every multimodal backbone's training shares: the backbone registry, the data, the
+per-sample task draw and caption dropout. Nothing here knows a model.
+
+`mmdlm train-mm --config ...` reads a `TrainMMConfig` (mmdlm/cli.py) and calls
+`BACKBONES[config.backbone](config)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+TRAIN_TASKS = ("t2i", "caption", "joint")  # t2i: text clean; caption: image clean; joint: both noisy
+
+# Backbone name -> a function of TrainMMConfig that builds, trains and saves the model. Each
+# backbone adds its entry here (with its imports inside the function, so that the CLI stays
+# quick to start).
+BACKBONES: dict[str, Callable] = {}
+
+
+def check_task_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The weights of `TRAIN_TASKS` (missing ones 0), checked: known names, >= 0, some > 0."""
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"task_weights must map tasks to weights, e.g. {{'t2i': 0.5, 'caption': 0.5}}, "
+                         f"got {weights!r}")
+    unknown = set(weights) - set(TRAIN_TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)} in task_weights; training tasks are "
+                         f"{', '.join(TRAIN_TASKS)}")
+    out = {t: float(weights.get(t, 0.0)) for t in TRAIN_TASKS}
+    if any(w < 0 for w in out.values()) or sum(out.values()) <= 0:
+        raise ValueError(f"task_weights must be >= 0 with a positive sum, got {dict(weights)}")
+    return out
+
+
+def draw_tasks(batch_size: int, weights: Mapping[str, float], generator: torch.Generator | None = None,
+               device=None) -> torch.LongTensor:
+    """One task per sample: indices into `TRAIN_TASKS`, shape (batch_size,).
+
+    Systematic sampling: each task gets batch_size x its share of the weights, rounded up or
+    down at random (so Muddit's half text-to-image / half captioning batch is exact), in a
+    random order. Reproducible for a generator.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    w = torch.tensor(list(check_task_weights(weights).values()), dtype=torch.float64)
+    cdf = w.cumsum(0) / w.sum()
+    u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(batch_size)) / batch_size
+    tasks = torch.searchsorted(cdf, u, right=True).clamp(max=len(TRAIN_TASKS) - 1)
+    tasks = tasks[torch.randperm(batch_size, generator=generator)]
+    return tasks.to(device) if device is not None else tasks
+
+
+def drop_captions(text_ids: torch.LongTensor, p: float, mask_token_id: int, generator: torch.Generator | None = None,
+                  *, rows: torch.BoolTensor | None = None) -> tuple[torch.LongTensor, torch.BoolTensor]:
+    """Caption dropout for classifier-free guidance: each row (of `rows`, default all) is
+    replaced with probability `p` by an all-mask caption, the same "no caption" the
+    unconditional pass sees at sampling time. Returns (new ids, which rows were dropped)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"caption dropout must be in [0, 1), got {p}")
+    draw = torch.rand(text_ids.shape[0], generator=generator).to(text_ids.device) < p
+    if rows is not None:
+        draw &= rows.to(draw.device)
+    return torch.where(draw[:, None], torch.full_like(text_ids, mask_token_id), text_ids), draw
+
+
+@dataclass
+class MMData:
+    """Training (and evaluation) data as dicts of tensors: `pixels` (N, 3, H, W) in [-1, 1]
+    and `text_ids` (N, text_length), the format `mmdlm.training.Trainer` takes."""
+
+    train: dict[str, torch.Tensor]
+    eval: dict[str, torch.Tensor] | None
+    tokenizer: object
+    info: dict = field(default_factory=dict)
+
+
+def load_caption_tokenizer(path: str | None, texts):
+    """The tokenizer at `path` (given a mask and EOS token if it lacks them), or a word-level
+    tokenizer trained on `texts`."""
+    from ..data.tokenizer import train_word_tokenizer
+    from ..multimodal.text import ensure_caption_tokens
+    from ..text.base import load_tokenizer
+
+    if path:
+        return ensure_caption_tokens(load_tokenizer(path))
+    return train_word_tokenizer(texts)
+
+
+def mm_training_data(c) -> MMData:
+    """Images and captions of `c.dataset` (a `TrainMMConfig`), tokenised on the caption canvas.
+
+    Evaluation data: the built-in sets' test split (`c.n_eval` examples; for shapes, held-out
+    scenes), a source's "validation" split if it has one, else none.
+    """
+    from ..data.imagetext import BUILTINS, load_image_text
+    from ..multimodal.text import encode_captions
+
+    common = dict(image_column=c.image_column, text_column=c.text_column, image_size=c.image_size,
+                  data_files=c.data_files, seed=c.seed)
+    pixels, texts = load_image_text(c.dataset, split="train", n=c.n_train, **common)
+    tokenizer = load_caption_tokenizer(c.tokenizer, texts)
+    train = {"pixels": pixels, "text_ids": encode_captions(tokenizer, texts, c.text_length)}
+    eval_data = None
+    if c.n_eval:
+        split = "test" if c.dataset in BUILTINS and not c.data_files else "validation"
+        try:
+            eval_pixels, eval_texts = load_image_text(c.dataset, split=split, n=c.n_eval, **common)
+        except ValueError as err:
+            if f"no {split!r} split" not in str(err):
+                raise
+        else:
+            eval_data = {"pixels": eval_pixels, "text_ids": encode_captions(tokenizer, eval_texts, c.text_length)}
+    info = {"dataset": c.dataset, "train_examples": len(texts),
+            "eval_examples": 0 if eval_data is None else len(eval_data["pixels"]), "vocab_size": len(tokenizer)}
+    return MMData(train, eval_data, tokenizer, info)
