@@ -76,6 +76,15 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
             datasets.Dataset.from_dict(splits["validation"]), info)
 
 
+def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
+    try:
+        return datasets.load_dataset(builder, data_files=data_files)
+    except ValueError as err:
+        if "corresponds to no data" in str(err):
+            raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
+        raise
+
+
 def _load_source(source: str, data_files: list[str] | None,
                  builtins: str = f"'{BUILTIN}' for the built-in corpus") -> datasets.DatasetDict:
     if data_files:
@@ -88,12 +97,12 @@ def _load_source(source: str, data_files: list[str] | None,
                       and not Path(f).name.startswith("metadata.")]
             if others:
                 raise ValueError(f"image files can come only with metadata.jsonl/metadata.csv, got {others}")
-            return datasets.load_dataset("imagefolder", data_files=data_files)
+            return _load_files("imagefolder", data_files)
         builders = {_LOCAL_FORMATS.get(s) for s in suffixes}
         if None in builders or len(builders) != 1:
             raise ValueError(f"data files must share one format among {sorted(_LOCAL_FORMATS)}; "
                              f"got suffixes {sorted(suffixes)}")
-        return datasets.load_dataset(builders.pop(), data_files=data_files)
+        return _load_files(builders.pop(), data_files)
     if Path(source).is_dir():
         return datasets.load_dataset(source)
     try:

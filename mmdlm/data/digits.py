@@ -132,3 +132,9 @@ class DigitClassifier:
         images, labels, _ = split_arrays(split, self.seed)
         predicted = self.predict([render_digit(p, self.image_size) for p in images])
         return float((predicted == labels).mean())
+
+
+@lru_cache(maxsize=4)
+def digit_classifier(image_size: int = 32, seed: int = 0) -> DigitClassifier:
+    """A shared, trained `DigitClassifier` (trained once per image size and split seed)."""
+    return DigitClassifier(image_size, seed)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -49,13 +48,6 @@ def scene_attributes(predicted: S.Scene | None, truth: S.Scene) -> dict[str, boo
     }
     out["all"] = p == t
     return out
-
-
-@lru_cache(maxsize=2)
-def _digit_classifier(image_size: int):
-    from ..data.digits import DigitClassifier
-
-    return DigitClassifier(image_size)
 
 
 def _default_steps(pipe) -> int | None:
@@ -139,7 +131,11 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
                     **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image", "s_per_caption"):
         record[key] = None
-    judge = _digit_classifier(image_size) if dataset == "digits" else None
+    judge = None
+    if dataset == "digits":
+        from ..data.digits import digit_classifier
+
+        judge = digit_classifier(image_size)
     examples: dict = {}
     grids: dict = {}
 
