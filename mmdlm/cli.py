@@ -147,6 +147,7 @@ class EvalMMConfig:
     text_guidance_scale: float | None = field(default=None, metadata={
         "help": "text guidance (default: the pipeline's)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
     output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})
     samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
 

@@ -89,15 +89,16 @@ def image_grid(images, cols: int = 8):
 
 def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps: int | None = None, seed: int = 0,
              batch_size: int = 16, tasks=EVAL_TASKS, image_size: int | None = None,
-             samples_dir: str | Path | None = None, **call_kwargs) -> dict:
+             samples_dir: str | Path | None = None, warmup: bool = True, **call_kwargs) -> dict:
     """Score `pipe` on `dataset` ("shapes" or "digits") with `n` samples per task.
 
     The pipeline is called only through the shared convention (`prompt=..., task="t2i"`,
     `image=..., task="caption"`, `task="joint", num_images_per_prompt=...`), `batch_size`
     samples at a time, the batch b with `torch.Generator().manual_seed(seed + b)`. Extra
     keyword arguments (e.g. `guidance_scale`) go to every call and into the record.
-    `num_inference_steps=None` uses the pipeline's default. With `samples_dir`, grids of
-    the first generated images are written there as PNG.
+    `num_inference_steps=None` uses the pipeline's default. With `warmup`, each task first
+    runs once on one sample, untimed (one-time costs stay out of the seconds per sample).
+    With `samples_dir`, grids of the first generated images are written there as PNG.
     """
     if dataset not in DATASETS:
         raise ValueError(f"evaluation knows the built-in sets {', '.join(DATASETS)}, not {dataset!r}")
@@ -127,7 +128,7 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
     n = len(data)
     record: dict = {"backbone": getattr(pipe, "backbone", type(pipe).__name__), "pipeline": type(pipe).__name__,
                     "dataset": dataset, "n": n, "num_inference_steps": steps, "seed": seed,
-                    "image_size": image_size, "batch_size": batch_size,
+                    "image_size": image_size, "batch_size": batch_size, "device": str(getattr(pipe, "device", "cpu")),
                     **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image", "s_per_caption"):
         record[key] = None
@@ -140,6 +141,8 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
     grids: dict = {}
 
     if "t2i" in tasks:
+        if warmup:
+            call(0, prompt=texts[:1], task="t2i")
         images, start = [], time.perf_counter()
         for b, prompts in _batches(texts, batch_size):
             images += _check(call(b, prompt=prompts, task="t2i"), len(prompts), "images", "t2i")
@@ -155,6 +158,8 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
             record["t2i_accuracy"] = _mean(p == t for p, t in zip(judge.predict(images).tolist(), truths))
 
     if "caption" in tasks:
+        if warmup:
+            call(0, image=truth_images[:1], task="caption")
         captions, start = [], time.perf_counter()
         for b, batch in _batches(truth_images, batch_size):
             captions += _check(call(b, image=batch, task="caption"), len(batch), "texts", "caption")
@@ -175,6 +180,8 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
             record["caption_valid"] = _mean(p is not None for p in parsed)
 
     if "joint" in tasks:
+        if warmup:
+            call(0, task="joint", num_images_per_prompt=1)
         images, captions, start = [], [], time.perf_counter()
         for b, batch in _batches(list(range(n)), batch_size):
             out = call(b, task="joint", num_images_per_prompt=len(batch))
