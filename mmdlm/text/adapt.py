@@ -150,7 +150,9 @@ class DiffusionLM(nn.Module):
         `state_dict` (keys of this module, `model.` first) replaces the module's own weights,
         for parameters gathered from shards (FSDP)."""
         with atomic_dir(path) as tmp:
-            if state_dict is None or self.is_lora:
+            if self.is_lora:  # the adapter only: the [MASK] rows are in it (trainable tokens), no full embedding
+                self.model.save_pretrained(tmp, save_embedding_layers=False)
+            elif state_dict is None:
                 self.model.save_pretrained(tmp)
             else:
                 inner = {k.removeprefix("model."): v for k, v in state_dict.items()}
