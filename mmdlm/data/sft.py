@@ -84,8 +84,8 @@ def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = Non
     a local folder or a hub dataset. Without a validation split one is carved off (seed 0)."""
     if source == BUILTIN and not data_files:
         train, validation, info = builtin_sft_splits(validation_fraction, max_files)
-        return train, validation, {"source": "stdlib functions: prompt = signature + docstring, response = body",
-                                   **info.to_dict()}
+        return train, validation, {**info.to_dict(),
+                                   "records": "stdlib functions: prompt = signature + docstring, response = body"}
     dsd = _load_source(source, data_files)
     if "train" not in dsd:
         raise ValueError(f"dataset {source!r} has no 'train' split (splits: {list(dsd)})")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 
 ALL_LINEAR = "all-linear"
 
@@ -40,7 +39,7 @@ class LoraArgs:
 
 def apply_lora(model: torch.nn.Module, *, r: int, alpha: int | None = None, dropout: float = 0.0,
                target_modules: list[str] | str | None = None, trainable_token_indices=None,
-               modules_to_save: list[str] | None = None, base_model_name_or_path: str | None = None) -> PeftModel:
+               modules_to_save: list[str] | None = None, base_model_name_or_path: str | None = None):
     """Wrap `model` with LoRA adapters (peft); every other weight is frozen.
 
     `target_modules`: module-name suffixes such as ["to_q", "to_k", "to_v"] (diffusers) or
@@ -48,6 +47,8 @@ def apply_lora(model: torch.nn.Module, *, r: int, alpha: int | None = None, drop
     output head. `alpha` defaults to r (scale 1). `trainable_token_indices`: rows of an
     embedding to train in full, [ids] for the input embedding or {module name: [ids]}.
     """
+    from peft import LoraConfig, get_peft_model  # imported here: the CLI loads this module for LoraArgs
+
     if r < 1:
         raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     if not 0 <= dropout < 1:
@@ -71,8 +72,10 @@ def apply_lora(model: torch.nn.Module, *, r: int, alpha: int | None = None, drop
     return peft_model
 
 
-def merge_lora(model: PeftModel) -> torch.nn.Module:
+def merge_lora(model) -> torch.nn.Module:
     """The base model with the adapter folded into its weights (peft `merge_and_unload`)."""
+    from peft import PeftModel
+
     if not isinstance(model, PeftModel):
         raise ValueError(f"{type(model).__name__} carries no LoRA adapter to merge")
     return model.merge_and_unload()
