@@ -1,5 +1,7 @@
 """LoRA through peft: on a DLM (adapt, SFT), saved as an adapter, reloaded, merged; and on a
 diffusers transformer, so the multimodal trainers can use the same helper."""
+import json
+
 import pytest
 import torch
 from conftest import TEXT, tiny_causal_lm
@@ -97,6 +99,9 @@ def test_sft_with_lora_on_a_dlm_and_errors(tmp_path, tokenizer, capsys):
     assert code == 0, capsys.readouterr().err
     sft, _ = load_dlm(out / "model")
     assert sft.is_lora
+    assert cli.main(["generate", "--model", str(out / "model"), "--prompt", "def f1(x):\\n", "--gen-length", "4",
+                     "--steps", "4", "--output", str(tmp_path / "gen.json")]) == 0  # an adapter folder generates
+    assert "continuation" in json.loads((tmp_path / "gen.json").read_text())
     assert set(sft.model.peft_config["default"].target_modules) == {"q_proj", "v_proj"}
     # An adapter whose base moved: a clear error, and base_model fixes it.
     (tmp_path / "dlm").rename(tmp_path / "moved")
