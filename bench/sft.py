@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmdlm.config import build, load_yaml  # noqa: E402
 from mmdlm.cli import SftConfig  # noqa: E402
+from mmdlm.config import build, load_yaml  # noqa: E402
 from mmdlm.data.sft import encode_sft, load_sft_splits  # noqa: E402
 from mmdlm.diffusion import corrupt, get_schedule, masked_diffusion_loss  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402

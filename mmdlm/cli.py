@@ -67,10 +67,12 @@ class SftConfig(LoraArgs, TrainArgs):
     prompt_field: str = field(default="prompt", metadata={"help": "field holding the prompt"})
     response_field: str = field(default="response", metadata={"help": "field holding the response"})
     messages_field: str = field(default="messages", metadata={
-        "help": "field holding a chat (list of {role, content}, the assistant's answer last); used with the chat template"})
+        "help": "field holding a chat (list of {role, content}, the assistant's answer last); "
+                "used with the chat template"})
     chat_template: bool | None = field(default=None, metadata={
         "help": "format with the tokenizer's chat template (default: when the tokenizer has one)"})
-    validation_fraction: float = field(default=0.05, metadata={"help": "share held out when the data has no validation split"})
+    validation_fraction: float = field(default=0.05, metadata={
+        "help": "share held out when the data has no validation split"})
     max_files: int | None = field(default=None, metadata={"help": "built-in set: use only the first N stdlib files"})
     max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
     seq_len: int = field(default=128, metadata={

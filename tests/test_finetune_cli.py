@@ -29,7 +29,8 @@ COMMON = ["--max-steps", "2", "--batch-size", "2", "--warmup-steps", "0", "--sav
 
 def _argv(command, files, out):
     if command == "pretrain":
-        return ["pretrain", "--dataset", "local", "--data-files", files["text"], "--seq-len", "16", "--vocab-size", "300",
+        return ["pretrain", "--dataset", "local", "--data-files", files["text"], "--seq-len", "16",
+                "--vocab-size", "300",
                 "--model-config", json.dumps({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                                               "num_hidden_layers": 1, "num_attention_heads": 2,
                                               "num_key_value_heads": 2, "max_position_embeddings": 64}),

@@ -91,7 +91,8 @@ def test_sft_with_lora_on_a_dlm_and_errors(tmp_path, tokenizer, capsys):
     dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
     dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(f'{{"prompt": "def f{i}(x):\\n", "response": "    return x + {i}\\n"}}\n' for i in range(12)))
+    data.write_text("".join(json.dumps({"prompt": f"def f{i}(x):\n", "response": f"    return x + {i}\n"}) + "\n"
+                            for i in range(12)))
     out = tmp_path / "sft"
     code = cli.main(["sft", "--model", str(tmp_path / "dlm"), "--dataset", "json", "--data-files", str(data),
                      "--seq-len", "24", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "0",

@@ -15,6 +15,7 @@ from mmdlm.text.generate import continue_text
 from mmdlm.training import TrainArgs
 from mmdlm.training.diffusion import DiffusionTrainer
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models train ~10x faster on one thread when the machine's cores are busy."""

@@ -104,7 +104,8 @@ def _chat_texts(tokenizer, messages) -> tuple[str, str]:
     """(prompt text, response text) of a chat whose last message is the assistant's answer."""
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
-        raise ValueError(f"messages must be a list of {{'role': {'|'.join(ROLES)}, 'content': str}}, got {messages!r:.200}")
+        raise ValueError(f"messages must be a list of {{'role': {'|'.join(ROLES)}, 'content': str}}, "
+                         f"got {messages!r:.200}")
     if messages[-1]["role"] != "assistant":
         raise ValueError("the last message of a chat must be the assistant's answer (the response to learn)")
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
@@ -148,8 +149,9 @@ def encode_sft(records, tokenizer, seq_len: int, *, prompt_field: str = "prompt"
         else:
             missing = [f for f in (prompt_field, response_field) if not isinstance(rec.get(f), str)]
             if missing:
+                hint = f" or give '{messages_field}'" if use_template else ""
                 raise ValueError(f"record {i} has no text field(s) {missing} (fields: {sorted(rec)}); set "
-                                 "prompt_field / response_field" + (f" or give '{messages_field}'" if use_template else ""))
+                                 f"prompt_field / response_field{hint}")
             prompt, response = rec[prompt_field], rec[response_field]
             if use_template:
                 prompt, response = _chat_texts(tokenizer, [{"role": "user", "content": prompt},
