@@ -1,5 +1,8 @@
 """A training run killed with SIGKILL, then resumed, ends with the weights of an uninterrupted run;
-a kill during a checkpoint save leaves the previous checkpoint as the latest one."""
+a kill during a checkpoint save leaves the previous checkpoint as the latest one. The killed run
+is a subprocess; the reference and the resumed runs run here, all on one thread."""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import torch
 from conftest import tiny_causal_lm
 from safetensors.torch import load_file
 
+from mmdlm import cli
 from mmdlm.training import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +43,25 @@ def setup(tmp_path_factory, tokenizer_factory):
                 "--eval-batches", "1", "--output-dir", str(out)]
 
     reference = root / "reference"
-    done = subprocess.run([sys.executable, "-m", "mmdlm", *argv(reference)], env=_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_process(argv(reference))
     return root, argv, load_file(str(reference / "model" / "model.safetensors"))
+
+
+def _in_process(argv) -> str:
+    """Run `mmdlm ARGV` here, on one thread like the killed subprocess (same kernels, same bits)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out.getvalue()
 
 
 def _kill_at(pause_at: str, argv, marker: Path) -> None:
@@ -59,10 +78,8 @@ def _kill_at(pause_at: str, argv, marker: Path) -> None:
 
 
 def _resume(argv) -> None:
-    done = subprocess.run([sys.executable, "-m", "mmdlm", *argv, "--resume"], env=_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "(step 2)" in done.stdout and "resumed from" in done.stdout  # not a silent restart
+    printed = _in_process([*argv, "--resume"])
+    assert "resumed from" in printed and "(step 2)" in printed  # not a silent restart
 
 
 def _assert_same(reference, out: Path):
