@@ -99,8 +99,8 @@ def sft(r: dict | None) -> str | None:
         return None
     s, res = r["settings"], r["results"]
     rows = ["| model | trainable parameters | SFT steps x batch | training time | held-out loss | held-out body loss | "
-            "first line exact | body-shaped | stopped (EOS) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "first line exact | first word | body-shaped | stopped (EOS) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     runs = {f"SFT {k}": v for k, v in r["runs"].items()}
     for name, x in res.items():
         run = runs.get(name)
@@ -108,7 +108,7 @@ def sft(r: dict | None) -> str | None:
         steps = "" if run is None else f"{run['max_steps']} x {run['batch_size']}"
         secs = "" if run is None else f"{run['train_seconds'] / 60:.1f} min"
         rows.append(f"| {name} | {what} | {steps} | {secs} | {x['heldout_loss']:.3f} | {x['heldout_body_loss']:.3f} | "
-                    f"{x['first_line_exact']:.3f} | "
+                    f"{x['first_line_exact']:.3f} | {x['first_word_match']:.3f} | "
                     f"{x['body_shaped']:.3f} | {x['stopped']:.3f} |")
     full = next(iter(r["runs"].values()))
     ts = full["train_stats"]
@@ -118,7 +118,8 @@ def sft(r: dict | None) -> str | None:
              f"response token, EOS padding included (the training loss), and the same restricted to the body "
              f"(up to its first EOS, per body token). Generation: {s['prompts']} held-out prompts, up to "
              f"{s['gen_length']} tokens, {s['steps']} steps, blocks of {s['block_length']}, {s['rule']}. "
-             f"{s['torch_threads']} threads, torch {r['versions']['torch']}. Command: `{r['command']}`."]
+             f"Torch threads: {s['torch_threads']}, torch {r['versions']['torch']}; training times on a shared, "
+             f"busy 2-core machine. Command: `{r['command']}`."]
     i = r["example"]
     base = next(iter(res.values()))["generations"][i]
     rows += ["", "A held-out prompt, the reference body, and what each model writes:", "", "```python",

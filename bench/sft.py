@@ -5,8 +5,9 @@ configs/sft-lora.yaml (LoRA), then measures on held-out functions (the validatio
 the standard library, never trained on):
 - held-out SFT loss: negative ELBO per response token (EOS padding included) under fixed noise;
 - generation from the prompt (signature + docstring), greedy: whether the first line of the
-  body matches the reference exactly, whether the output looks like a body (its first line is
-  indented), and whether the model stopped (produced EOS) within the budget.
+  body matches the reference exactly, whether its first word does (`return`, `if`, ...),
+  whether the output looks like a body (its first line is indented), and whether the model
+  stopped (produced EOS) within the budget.
 
     OMP_NUM_THREADS=1 python bench/sft.py   # trains what is missing in outputs/, writes bench/results/sft.{json,png}
     python bench/sft.py --retrain       # trains again
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -82,9 +84,14 @@ def generations(path: str, records: list[dict], gen_length: int, block_length: i
     return out
 
 
+def first_word(text: str) -> str:
+    return next(iter(first_line(text).split()), "")
+
+
 def score(gens: list[dict]) -> dict:
     n = len(gens)
     return {"first_line_exact": sum(first_line(g["output"]) == first_line(g["reference"]) for g in gens) / n,
+            "first_word_match": sum(first_word(g["output"]) == first_word(g["reference"]) for g in gens) / n,
             "body_shaped": sum(first_line(g["output"]).startswith("    ") for g in gens) / n,
             "stopped": sum(g["stopped"] for g in gens) / n}
 
@@ -135,8 +142,15 @@ def main() -> None:
     p.add_argument("--block-length", type=int, default=16)
     p.add_argument("--draws", type=int, default=4, help="noise draws per held-out example for the loss")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sft.json"))
+    p.add_argument("--rescore", action="store_true", help="recompute the scores of the generations in --out")
     a = p.parse_args()
 
+    if a.rescore:  # the scores are functions of the stored generations
+        record = json.loads(Path(a.out).read_text())
+        for x in record["results"].values():
+            x.update(score(x["generations"]))
+        atomic_write_text(a.out, json.dumps(record, indent=2))
+        return
     runs = {("lora" if (r := train(Path(c), a.retrain))["lora_r"] else "full"): r for c in a.configs}
     seq_len = build(SftConfig, load_yaml(a.configs[0])).seq_len
     _, val_records, source = load_sft_splits("stdlib")
@@ -159,7 +173,8 @@ def main() -> None:
         print(name, {k: v for k, v in results[name].items() if k != "generations"})
 
     example = min(range(len(prompts)), key=lambda i: abs(len(prompts[i]["response"]) - 80))
-    record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "machine": machine(),
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    record = {"command": " ".join([f"{threads}python bench/sft.py", *sys.argv[1:]]), "machine": machine(),
               "versions": versions(), "data": source, "heldout_examples": stats.kept,
               "settings": {"seq_len": seq_len, "prompts": len(prompts), "gen_length": a.gen_length,
                            "steps": a.gen_length, "block_length": a.block_length, "rule": "confidence (greedy)",
