@@ -122,7 +122,57 @@ def quickstart(_: dict | None = None) -> str | None:
         f"Infilling of `{infill['input']!r}`:", "", "```python", infill["output"].rstrip("\n"), "```"])
 
 
-RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart}
+def sft(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    s, res = r["settings"], r["results"]
+    rows = ["| model | trainable parameters | SFT steps x batch | training time | held-out loss | held-out body loss | "
+            "first line exact | first word | body-shaped | stopped (EOS) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    runs = {f"SFT {k}": v for k, v in r["runs"].items()}
+    for name, x in res.items():
+        run = runs.get(name)
+        what = "" if run is None else f"{run['trainable_parameters']:,} of {run['parameters']:,}"
+        steps = "" if run is None else f"{run['max_steps']} x {run['batch_size']}"
+        secs = "" if run is None else f"{run['train_seconds'] / 60:.1f} min"
+        rows.append(f"| {name} | {what} | {steps} | {secs} | {x['heldout_loss']:.3f} | {x['heldout_body_loss']:.3f} | "
+                    f"{x['first_line_exact']:.3f} | {x['first_word_match']:.3f} | "
+                    f"{x['body_shaped']:.3f} | {x['stopped']:.3f} |")
+    full = next(iter(r["runs"].values()))
+    ts = full["train_stats"]
+    rows += ["", f"Built-in set: {ts['records']:,} training functions, {ts['kept']:,} fit in {s['seq_len']} tokens "
+             f"with at least one EOS ({ts['dropped_too_long']:,} dropped as too long); held-out loss over the "
+             f"{r['heldout_examples']} held-out functions that fit ({s['draws']} noise draws each): negative ELBO per "
+             f"response token, EOS padding included (the training loss), and the same restricted to the body "
+             f"(up to its first EOS, per body token). Generation: {s['prompts']} held-out prompts, up to "
+             f"{s['gen_length']} tokens, {s['steps']} steps, blocks of {s['block_length']}, {s['rule']}. "
+             f"Torch threads: {s['torch_threads']}, torch {r['versions']['torch']}; training times on a shared, "
+             f"busy 2-core machine. Command: `{r['command']}`."]
+    i = r["example"]
+    base = next(iter(res.values()))["generations"][i]
+    rows += ["", "A held-out prompt, the reference body, and what each model writes:", "", "```python",
+             base["prompt"] + base["reference"].rstrip("\n"), "```"]
+    for name, x in res.items():
+        g = x["generations"][i]
+        rows += ["", f"{name}{'' if g['stopped'] else ' (did not stop)'}:", "", "```python",
+                 g["prompt"] + g["output"].rstrip("\n"), "```"]
+    return "\n".join(rows)
+
+
+def ddp_equality(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    s = r["settings"]
+    same = "identical" if r["ranks_identical"] else "NOT identical"
+    return (f"Measured (`{r['command']}`: a {s['parameters']:,}-parameter DLM, {s['steps']} steps, batch "
+            f"{s['batch_size']} x {s['seq_len']} tokens, lr {s['lr']}): the two processes' weights are {same}; "
+            f"largest difference from the one-process run with grad_accum 2: "
+            f"**{r['max_abs_diff_ddp_vs_single']:.1e}**, against a largest update of "
+            f"{r['max_abs_update']:.1e} (torch {r['versions']['torch']}, accelerate {r['versions']['accelerate']}).")
+
+
+RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
+             "sft": sft, "ddp_equality": ddp_equality}
 
 
 def main() -> int:
