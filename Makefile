@@ -22,8 +22,10 @@ quickstart: install
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
 
+# Tests use tiny models, for which one torch thread per process is fastest (the suite also
+# starts several processes at once in its distributed tests).
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Rebuild the shipped checkpoints (about 25 + 15 minutes on 2 cores).
 teacher: install
