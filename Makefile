@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test teacher dlm assets bench report clean
+.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,8 +22,30 @@ quickstart: install
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
 
-test: install
+# Debian's Chromium for the demo's browser test (never a downloaded browser); installed with
+# apt-get when missing (as root, or through sudo). MMDLM_SKIP_BROWSER=1 skips it and the test.
+CHROMIUM ?= /usr/bin/chromium
+export MMDLM_CHROMIUM := $(CHROMIUM)
+
+browser:
+ifneq ($(MMDLM_SKIP_BROWSER),1)
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM) after apt-get install chromium"; exit 1; }
+endif
+
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# The Gradio demo on http://127.0.0.1:7860 (mmdlm demo --help for its settings).
+demo: install
+	$(BIN)/mmdlm demo
+
+# The README's screenshot of the demo (docs/demo.png), taken with the same headless Chromium.
+screenshot: install browser
+	$(BIN)/python demos/screenshot.py
 
 # Rebuild the shipped checkpoints (about 25 + 15 minutes on 2 cores).
 teacher: install

@@ -33,7 +33,7 @@ from PIL import Image
 
 from mmdlm.cli import DemoConfig
 from mmdlm.pipelines import TextDiffusionPipeline, load_pipeline
-from mmdlm.pipelines.streaming import Done, call_parameters, iterate_steps, split_supported
+from mmdlm.pipelines.streaming import Done, call_parameters, can_preview, iterate_steps, split_supported
 from mmdlm.text import history as view
 from mmdlm.text.generate import PLACEHOLDER
 
@@ -189,19 +189,16 @@ class Demo:
         kwargs, ignored = split_supported(pipe, kwargs)
         if ignored:
             gr.Warning(f"{type(pipe).__name__} has no setting {', '.join(ignored)}; ignored")
-        with lock:
-            try:
-                for item in iterate_steps(pipe, *args, preview=preview, **kwargs):
-                    yield item
-                    if not isinstance(item, Done) and self.config.frame_delay:
-                        time.sleep(self.config.frame_delay)
-            except ValueError as err:
-                raise _refuse(str(err)) from err
-            except gr.Error:
-                raise
-            except Exception as err:
-                log.exception("generation failed")
-                raise _refuse(f"generation failed ({type(err).__name__}); the server log has the details") from err
+        try:
+            for item in iterate_steps(pipe, *args, preview=preview, lock=lock, **kwargs):
+                yield item
+                if not isinstance(item, Done) and self.config.frame_delay:
+                    time.sleep(self.config.frame_delay)
+        except ValueError as err:
+            raise _refuse(str(err)) from err
+        except Exception as err:
+            log.exception("generation failed")
+            raise _refuse(f"generation failed ({type(err).__name__}); the server log has the details") from err
 
     def run_text(self, checkpoint, prompt, gen_length, steps, rule, block_length, threshold, temperature,
                  guidance, seed):
@@ -226,11 +223,12 @@ class Demo:
                 ids = out.sequences[0, start:].tolist()
                 frame = view.frame(tok, ids, prev, mask_id, eos_token_id=tok.eos_token_id)
                 text = out.texts[0] if PLACEHOLDER.search(prompt) else prompt + out.texts[0]
-                status = (f"done: {len(out.texts[0])} characters, {out.nfe} forward passes, "
-                          f"{time.perf_counter() - began:.1f} s")
+                status = f"done: {out.nfe} forward passes, {time.perf_counter() - began:.1f} s"
                 yield _unmasking(frame), status, text
                 return
             ids = item.tensors["sequences"][0, start:].tolist()
+            if prev is None:  # before the first step the appended tokens were all masked
+                prev = ids[: len(ids) - gen_length] + [mask_id] * gen_length
             frame = view.frame(tok, ids, prev, mask_id, eos_token_id=tok.eos_token_id)
             prev = ids
             yield _unmasking(frame), f"step {item.index} of at most {options['num_inference_steps']}: " \
@@ -245,7 +243,8 @@ class Demo:
         if "image_temperature" in (call_parameters(pipe) or ()):  # a discrete image side samples its codes
             options["image_temperature"] = options.pop("temperature")
         began, shown = time.perf_counter(), False
-        for item in self._steps(pipe, lock, prompt, task="t2i", guidance_scale=guidance, return_history=True,
+        live = can_preview(pipe)  # else the pipeline's history is replayed after the run
+        for item in self._steps(pipe, lock, prompt, task="t2i", guidance_scale=guidance, return_history=not live,
                                 **options):
             if isinstance(item, Done):
                 out = item.output
@@ -285,6 +284,8 @@ class Demo:
             if ids is None or tok is None:
                 continue
             ids = ids[0].tolist()
+            if prev is None and task == "caption":  # a caption starts from a fully masked canvas
+                prev = [mask_id] * len(ids)
             frame = view.frame(tok, ids, prev, mask_id, eos_token_id=tok.eos_token_id)
             prev = ids
             yield _unmasking(frame), f"step {item.index} of {options['num_inference_steps']}", ""

@@ -78,8 +78,20 @@ def test_closing_early_stops_the_pipeline(text_pipe):
     stream = iterate_steps(text_pipe, "def", gen_length=32, num_inference_steps=32)
     assert isinstance(next(stream), Step)
     stream.close()  # the consumer leaves (a closed page): the worker ends at its next step
-    assert not any(t.name == "mmdlm-pipeline" for t in threading.enumerate())
+    for worker in [t for t in threading.enumerate() if t.name == "mmdlm-pipeline"]:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
     assert len(seen) <= 3  # not the 32 passes of a full run
+
+
+def test_a_stopped_call_lets_go_of_the_shared_lock(text_pipe):
+    lock = threading.Lock()
+    first = iterate_steps(text_pipe, "def", gen_length=4, num_inference_steps=4, lock=lock)
+    assert isinstance(next(first), Step) and lock.locked()  # held by the running call
+    second = iterate_steps(text_pipe, "class", gen_length=4, num_inference_steps=4, lock=lock)
+    first.close()
+    items = list(second)  # runs once the stopped call has let go
+    assert [type(i) for i in items] == [Step] * 4 + [Done] and not lock.locked()
 
 
 def test_images_stream_and_unsupported_options_are_named():
@@ -241,12 +253,17 @@ def test_api_image_tabs(client, server):
 
 # ---------------------------------------------------------------- the page, in a real browser
 @pytest.fixture(scope="module")
-def page(server):
+def chromium():
+    """Fails, loudly, where Chromium or playwright is missing; skips only when told to."""
+    if os.environ.get("MMDLM_SKIP_BROWSER") == "1":
+        pytest.skip("MMDLM_SKIP_BROWSER=1")
     reason = browser.missing()
     if reason:
-        if os.environ.get("MMDLM_SKIP_BROWSER") == "1":
-            pytest.skip(f"MMDLM_SKIP_BROWSER=1: {reason}")
         pytest.fail(f"the browser test cannot run: {reason} (set MMDLM_SKIP_BROWSER=1 to skip it knowingly)")
+
+
+@pytest.fixture(scope="module")
+def page(chromium, server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:

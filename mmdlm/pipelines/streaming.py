@@ -4,8 +4,11 @@
 after every denoising step (the tensors its `callback_on_step_end` received, copied, and an
 image preview when the pipeline can give one), then a `Done` with the pipeline's output. The
 worker waits for each step to be taken, so a consumer sees every step; closing the iterator
-early stops the pipeline at its next step. Errors of the pipeline (e.g. a `ValueError` for a
-bad input) are raised by the iterator.
+early stops the pipeline at its next step (without waiting for it: a web server may close the
+iterator from its event loop). Errors of the pipeline (e.g. a `ValueError` for a bad input) are
+raised by the iterator. `lock`, when given, is held by the worker for the whole call, so a
+pipeline shared between users never runs two calls at once, even while a stopped one finishes
+its step.
 
 Image previews come from the pipeline's `preview_images(callback_kwargs)` when it has one
 (the current estimate, (B, 3, H, W) in [-1, 1]), else from `decode_latents(latents)` when the
@@ -13,6 +16,7 @@ callback receives latents (the diffusers habit), else there is none while it run
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import queue
 import threading
@@ -60,6 +64,12 @@ def split_supported(pipe, kwargs: dict) -> tuple[dict, list[str]]:
     return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]
 
 
+def can_preview(pipe) -> bool:
+    """Whether `preview_images` can show this pipeline's images while it runs."""
+    return hasattr(pipe, "preview_images") or (
+        "latents" in getattr(pipe, "_callback_tensor_inputs", ()) and hasattr(pipe, "decode_latents"))
+
+
 def preview_images(pipe, tensors: dict) -> torch.Tensor | None:
     """The pipeline's current image estimate from its callback tensors, or None."""
     if hasattr(pipe, "preview_images"):
@@ -70,7 +80,7 @@ def preview_images(pipe, tensors: dict) -> torch.Tensor | None:
 
 
 def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, preview: bool = True,
-                  **kwargs) -> Iterator[Step | Done]:
+                  lock: threading.Lock | None = None, **kwargs) -> Iterator[Step | Done]:
     """Run `pipe(*args, **kwargs)` and yield a `Step` after each denoising step, then `Done`.
 
     `tensor_inputs`: callback tensors to copy into each step (default: all the pipeline
@@ -116,7 +126,10 @@ def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, pre
     def work() -> None:
         try:
             extra = {"callback_on_step_end": on_step} if stepwise else {}
-            result: Any = Done(pipe(*args, **kwargs, **extra))
+            with lock or contextlib.nullcontext():
+                if stop.is_set():
+                    return
+                result: Any = Done(pipe(*args, **kwargs, **extra))
         except _Stopped:
             return
         except BaseException as err:  # handed to the consumer, raised there
@@ -142,6 +155,5 @@ def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, pre
             if isinstance(item, Done):
                 return
     finally:
-        stop.set()
-        worker.join()
+        stop.set()  # the worker ends at its next step and releases the lock
 
