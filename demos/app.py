@@ -96,7 +96,8 @@ def _load(path: Path, kind: str):
         raise _refuse(f"{path} is not a mmdlm checkpoint (no model_index.json or mmdlm.json in it)")
     try:
         pipe = load_pipeline(path) if index else TextDiffusionPipeline.from_dlm(path)
-    except (ValueError, OSError) as err:
+    except Exception as err:  # a broken or foreign checkpoint: say what the loader said
+        log.warning("could not load %s: %s: %s", path, type(err).__name__, err)
         raise _refuse(f"could not load {path}: {err}") from err
     is_text = isinstance(pipe, TextDiffusionPipeline)
     if kind == "text" and not is_text:
@@ -130,11 +131,11 @@ class Demo:
         given = (given or "").strip()
         if given and given != (default or "") and not self.allow_paths:
             raise _refuse("this demo serves only its configured checkpoints; start it with --allow-paths to load "
-                           "other folders")
+                          "other folders")
         path = given or default
         if not path:
             raise _refuse("no multimodal checkpoint: none is shipped yet; give the folder of a saved multimodal "
-                           "pipeline in the checkpoint box" if kind == "mm" else "no checkpoint given")
+                          "pipeline in the checkpoint box" if kind == "mm" else "no checkpoint given")
         return self.pipelines.get(_find(path), kind)
 
     def _text(self, name: str, value, *, required: bool = True) -> str:
@@ -146,24 +147,21 @@ class Demo:
         return value
 
     @staticmethod
-    def _int(name: str, value, lo: int, hi: int) -> int:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise _refuse(f"{name} must be a number, got {value!r}") from None
-        if number != int(number) or not lo <= number <= hi:
-            raise _refuse(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
-        return int(number)
-
-    @staticmethod
     def _float(name: str, value, lo: float, hi: float) -> float:
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise _refuse(f"{name} must be a number, got {value!r}") from None
-        if not lo <= number <= hi:
+        if not lo <= number <= hi:  # NaN fails this too
             raise _refuse(f"{name} must be between {lo} and {hi}, got {value!r}")
         return number
+
+    @classmethod
+    def _int(cls, name: str, value, lo: int, hi: int) -> int:
+        number = cls._float(name, value, lo, hi)
+        if number != int(number):
+            raise _refuse(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+        return int(number)
 
     def _sampling(self, steps, rule, temperature, seed, device) -> dict:
         if rule not in RULES:
@@ -179,7 +177,7 @@ class Demo:
             raise _refuse("the upload is not an image")
         if image.width * image.height > self.config.max_image_pixels:
             raise _refuse(f"the image is {image.width}x{image.height} pixels; the limit is "
-                           f"{self.config.max_image_pixels:,} pixels")
+                          f"{self.config.max_image_pixels:,} pixels")
         return image
 
     # ------------------------------------------------------------ running a pipeline
@@ -207,7 +205,7 @@ class Demo:
         gen_length = self._int("generation length", gen_length, 0, self.config.max_gen_length)
         if gen_length == 0 and not PLACEHOLDER.search(prompt):
             raise _refuse("nothing to generate: raise the generation length, or put <|mask:N|> placeholders "
-                           "(N tokens each) in the prompt")
+                          "(N tokens each) in the prompt")
         block_length = self._int("block length", block_length, 0, self.config.max_gen_length)
         threshold = self._float("threshold", threshold, 0.0, 1.0)
         guidance = self._float("guidance", guidance, 0.0, 10.0)

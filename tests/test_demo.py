@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,8 +115,9 @@ def test_frames_keep_the_spaces_of_word_tokenizers(tokenizer):
                        eos_token_id=word.eos_token_id)
     assert frame == [("a", "done"), (" small", "done"), (" " + view.MASK_GLYPH, "masked"),
                      (" " + view.EOS_GLYPH, "eos")]
-    bpe = tokenizer("def add(a, b):\n    return a + b", add_special_tokens=False)["input_ids"]
-    assert "".join(t for t, _ in view.frame(tokenizer, bpe, None, -1)) == tokenizer.decode(bpe)
+    for text in ("def add(a, b):\n    return a + b", "print('héllo 日本語 🎉')"):  # multi-byte characters too
+        bpe = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert "".join(t for t, _ in view.frame(tokenizer, bpe, None, -1)) == tokenizer.decode(bpe) == text
     html = view.frame_html([("<b>", "new"), (view.MASK_GLYPH, "masked")])
     assert html == f'<span class="new">&lt;b&gt;</span><span class="masked">{view.MASK_GLYPH}</span>'
 
@@ -155,6 +157,8 @@ def server(tmp_path_factory):
     scene.save(folder / "scene.png")
     Image.effect_noise((160, 160), 90).convert("RGB").save(folder / "big.png")  # > 20 KB of noise
     Image.new("RGB", (1100, 1000), "white").save(folder / "wide.png")  # small file, too many pixels
+    (folder / "sd").mkdir()
+    (folder / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     config = DemoConfig(text_model="assets/dlm", mm_model=str(folder / "oracle"), port=_free_port(),
                         max_file_size="20kb", max_image_pixels=1_000_000, frame_delay=0.02, concurrency=2)
     pixels_limit = Image.MAX_IMAGE_PIXELS
@@ -210,7 +214,10 @@ def test_api_bad_inputs_get_clear_messages(client, server):
              (dict(prompt="x", rule="loudest"), "loudest"),
              (dict(prompt="x " * 300), "the model's context is 256"),
              (dict(prompt="x", checkpoint=str(server[1] / "nowhere")), "no checkpoint folder at"),
-             (dict(prompt="x", checkpoint=str(server[1] / "oracle")), "an image-text pipeline")]
+             (dict(prompt="x", checkpoint=str(server[1] / "oracle")), "an image-text pipeline"),
+             (dict(prompt="x", checkpoint=str(server[1] / "sd")), "holds a StableDiffusionPipeline pipeline, not a "
+                                                                    "mmdlm pipeline"),
+             (dict(prompt="x", checkpoint=str(server[1])), "is not a mmdlm checkpoint")]
     for case, message in cases:
         prompt, checkpoint = case.pop("prompt"), case.pop("checkpoint", "")
         with pytest.raises(AppError, match=re.escape(message)):
@@ -222,6 +229,21 @@ def test_api_concurrent_users_all_get_answers(client):
         jobs = [pool.submit(lambda: _text(client, "class ", seed=1).result()) for _ in range(4)]
         texts = [j.result()[2] for j in jobs]
     assert len(set(texts)) == 1 and texts[0].startswith("class ")  # same seed, same text, nobody crashed
+
+
+def test_api_cancelling_stops_the_pipeline(client):
+    job = _text(client, "def ", gen_length=200, steps=200)  # >= 4 s at 0.02 s a frame
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 3 and time.monotonic() < deadline and not job.done():
+        time.sleep(0.02)
+    assert len(job.outputs()) >= 3 and not job.done()
+    assert any(t.name == "mmdlm-pipeline" for t in threading.enumerate())
+    job.cancel()  # what the Stop button does
+    for worker in [t for t in threading.enumerate() if t.name == "mmdlm-pipeline"]:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert not job.outputs()[-1][1].startswith("done")
+    assert _text(client, "def ").result()[1].startswith("done")  # the pipeline's lock was let go
 
 
 def test_api_image_tabs(client, server):

@@ -156,4 +156,3 @@ def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, pre
                 return
     finally:
         stop.set()  # the worker ends at its next step and releases the lock
-

@@ -15,16 +15,18 @@ MASK_GLYPH = "\u2591"  # light shade: one block per masked token
 EOS_GLYPH = "\u23ce"  # return symbol: an end of text
 
 
-def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds to the decoded sequence, spaces included: a word-level
-    tokenizer joins words with spaces that no single token decodes to. Where a prefix does not
-    decode to the start of the longer text (a character split across byte-level tokens), the
-    token decoded alone stands in."""
-    pieces, before = [], ""
+def token_pieces(tokenizer, ids: list[int], *, context: int = 8) -> list[str]:
+    """The text each token adds to the decoded sequence, spaces included (a word-level
+    tokenizer joins words with spaces that no single token decodes to): the decoding of the
+    token with up to `context` tokens before it, less that of those tokens. A character split
+    across byte-level tokens goes to the token that completes it (the others add nothing);
+    where the shorter text is still not a prefix of the longer, the token decoded alone stands in."""
+    pieces = []
     for i, tok in enumerate(ids):
-        text = tokenizer.decode(ids[: i + 1])
+        window = ids[max(0, i - context): i]
+        before = tokenizer.decode(window).rstrip("\ufffd")  # U+FFFD: an incomplete character so far
+        text = tokenizer.decode(window + [tok]).rstrip("\ufffd")
         pieces.append(text[len(before):] if text.startswith(before) else tokenizer.decode([tok]))
-        before = text
     return pieces
 
 
