@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean
+.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean sft bench-sft
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -62,6 +62,15 @@ assets: teacher dlm
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/report.py
+
+# SFT of the shipped DLM on the built-in set (full and LoRA), measured before and after.
+sft: install
+	$(BIN)/mmdlm sft --config configs/sft.yaml
+
+bench-sft: install
+	OMP_NUM_THREADS=1 $(BIN)/python bench/sft.py
+	$(BIN)/python bench/ddp_equality.py
 	$(BIN)/python bench/report.py
 
 report: install

@@ -41,11 +41,14 @@ CONFIGS = [
     {"method": "dlm_vanilla", "block_length": 32},
     {"method": "dlm_parallel", "block_length": 32, "threshold": 0.9},
     {"method": "dlm_parallel", "block_length": 16, "threshold": 0.9},
-    {"method": "dlm_prefix_cache_parallel", "block_length": 32, "threshold": 0.9, "cache": "prefix"},
+    {"method": "dlm_prefix_cache", "block_length": 16, "cache": "prefix"},
     {"method": "dlm_prefix_cache_parallel", "block_length": 16, "threshold": 0.9, "cache": "prefix"},
-    {"method": "dlm_prefix_cache_parallel", "block_length": 16, "threshold": 0.7, "cache": "prefix"},
+    {"method": "dlm_prefix_cache_parallel", "block_length": 32, "threshold": 0.9, "cache": "prefix"},
+    {"method": "dlm_dual_cache", "block_length": 16, "cache": "dual"},
+    {"method": "dlm_dual_cache_parallel", "block_length": 8, "threshold": 0.9, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.9, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.7, "cache": "dual"},
+    {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.5, "cache": "dual"},
 ]
 
 

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import config as cfg
+from .training.lora import LoraArgs
 from .training.trainer import TrainArgs
 
 
@@ -33,7 +34,7 @@ class PretrainConfig(DataArgs, TrainArgs):
 
 
 @dataclass
-class AdaptConfig(DataArgs, TrainArgs):
+class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
     """Adapt a pretrained causal LM into a masked diffusion LM."""
 
     model: str = field(default="assets/teacher", metadata={"help": "causal LM: local folder or hub id"})
@@ -51,6 +52,44 @@ class AdaptConfig(DataArgs, TrainArgs):
     eps: float = field(default=1e-3, metadata={"help": "smallest noise level t"})
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={"help": "token (ELBO per token) | masked"})
+
+
+@dataclass
+class SftConfig(LoraArgs, TrainArgs):
+    """Supervised fine-tuning of a diffusion LM on prompt/response pairs (the prompt is never noised)."""
+
+    model: str = field(default="assets/dlm", metadata={"help": "the diffusion LM to fine-tune (a mmdlm DLM folder)"})
+    output_dir: str = field(default="outputs/sft", metadata={"help": "where the model, logs and checkpoints go"})
+    dataset: str = field(default="stdlib", metadata={
+        "help": "'stdlib' (built-in: the standard library's documented functions, prompt = signature + docstring, "
+                "response = body), a hub dataset name or a local folder"})
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet files"})
+    prompt_field: str = field(default="prompt", metadata={"help": "field holding the prompt"})
+    response_field: str = field(default="response", metadata={"help": "field holding the response"})
+    messages_field: str = field(default="messages", metadata={
+        "help": "field holding a chat (list of {role, content}, the assistant's answer last); "
+                "used with the chat template"})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "format with the tokenizer's chat template (default: when the tokenizer has one)"})
+    validation_fraction: float = field(default=0.05, metadata={
+        "help": "share held out when the data has no validation split"})
+    max_files: int | None = field(default=None, metadata={"help": "built-in set: use only the first N stdlib files"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
+    seq_len: int = field(default=128, metadata={
+        "help": "tokens per example: [BOS] prompt response EOS..., padded with EOS; longer examples are dropped"})
+    t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
+    loss_normalize: str = field(default="token", metadata={
+        "help": "token (negative ELBO per response token) | masked (per masked token, DiffuLLaMA)"})
+
+
+@dataclass
+class MergeLoraConfig:
+    """Fold a LoRA adapter (mmdlm adapt/sft with lora_r > 0) into its base: a plain diffusion LM."""
+
+    adapter: str | None = field(default=None, metadata={"help": "the LoRA DLM folder (OUTPUT_DIR/model of the run)"})
+    output: str | None = field(default=None, metadata={"help": "folder for the merged diffusion LM"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "base checkpoint, if it moved since training (default: the path recorded in the adapter)"})
 
 
 @dataclass
@@ -209,6 +248,18 @@ def _run_adapt(c: AdaptConfig) -> None:
     adapt(c)
 
 
+def _run_sft(c: SftConfig) -> None:
+    from .recipes import sft
+
+    sft(c)
+
+
+def _run_merge_lora(c: MergeLoraConfig) -> None:
+    from .recipes import merge_lora
+
+    merge_lora(c)
+
+
 def _run_generate(c: GenerateConfig) -> None:
     from .recipes import generate
 
@@ -250,6 +301,8 @@ def _run_demo(c: DemoConfig) -> None:
 COMMANDS = {
     "pretrain": (PretrainConfig, _run_pretrain),
     "adapt": (AdaptConfig, _run_adapt),
+    "sft": (SftConfig, _run_sft),
+    "merge-lora": (MergeLoraConfig, _run_merge_lora),
     "generate": (GenerateConfig, _run_generate),
     "train-mm": (TrainMMConfig, _run_train_mm),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
