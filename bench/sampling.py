@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmdlm.data import load_text_splits  # noqa: E402
+from mmdlm.eval.infill import exact_match, fill_spans_ar, fill_spans_dlm  # noqa: E402
+from mmdlm.eval.infill import held_out as held_out_examples  # noqa: E402
+from mmdlm.eval.likelihood import continuation_nll  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402
 
 CONFIGS = [
@@ -50,25 +53,8 @@ def held_out(tokenizer, n_prompts: int, prompt_len: int, n_spans: int, span: int
              seed: int = 0):
     """Prompts and infilling spans from the validation split (files never trained on)."""
     _, validation, _ = load_text_splits("stdlib")
-    g = torch.Generator().manual_seed(seed)
-    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in validation["text"]]
-    docs = [d for d in docs if len(d) >= left + span + right + 1]
-    order = torch.randperm(len(docs), generator=g).tolist()
-    prompts = [docs[i][:prompt_len] for i in order[:n_prompts]]
-    spans = []
-    for k in range(n_spans):
-        d = docs[order[k % len(order)]]
-        at = int(torch.randint(left, len(d) - span - right, (1,), generator=g))
-        spans.append((d[at - left:at], d[at:at + span], d[at + span:at + span + right]))
-    return prompts, spans
-
-
-def _ar_ppl(teacher, prompt: list[int], gen: list[int], bos: int) -> float:
-    ids = torch.tensor([[bos] + prompt + gen])
-    with torch.no_grad():
-        logits = teacher(input_ids=ids).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[-len(gen):]
-    return float(nll.sum()), len(gen)
+    return held_out_examples(tokenizer, validation["text"], n_prompts=n_prompts, prompt_len=prompt_len,
+                             n_spans=n_spans, span=span, left=left, right=right, seed=seed)
 
 
 def _rss_mb() -> float:
@@ -126,33 +112,18 @@ def run_one(cfg: dict, a) -> dict:
             outputs.append(res.sequences[0, len(p) + 1:].tolist())
             nfe += res.nfe
     peak_growth = max(0.0, _peak_rss_mb() - rss_before)
-    nll, count = 0.0, 0
-    for p, o in zip(prompts, outputs):
-        s, n = _ar_ppl(teacher, p, o, bos)
-        nll, count = nll + s, count + n
-    # infilling
-    hits = 0
-    for left_ctx, target, right_ctx in spans:
-        if is_ar:
-            ids = torch.tensor([[bos] + left_ctx])
-            with torch.no_grad():
-                out = teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target),
-                                       min_new_tokens=len(target), do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            pred = out[0, ids.shape[1]:].tolist()
-        else:
-            ids = torch.tensor([[bos] + left_ctx + [mask] * len(target) + right_ctx])
-            lo = len(left_ctx) + 1
-            res = generate(dlm, ids, scheduler, steps=len(target), blocks=[(lo, lo + len(target))],
-                           cache=cfg.get("cache", "none"), generator=g)
-            pred = res.sequences[0, lo:lo + len(target)].tolist()
-        hits += pred == target
+    gen = continuation_nll(teacher, torch.tensor([[bos] + p for p in prompts]), torch.tensor(outputs))
+    if is_ar:
+        preds = fill_spans_ar(teacher, spans, bos, pad_token_id=tokenizer.pad_token_id)
+    else:
+        preds = fill_spans_dlm(dlm, spans, bos, scheduler, cache=cfg.get("cache", "none"), generator=g)
     n_tokens = len(prompts) * a.gen_length
     return {
         **{"block_length": None, "threshold": None, "cache": None}, **cfg,
         "tokens_per_s": round(n_tokens / elapsed, 1),
         "nfe_per_token": round(nfe / n_tokens, 4),
-        "gen_ppl": round(float(torch.tensor(nll / count).exp()), 3),
-        "infill_exact_match": round(hits / len(spans), 4),
+        "gen_ppl": round(gen.ppl, 3),
+        "infill_exact_match": round(exact_match(preds, spans), 4),
         "peak_mem_mb": round(peak_growth, 1),
         "resident_after_load_mb": round(rss_before, 1),
         "sample_output": tokenizer.decode(outputs[0]),

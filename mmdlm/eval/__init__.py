@@ -1,0 +1,1 @@
+"""Held-out measurements: likelihood (ELBO, AR perplexity), infilling, samples."""
