@@ -120,7 +120,8 @@ def adaptation_study(r: dict | None) -> str | None:
         reach = "" if scratch else ("0" if x["reached_before_training"] else
                                     f"{x['tokens_to_scratch_final']:,.0f}" if x["tokens_to_scratch_final"] else "-")
         recipe = x["recipe"] + (f", block {x['block_size']}" if x["block_size"] else "") + \
-            (f", AR weight {x['ar_loss_weight']}" if x["ar_loss_weight"] else "")
+            (f", AR weight {x['ar_loss_weight']}" if x["ar_loss_weight"] else "") + \
+            ("" if x["same_factorisation_as_scratch"] else " (block-causal bound)")
         name = f"**{x['name']}**" if x["name"] == r["best_recipe"] else x["name"]
         rows.append(f"| {name} | {recipe} | {'yes' if x['shift'] else 'no'} | "
                     f"{'' if scratch else x['mask_init']} | {x['tokens']:,} | {reach} | "

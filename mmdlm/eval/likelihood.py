@@ -57,7 +57,7 @@ def _check_ids(ids: torch.Tensor) -> None:
 
 
 def _seed(seed: int, replicate: int, stratum: int, row: int) -> int:
-    return ((seed * 1_000_003 + replicate) * 10_007 + stratum) * 100_000_007 + row
+    return (((seed * 1_000_003 + replicate) * 10_007 + stratum) * 100_000_007 + row) % 2**62
 
 
 @torch.no_grad()
