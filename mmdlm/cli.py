@@ -143,6 +143,8 @@ class StudyConfig:
     gen_length: int = field(default=64, metadata={"help": "tokens sampled per prompt (one step per token)"})
     gen_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the samples"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
+    checkpoint_every: int = field(default=50, metadata={
+        "help": "checkpoint every run this often (steps), so an interrupted study resumes mid-run (0: never)"})
     seed: int = field(default=0, metadata={"help": "seed of every run and of the held-out draws"})
     fresh: bool = field(default=False, metadata={"help": "retrain runs that already finished with these settings"})
     quick: bool = field(default=False, metadata={

@@ -15,8 +15,10 @@ of held-out rows (the curves); at the end every model is measured on more held-o
 on infilling of held-out spans, and on samples scored by the teacher. Writes one JSON
 (`results`) and a plot beside it; `bench/report.py` turns the JSON into the README section.
 
-A finished run (its `study_run.json` matching the current settings) is reused on a rerun, so
-an interrupted study continues where it stopped.
+A finished run (its `study_run.json` matching the current settings) is reused on a rerun, and
+an unfinished one continues from its latest checkpoint (every `checkpoint_every` steps; resume
+is exact, and the curve points measured so far are kept in `curve.json`), so an interrupted
+study continues where it stopped.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ RECIPE_NAMES = {"bidirectional": "Dream / DiffuGPT (bidirectional)", "annealed":
 STUDY_KEYS = ("model", "output_dir", "max_steps", "dataset", "data_files", "max_files", "seed", "resume",
               "eval_every", "save_every", "max_train_sequences", "validation_fraction")
 GOAL_RATIO, GOAL_GAP = 10.0, 0.15
+CURVE_FILE = "curve.json"
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -156,9 +159,10 @@ def teacher_info(path: str) -> dict:
 def _curve_trainer_cls():
     from .eval.likelihood import dlm_elbo
     from .training.diffusion import DiffusionTrainer
+    from .training.trainer import STATE_FILE, latest_checkpoint
 
     class CurveTrainer(DiffusionTrainer):
-        """Measures the validation ELBO with the fixed-grid estimator at chosen steps."""
+        """Measures the validation ELBO with the fixed-grid estimator at chosen steps (kept in curve.json)."""
 
         def __init__(self, *args, curve_ids, curve_at, curve_grid, eval_batch_size, eval_seed, **kwargs):
             super().__init__(*args, **kwargs)
@@ -166,6 +170,7 @@ def _curve_trainer_cls():
             self.curve_grid, self.eval_batch_size, self.eval_seed = curve_grid, eval_batch_size, eval_seed
             self.curve: list[dict] = []
             self.eval_seconds = 0.0
+            self.resumed_tokens = 0
 
         def should_evaluate(self, step):
             return step in self.curve_at or step == self.args.max_steps
@@ -178,10 +183,19 @@ def _curve_trainer_cls():
                            batch_size=self.eval_batch_size, seed=self.eval_seed).nll
             self.curve.append({"step": self.step, "tokens": self.tokens, "elbo": nll})
             self.eval_seconds += time.perf_counter() - t0
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / CURVE_FILE, json.dumps(self.curve))
             return nll
 
         def train(self):
-            if self.step == 0:
+            ckpt = latest_checkpoint(self.out) if self.args.resume else None
+            if ckpt is not None and (self.out / CURVE_FILE).exists():
+                # Resume replays the same batches and noise: keep the points up to the checkpoint.
+                state = json.loads((ckpt / STATE_FILE).read_text())
+                self.curve = [p for p in json.loads((self.out / CURVE_FILE).read_text())
+                              if p["step"] <= state["step"]]
+                self.resumed_tokens = state["tokens"]
+            else:
                 self.evaluate()  # the starting point: the adapted teacher, or random weights
             return super().train()
 
@@ -233,15 +247,21 @@ def run_one(name: str, cfg, c, data: dict, teacher, log) -> dict:
             log(f"{name}: reusing the finished run in {folder}")
             return rec
     folder.mkdir(parents=True, exist_ok=True)
+    settings_path = folder / "study_settings.json"
+    if c.fresh or not settings_path.exists() or json.loads(settings_path.read_text()) != json.loads(json.dumps(key)):
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # never resume a run made with other settings
+        atomic_write_text(settings_path, json.dumps(key))
     atomic_write_text(folder / "adapt.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    # Checkpoints only make the run resumable; the settings key above does not depend on them.
+    train_cfg = replace(cfg, save_every=c.checkpoint_every, keep_checkpoints=1, resume=c.checkpoint_every > 0)
     log(f"{name}: training {cfg.max_steps} steps ({cfg.max_steps * _tokens_per_step(cfg):,} tokens), "
         f"{cfg.attention} attention, shift={cfg.shift}, init={cfg.init}")
     t0 = time.perf_counter()
-    trainer = adapt(cfg, data=(data["train_ids"], None, data["corpus"]), trainer_cls=_curve_trainer_cls(),
+    trainer = adapt(train_cfg, data=(data["train_ids"], None, data["corpus"]), trainer_cls=_curve_trainer_cls(),
                     curve_ids=data["curve_ids"], curve_at=curve_steps(cfg.max_steps, c.curve_points),
                     curve_grid=c.curve_grid, eval_batch_size=c.eval_batch_size, eval_seed=c.seed)
     wall = time.perf_counter() - t0
-    train_seconds = wall - trainer.eval_seconds
+    train_seconds = wall - trainer.eval_seconds  # this session's share, when the run was resumed
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the final model is in model/
     dlm, _ = load_dlm(folder / "model")
     log(f"{name}: trained in {train_seconds:.0f} s (+{trainer.eval_seconds:.0f} s of curve evaluation); measuring")
@@ -256,7 +276,8 @@ def run_one(name: str, cfg, c, data: dict, teacher, log) -> dict:
         "ar_loss_weight": cfg.ar_loss_weight, "lr": cfg.lr, "seed": cfg.seed,
         "steps": cfg.max_steps, "tokens": trainer.tokens,
         "command": f"mmdlm adapt --config {folder / 'adapt.yaml'}", "config": asdict(cfg),
-        "train_seconds": train_seconds, "train_tokens_per_s": trainer.tokens / max(train_seconds, 1e-9),
+        "train_seconds": train_seconds, "resumed_at_tokens": trainer.resumed_tokens,
+        "train_tokens_per_s": (trainer.tokens - trainer.resumed_tokens) / max(train_seconds, 1e-9),
         "curve": trainer.curve, **metrics, "settings": key,
     }
     atomic_write_text(record_path, json.dumps(rec, indent=2))

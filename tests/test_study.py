@@ -137,3 +137,32 @@ def test_init_random_keeps_the_architecture(tmp_path, teacher_dir):
     assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], b["model.layers.0.self_attn.q_proj.weight"])
     with pytest.raises(ValueError, match="unknown init"):
         build_dlm(replace(c, init="zeros"))
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
+    from mmdlm.training.trainer import Trainer
+
+    recipes = {"dream": {"attention": "bidirectional"}}
+    whole = run_study(_config(tmp_path / "a", teacher_dir, recipes=recipes, checkpoint_every=1))
+
+    train_step = Trainer.train_step
+
+    def interrupted(self):
+        if self.out.name == "scratch" and self.step == 2:
+            raise KeyboardInterrupt  # as if the machine went away mid-run
+        return train_step(self)
+
+    c = _config(tmp_path / "b", teacher_dir, recipes=recipes, checkpoint_every=1)
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(c)
+    assert (tmp_path / "b" / "study" / "scratch" / "checkpoints" / "step-0000002").exists()
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    resumed = run_study(c)
+
+    a, b = whole["records"][-1], resumed["records"][-1]
+    assert b["resumed_at_tokens"] == 2 * 32 and a["resumed_at_tokens"] == 0
+    assert [p["step"] for p in b["curve"]] == [p["step"] for p in a["curve"]]
+    assert [p["elbo"] for p in b["curve"]] == pytest.approx([p["elbo"] for p in a["curve"]], abs=1e-5)
+    assert b["elbo"]["nll"] == pytest.approx(a["elbo"]["nll"], abs=1e-5)
+    assert not (tmp_path / "b" / "study" / "scratch" / "checkpoints").exists()
