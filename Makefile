@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean sft bench-sft
+.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean sft bench-sft study study-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -74,6 +74,17 @@ bench-sft: install
 	OMP_NUM_THREADS=1 $(BIN)/python bench/sft.py
 	$(BIN)/python bench/ddp_equality.py
 	$(BIN)/python bench/report.py
+
+# The adaptation study (about 1.5 hours on 2 otherwise idle cores; reuses finished runs when
+# re-run): bench/results/adaptation_study.{json,png}, then the README section. Passive OpenMP
+# waiting keeps two threads from spinning against other jobs on a shared machine.
+study: install
+	OMP_WAIT_POLICY=PASSIVE TQDM_MININTERVAL=30 $(BIN)/mmdlm study --config configs/study.yaml
+	$(BIN)/python bench/report.py
+
+# Its smoke test (a minute or two; CI can run it): tiny runs, results under outputs/study-quick/.
+study-quick: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/mmdlm study --config configs/study.yaml --quick
 
 report: install
 	$(BIN)/python bench/report.py

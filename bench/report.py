@@ -171,8 +171,80 @@ def ddp_equality(r: dict | None) -> str | None:
             f"{r['max_abs_update']:.1e} (torch {r['versions']['torch']}, accelerate {r['versions']['accelerate']}).")
 
 
+def _ratio(x: dict) -> str:
+    if x.get("reached_before_training"):
+        return "before training"
+    if x.get("token_efficiency_ratio") is not None:
+        return f"{x['token_efficiency_ratio']:.1f}x"
+    return f"not reached (< {x['token_efficiency_ratio_at_most']:.1f}x)"
+
+
+def adaptation_study(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    teacher, recs = r["teacher"], r["records"]
+    best = next(x for x in recs if x["name"] == r["best_recipe"])
+    g = r["goals"]
+    rows = ["| run | recipe | shift | [MASK] init | training tokens | tokens to reach scratch final | "
+            "token-efficiency ratio | ELBO ppl (+- s.e.) | vs AR ppl | infill exact match | gen. ppl (entropy) | "
+            "train tokens/s |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| AR teacher | AR pretraining | | | {teacher['tokens']:,} | | | {teacher['ar_ppl']:.2f} (exact) | | "
+            f"{teacher['infill_exact_match_left_only']:.3f} (left context only) | "
+            f"{teacher['gen_ppl_own_samples']:.2f} ({teacher['gen_entropy']:.2f}) | |"]
+    for x in recs:
+        scratch = x["kind"] == "scratch"
+        reach = "" if scratch else ("0" if x["reached_before_training"] else
+                                    f"{x['tokens_to_scratch_final']:,.0f}" if x["tokens_to_scratch_final"] else "-")
+        recipe = x["recipe"] + (f", block {x['block_size']}" if x["block_size"] else "") + \
+            (f", AR weight {x['ar_loss_weight']}" if x["ar_loss_weight"] else "") + \
+            ("" if x["same_factorisation_as_scratch"] else " (block-causal bound)")
+        name = f"**{x['name']}**" if x["name"] == r["best_recipe"] else x["name"]
+        rows.append(f"| {name} | {recipe} | {'yes' if x['shift'] else 'no'} | "
+                    f"{'' if scratch else x['mask_init']} | {x['tokens']:,} | {reach} | "
+                    f"{'' if scratch else _ratio(x)} | {x['dlm_elbo_ppl']:.2f} +- {x['dlm_elbo_ppl_se']:.2f} | "
+                    f"{x['ppl_gap_vs_ar']:+.0%} | {x['infill_exact_match']:.3f} | {x['gen_ppl']:.2f} "
+                    f"({x['gen_entropy']:.2f}) | {x['train_tokens_per_s']:,.0f} |")
+    adapted = [x for x in recs if x["kind"] == "adapted"]
+    met_ratio = [x["name"] for x in adapted if x["goal_ratio_met"]]
+    missed_ratio = [f"{x['name']} ({_ratio(x)})" for x in adapted if not x["goal_ratio_met"]]
+    closest = min(adapted, key=lambda x: x["ppl_gap_vs_ar"])
+    e = r["estimator"]
+    best_ratio = _ratio(best)
+    lines = [
+        ("**Smoke test (`--quick`): tiny runs, not a result.** " if r["quick"] else "") +
+        f"Best recipe: **{best['name']}**, token-efficiency ratio **{best_ratio}** (goal >= "
+        f"{g['token_efficiency_ratio_at_least']:.0f}x: {'met' if g['ratio_met'] else 'not met'}); its ELBO "
+        f"perplexity {best['dlm_elbo_ppl']:.2f} +- {best['dlm_elbo_ppl_se']:.2f} against the teacher's "
+        f"{r['ar_ppl']:.2f}, {best['ppl_gap_vs_ar']:+.0%} (goal within +{g['ppl_gap_at_most']:.0%}: "
+        f"{'met' if g['gap_met'] else 'not met'}).",
+        "",
+        "- Token-efficiency goal (>= 10x) met by: " + (", ".join(met_ratio) or "none") +
+        ("; missed by: " + ", ".join(missed_ratio) if missed_ratio else "") + ".",
+        "- Perplexity goal (within 15% of the teacher) met by: " + (", ".join(g["gap_met_by"]) or "none") +
+        f"; closest: {closest['name']} at {closest['ppl_gap_vs_ar']:+.0%}.",
+        "",
+        *rows,
+        "",
+        f"N = {r['teacher_tokens']:,} teacher tokens (`{teacher.get('command')}`), M = {r['adapt_tokens']:,} tokens "
+        f"per adapted run, {r['scratch_tokens']:,} tokens from scratch. ELBO: {e['final']['rows']} held-out rows of "
+        f"{e['final']['seq_len']} tokens, {e['final']['grid']} t strata x {e['final']['replicates']} draws each; "
+        f"the AR perplexity on exactly the same tokens. Curves and the token-efficiency column: "
+        f"{e['curves']['rows']} of those rows, {e['curves']['grid']} strata, {e['curves']['points']} log-spaced "
+        f"points per run. Infilling: {r['held_out']['infill_spans']} held-out spans of {r['held_out']['span']} "
+        f"tokens ({r['held_out']['left']} left, {r['held_out']['right']} right context), greedy. Samples: "
+        f"{r['held_out']['prompts']} held-out prompts of {r['held_out']['prompt_len']} tokens, "
+        f"{r['held_out']['gen_length']} tokens each at temperature {r['held_out']['gen_temperature']}, scored by "
+        f"the teacher (entropy: mean per-sample token entropy, nats). {r['threads']} threads, torch "
+        f"{r['versions']['torch']}, transformers {r['versions']['transformers']}; the machine was shared with other "
+        f"jobs, so tokens/s are as measured, not benchmarks. Study time {r['elapsed_s'] / 60:.0f} min. "
+        f"Command: `{r['command']}`.",
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
-             "sft": sft, "ddp_equality": ddp_equality}
+             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study}
 
 
 def main() -> int:

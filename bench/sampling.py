@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -33,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmdlm.data import load_text_splits  # noqa: E402
+from mmdlm.eval.infill import exact_match, fill_spans_ar, fill_spans_dlm  # noqa: E402
+from mmdlm.eval.infill import held_out as held_out_examples  # noqa: E402
+from mmdlm.eval.likelihood import continuation_nll  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402
 
 CONFIGS = [
@@ -56,17 +58,8 @@ def held_out(tokenizer, n_prompts: int, prompt_len: int, n_spans: int, span: int
              seed: int = 0):
     """Prompts and infilling spans from the validation split (files never trained on)."""
     _, validation, _ = load_text_splits("stdlib")
-    g = torch.Generator().manual_seed(seed)
-    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in validation["text"]]
-    docs = [d for d in docs if len(d) >= left + span + right + 1]
-    order = torch.randperm(len(docs), generator=g).tolist()
-    prompts = [docs[i][:prompt_len] for i in order[:n_prompts]]
-    spans = []
-    for k in range(n_spans):
-        d = docs[order[k % len(order)]]
-        at = int(torch.randint(left, len(d) - span - right, (1,), generator=g))
-        spans.append((d[at - left:at], d[at:at + span], d[at + span:at + span + right]))
-    return prompts, spans
+    return held_out_examples(tokenizer, validation["text"], n_prompts=n_prompts, prompt_len=prompt_len,
+                             n_spans=n_spans, span=span, left=left, right=right, seed=seed)
 
 
 def _status_kb(field: str) -> int:
@@ -138,37 +131,17 @@ class Runner:
                 nfe += res.nfe
         return outputs, nfe, elapsed
 
-    @torch.no_grad()
     def gen_ppl(self, outputs) -> float:
-        nll, count = 0.0, 0
-        for p, o in zip(self.prompts, outputs):
-            ids = torch.tensor([[self.bos] + p + o])
-            logits = self.teacher(input_ids=ids).logits[0, :-1].float()
-            tok_nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[-len(o):]
-            nll, count = nll + float(tok_nll.sum()), count + len(o)
-        return math.exp(nll / count)
+        prompts = torch.tensor([[self.bos] + p for p in self.prompts])
+        return continuation_nll(self.teacher, prompts, torch.tensor(outputs)).ppl
 
-    @torch.no_grad()
     def infill_exact_match(self, cfg) -> float:
-        from mmdlm.text.generate import generate
-
-        hits = 0
-        scheduler = None if cfg["method"].startswith("ar_") else self._scheduler(cfg)
-        for left_ctx, target, right_ctx in self.spans:
-            if scheduler is None:  # the AR teacher sees only the left context
-                ids = torch.tensor([[self.bos] + left_ctx])
-                out = self.teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target),
-                                            min_new_tokens=len(target), do_sample=False,
-                                            pad_token_id=self.tokenizer.pad_token_id)
-                pred = out[0, ids.shape[1]:].tolist()
-            else:
-                ids = torch.tensor([[self.bos] + left_ctx + [self.dlm.mask_token_id] * len(target) + right_ctx])
-                lo = len(left_ctx) + 1
-                res = generate(self.dlm, ids, scheduler, steps=len(target), blocks=[(lo, lo + len(target))],
-                               cache=cfg.get("cache", "none"), generator=torch.Generator().manual_seed(0))
-                pred = res.sequences[0, lo:lo + len(target)].tolist()
-            hits += pred == target
-        return hits / len(self.spans)
+        if cfg["method"].startswith("ar_"):  # the AR teacher sees only the left context
+            preds = fill_spans_ar(self.teacher, self.spans, self.bos, pad_token_id=self.tokenizer.pad_token_id)
+        else:
+            preds = fill_spans_dlm(self.dlm, self.spans, self.bos, self._scheduler(cfg), cache=cfg.get("cache", "none"),
+                                   generator=torch.Generator().manual_seed(0))
+        return exact_match(preds, self.spans)
 
 
 def main() -> None:

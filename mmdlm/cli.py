@@ -38,6 +38,9 @@ class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
     """Adapt a pretrained causal LM into a masked diffusion LM."""
 
     model: str = field(default="assets/teacher", metadata={"help": "causal LM: local folder or hub id"})
+    init: str = field(default="pretrained", metadata={
+        "help": "pretrained (adapt the model's weights) | random (a DLM from scratch with the model's architecture "
+                "and tokenizer)"})
     attention: str = field(default="bidirectional", metadata={
         "help": "bidirectional | annealed | block | causal"})
     anneal_steps: int = field(default=0, metadata={"help": "annealed: steps over which the mask opens"})
@@ -236,6 +239,71 @@ class DemoConfig:
         return self.host in LOOPBACK if self.allow_paths is None else self.allow_paths
 
 
+def _default_recipes() -> dict:
+    return {
+        "dream": {"attention": "bidirectional", "shift": True, "mask_init": "mean"},
+        "dream_noshift": {"attention": "bidirectional", "shift": False, "mask_init": "mean"},
+        "dream_special": {"attention": "bidirectional", "shift": True, "mask_init": "special"},
+        "diffullama": {"attention": "annealed", "anneal_steps": 150, "shift": True},
+        "diffullama_noshift": {"attention": "annealed", "anneal_steps": 150, "shift": False},
+        "nbdiff": {"attention": "block", "block_size": 16, "block_warmup_steps": 150, "ar_loss_weight": 0.5,
+                   "shift": True},
+    }
+
+
+def _default_quick() -> dict:
+    return {"output_dir": "outputs/study-quick", "results": "outputs/study-quick/adaptation_study.json",
+            "max_files": 120, "adapt_steps": 2, "scratch_steps": 3, "adapt": {"batch_size": 4, "seq_len": 64},
+            "curve_points": 2, "curve_rows": 8, "curve_grid": 2, "eval_rows": 8, "grid": 2, "replicates": 2,
+            "infill_spans": 4, "span": 4, "left": 16, "right": 8, "prompts": 2, "prompt_len": 8, "gen_length": 8}
+
+
+@dataclass
+class StudyConfig:
+    """Adaptation against training from scratch: every recipe measured on held-out text, one table."""
+
+    teacher: str = field(default="assets/teacher", metadata={
+        "help": "the AR teacher (N tokens, read from its log.csv); its architecture and tokenizer are used throughout"})
+    output_dir: str = field(default="outputs/study", metadata={"help": "one folder per run"})
+    results: str = field(default="bench/results/adaptation_study.json", metadata={
+        "help": "the study's JSON (the plot goes beside it, .png)"})
+    adapt_steps: int = field(default=300, metadata={"help": "optimizer steps of every adapted run (M tokens)"})
+    scratch_steps: int | None = field(default=None, metadata={
+        "help": "steps of the from-scratch run (default: as many as N + M tokens take)"})
+    adapt: dict = field(default_factory=lambda: {"batch_size": 32, "seq_len": 128, "lr": 1.0e-3,
+                                                 "warmup_steps": 30}, metadata={
+        "help": "mmdlm adapt keys shared by every run"})
+    recipes: dict = field(default_factory=_default_recipes, metadata={
+        "help": "name -> mmdlm adapt keys of each adapted run"})
+    scratch: dict = field(default_factory=lambda: {"attention": "bidirectional", "shift": False, "lr": 2.0e-3,
+                                                   "warmup_steps": 100}, metadata={
+        "help": "mmdlm adapt keys of the from-scratch run (init: random)"})
+    max_files: int | None = field(default=None, metadata={"help": "use only the first N files of the corpus"})
+    curve_points: int = field(default=14, metadata={"help": "log-spaced validation points per run (plus step 0)"})
+    curve_rows: int = field(default=256, metadata={"help": "held-out rows of the curve estimator"})
+    curve_grid: int = field(default=4, metadata={"help": "t strata of the curve estimator"})
+    eval_rows: int = field(default=512, metadata={"help": "held-out rows of the final estimator"})
+    grid: int = field(default=8, metadata={"help": "t strata of the final ELBO estimator"})
+    replicates: int = field(default=2, metadata={"help": "draws per (row, stratum) of the final estimator (>= 2)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "rows per evaluation batch"})
+    infill_spans: int = field(default=64, metadata={"help": "held-out infilling spans"})
+    span: int = field(default=6, metadata={"help": "tokens per infilling span"})
+    left: int = field(default=48, metadata={"help": "left context of a span (tokens)"})
+    right: int = field(default=16, metadata={"help": "right context of a span (tokens)"})
+    prompts: int = field(default=16, metadata={"help": "held-out prompts for generative perplexity"})
+    prompt_len: int = field(default=32, metadata={"help": "tokens per prompt"})
+    gen_length: int = field(default=64, metadata={"help": "tokens sampled per prompt (one step per token)"})
+    gen_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the samples"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+    checkpoint_every: int = field(default=50, metadata={
+        "help": "checkpoint every run this often (steps), so an interrupted study resumes mid-run (0: never)"})
+    seed: int = field(default=0, metadata={"help": "seed of every run and of the held-out draws"})
+    fresh: bool = field(default=False, metadata={"help": "retrain runs that already finished with these settings"})
+    quick: bool = field(default=False, metadata={
+        "help": "smoke test: apply quick_overrides (tiny runs, a slice of the corpus, results under outputs/)"})
+    quick_overrides: dict = field(default_factory=_default_quick, metadata={"help": "what --quick changes"})
+
+
 def _run_pretrain(c: PretrainConfig) -> None:
     from .recipes import pretrain
 
@@ -298,6 +366,12 @@ def _run_demo(c: DemoConfig) -> None:
     module.serve(c)
 
 
+def _run_study(c: StudyConfig) -> None:
+    from .study import run_study
+
+    run_study(c)
+
+
 COMMANDS = {
     "pretrain": (PretrainConfig, _run_pretrain),
     "adapt": (AdaptConfig, _run_adapt),
@@ -307,6 +381,7 @@ COMMANDS = {
     "train-mm": (TrainMMConfig, _run_train_mm),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
     "demo": (DemoConfig, _run_demo),
+    "study": (StudyConfig, _run_study),
 }
 
 

@@ -92,31 +92,49 @@ def pretrain(c) -> None:
     state.print(f"teacher saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
 
 
-def adapt(c) -> None:
-    """Adapt a causal LM into a diffusion LM and train it with the masked-diffusion loss."""
-    from .text.adapt import DiffusionLM
-    from .text.base import load_causal_lm, load_tokenizer
-    from .training import process_state
-    from .training.diffusion import DiffusionTrainer
+INITS = ("pretrained", "random")
 
-    c.validate_lora()
-    state = process_state()
+
+def build_dlm(c):
+    """(DiffusionLM, tokenizer) for an adapt config: the causal LM's weights, or its architecture only."""
+    from .text.adapt import DiffusionLM
+    from .text.base import load_causal_lm, load_tokenizer, random_causal_lm_like
+
+    if c.init not in INITS:
+        raise ValueError(f"unknown init {c.init!r}; choose one of {', '.join(INITS)}")
     tokenizer = load_tokenizer(c.model)
-    model = load_causal_lm(c.model)
+    model = load_causal_lm(c.model) if c.init == "pretrained" else random_causal_lm_like(c.model, seed=c.seed)
     _check_positions(model, c.seq_len)
     dlm = DiffusionLM.from_causal_lm(model, tokenizer, attention=c.attention, shift=c.shift,
                                      mask_token=c.mask_token, mask_init=c.mask_init,
                                      block_size=c.block_size if c.attention == "block" else None,
                                      anneal_steps=c.anneal_steps, schedule=c.schedule, eps=c.eps)
+    return dlm, tokenizer
+
+
+def adapt(c, *, data=None, trainer_cls=None, **trainer_options):
+    """Adapt a causal LM into a diffusion LM and train it with the masked-diffusion loss.
+
+    `data` = (train_ids, validation_ids or None, CorpusInfo) skips loading and packing the
+    corpus (the study packs it once for all its runs); `trainer_cls` may be a subclass of
+    `DiffusionTrainer`. Returns the trainer after training.
+    """
+    from .training import process_state
+    from .training.diffusion import DiffusionTrainer
+
+    c.validate_lora()
+    state = process_state()
+    dlm, tokenizer = build_dlm(c)
     _maybe_lora(c, dlm, state)
-    train_ids, val_ids, info = _packed_splits(c, tokenizer)
-    trainer = DiffusionTrainer(dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
-                               ar_loss_weight=c.ar_loss_weight, block_warmup_steps=c.block_warmup_steps,
-                               t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
-                               run_info=_run_info(c, info, dlm, len(train_ids)))
+    train_ids, val_ids, info = data if data is not None else _packed_splits(c, tokenizer)
+    trainer = (trainer_cls or DiffusionTrainer)(
+        dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer, ar_loss_weight=c.ar_loss_weight,
+        block_warmup_steps=c.block_warmup_steps, t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
+        run_info=_run_info(c, info, dlm, len(train_ids)), **trainer_options)
     final = trainer.train()
     what = "LoRA adapter" if c.lora_r else "diffusion LM"
     state.print(f"{what} saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    return trainer
 
 
 def _maybe_lora(c, dlm, state) -> None:

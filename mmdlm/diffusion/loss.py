@@ -11,7 +11,7 @@ from .schedules import Schedule
 
 __all__ = ["masked_diffusion_loss"]
 
-_NORMALIZATIONS = ("token", "masked")
+_NORMALIZATIONS = ("token", "masked", "none")
 
 
 def masked_diffusion_loss(
@@ -39,6 +39,8 @@ def masked_diffusion_loss(
       estimate of the negative ELBO per token, an upper bound on the NLL per token;
       ``exp`` of it is the "ELBO perplexity", comparable with an AR perplexity.
     * ``"masked"`` (DiffuLLaMA-style): ``S / #masked``.  Not an ELBO; only a training loss.
+    * ``"none"``: the per-sequence sums ``S_b`` as a ``(B,)`` tensor (for estimators that
+      average over many noise draws and need each sequence's term).
 
     ``masked`` must be a subset of ``eligible``.  CE is computed in float32.  When
     nothing is masked the loss is a zero that is still connected to ``logits``.
@@ -64,7 +66,11 @@ def masked_diffusion_loss(
     # Only the masked rows: saves memory for big vocabularies and keeps
     # w(t) = inf (t = 0) at unmasked positions out of the graph.
     ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    total = (schedule.weight(t_full[masked].float()) * ce).sum()
+    terms = schedule.weight(t_full[masked].float()) * ce
+    if normalize == "none":
+        rows = masked.nonzero()[:, 0]
+        return torch.zeros(x0.shape[0], device=terms.device, dtype=terms.dtype).index_add(0, rows, terms)
+    total = terms.sum()
 
     if normalize == "token":
         denom = eligible.sum() if eligible is not None else torch.tensor(x0.numel(), device=logits.device)

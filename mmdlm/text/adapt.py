@@ -13,6 +13,7 @@ with the diffusion settings. A LoRA-trained DLM is saved as a peft adapter inste
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -246,6 +247,47 @@ def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | 
         # The new row's values are restored by the adapter (the [MASK] row is trained with it).
         model.resize_token_embeddings(config.mask_token_id + 1, mean_resizing=False)
     return PeftModel.from_pretrained(model, str(path))
+
+
+def takes_logits_to_keep(dlm) -> bool:
+    """Whether the wrapped transformers model can run its output head on chosen positions only."""
+    inner = dlm.model.get_base_model() if hasattr(dlm.model, "get_base_model") else dlm.model  # peft
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def denoiser_logits(model, config: DiffusionConfig, x0: torch.Tensor, x_t: torch.Tensor, masked: torch.Tensor, *,
+                    pattern: torch.Tensor | None = None, block_size: int | None = None,
+                    head_on_kept_only: bool = False) -> torch.Tensor:
+    """The logits that predict the masked tokens of `x_t`: (#masked, V), in row-major order.
+
+    Training and held-out evaluation share this one function. `model` is a `DiffusionLM` (or
+    its accelerate-wrapped self). Non-block modes: one pass over `x_t` under `pattern` (default:
+    the inference pattern); with shift, token i comes from position i-1, and with
+    `head_on_kept_only` the output head runs only there. Block mode: one pass over
+    `[x_t ; x_0]` under the context-causal mask with `block_size` (default: the model's): each
+    noisy block sees itself and the clean blocks before it, exactly as when it is decoded;
+    with shift, the first token of a block comes from the last position of the clean block
+    before it.
+    """
+    b, length = x0.shape
+    if config.attention == "block":
+        bs = block_size or config.block_size
+        pos = torch.arange(length, device=x0.device).repeat(2)[None].expand(b, -1)
+        raw = model(torch.cat([x_t, x0], 1), pattern=attn.context_causal(length, bs, x0.device),
+                    position_ids=pos).logits
+        noisy, clean = raw[:, :length], raw[:, length:]
+        if not config.shift:
+            return noisy[masked]
+        logits = torch.cat([noisy[:, :1], noisy[:, :-1]], 1)
+        first = torch.arange(bs, length, bs, device=x0.device)
+        logits[:, first] = clean[:, first - 1]
+        return logits[masked]
+    if pattern is None:
+        pattern = attn.inference_pattern(config.attention, length, config.block_size, x0.device)
+    keep = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], 1) if config.shift else masked
+    if head_on_kept_only:
+        return model(x_t, pattern=pattern, logits_to_keep=keep).logits
+    return model(x_t, pattern=pattern).logits[keep]
 
 
 def load_dlm(path: str | Path, *, base_model: str | None = None, merge_lora: bool = False):

@@ -28,6 +28,18 @@ def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtyp
                          f"this machine may be offline): {err}") from err
 
 
+def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa"):
+    """A freshly initialised causal LM with the architecture (config.json) of `name_or_path`."""
+    if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
+        raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"could not load a model config from {name_or_path!r}: {err}") from err
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+
+
 def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str = "sdpa", seed: int = 0):
     """A freshly initialised causal LM from a transformers config dict with a `model_type` key."""
     cfg = dict(model_config)

@@ -15,7 +15,6 @@ token of p(response | prompt).
 """
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from ..diffusion import block_t, corrupt, get_schedule, masked_diffusion_loss
 from ..text import attention as attn
+from ..text.adapt import denoiser_logits, takes_logits_to_keep
 from .trainer import Trainer
 
 T_SAMPLING = ("uniform", "stratified", "antithetic")
@@ -61,8 +61,7 @@ class DiffusionTrainer(Trainer):
         self.schedule = get_schedule(dc.schedule, dc.eps)
         self.ar_loss_weight, self.block_warmup_steps = ar_loss_weight, block_warmup_steps
         self.t_sampling, self.loss_normalize = t_sampling, loss_normalize
-        inner = dlm.model.get_base_model() if hasattr(dlm.model, "get_base_model") else dlm.model  # peft
-        self.head_on_kept_only = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        self.head_on_kept_only = takes_logits_to_keep(dlm)
 
     def _pattern(self, length: int, step: int, device) -> torch.Tensor:
         if self.dc.attention == "annealed":
@@ -80,33 +79,16 @@ class DiffusionTrainer(Trainer):
             protect[:, 0] = True  # nothing predicts position 0
         if self.dc.attention == "block":
             bs = block_size_at(step, self.dc.block_size, self.block_warmup_steps)
-            n_blocks = math.ceil(length / bs)
-            t_blocks = self.schedule.sample_t(b * n_blocks, generator=generator, device=x0.device,
-                                              method=self.t_sampling).view(b, n_blocks)
-            t = block_t(t_blocks, bs, length)
-            x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
-            pos = torch.arange(length, device=x0.device).repeat(2)[None].expand(b, -1)
-            raw = model(torch.cat([x_t, x0], 1), pattern=attn.context_causal(length, bs, x0.device),
-                        position_ids=pos).logits
-            noisy, clean = raw[:, :length], raw[:, length:]
-            if self.dc.shift:
-                # Token j is predicted at position j-1; the first token of a block comes from the
-                # last position of the previous, clean block (the x_0 half), as at inference.
-                logits = torch.cat([noisy[:, :1], noisy[:, :-1]], 1)
-                first = torch.arange(bs, length, bs, device=x0.device)
-                logits[:, first] = clean[:, first - 1]
-            else:
-                logits = noisy
+            t_blocks = self.schedule.sample_t(b * math.ceil(length / bs), generator=generator, device=x0.device,
+                                              method=self.t_sampling).view(b, -1)
+            t, pattern = block_t(t_blocks, bs, length), None
         else:
+            bs = None
             t = self.schedule.sample_t(b, generator=generator, device=x0.device, method=self.t_sampling)
-            x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
-            # The output head only runs where a masked token is predicted (position i-1 with shift).
-            keep = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], 1) if self.dc.shift else masked
             pattern = self._pattern(length, step, x0.device)
-            if self.head_on_kept_only:
-                logits = model(x_t, pattern=pattern, logits_to_keep=keep).logits
-            else:
-                logits = model(x_t, pattern=pattern).logits[keep]
+        x_t, masked = corrupt(x0, t, self.dc.mask_token_id, self.schedule, protect=protect, generator=generator)
+        logits = denoiser_logits(model, self.dc, x0, x_t, masked, pattern=pattern, block_size=bs,
+                                 head_on_kept_only=self.head_on_kept_only)
         return masked_diffusion_loss(logits, x0, masked, t, self.schedule, normalize=self.loss_normalize,
                                      eligible=~protect)
 

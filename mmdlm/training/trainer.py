@@ -173,6 +173,10 @@ class Trainer:
         sharded (FSDP): the full weights, gathered from every process."""
         model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
 
+    def should_evaluate(self, step: int) -> bool:
+        """Whether to compute the validation loss after optimizer step `step` (always after the last)."""
+        return step == self.args.max_steps or bool(self.args.eval_every and step % self.args.eval_every == 0)
+
     # ---- data and noise: pure functions of (seed, step) ---------------------------------
     def _batch(self, step: int, micro: int) -> torch.Tensor:
         a = self.accelerator
@@ -317,7 +321,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
             last = self.step == args.max_steps
-            val = self.evaluate() if (last or (args.eval_every and self.step % args.eval_every == 0)) else None
+            val = self.evaluate() if self.should_evaluate(self.step) else None
             if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
                 row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
                        "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
