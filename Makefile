@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test teacher dlm assets bench report clean
+.PHONY: install quickstart test teacher dlm mmdit-shapes assets bench eval-mm report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -21,6 +21,8 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
+	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --output-dir outputs/quickstart-t2i
+	$(BIN)/mmdlm caption outputs/quickstart-t2i/t2i-0.png
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -36,7 +38,18 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-assets: teacher dlm
+# The MM-DiT on shapes (about an hour on one core).
+mmdit-shapes: install
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
+	rm -rf assets/mmdit-shapes && cp -r outputs/mmdit-shapes/model assets/mmdit-shapes
+	cp outputs/mmdit-shapes/run.json outputs/mmdit-shapes/log.csv outputs/mmdit-shapes/loss.png assets/mmdit-shapes/
+
+assets: teacher dlm mmdit-shapes
+
+# Image-text evaluation of the shipped multimodal checkpoints (bench/results/imagetext.json, README table).
+eval-mm: install
+	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
+	$(BIN)/python bench/report.py
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

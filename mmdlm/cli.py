@@ -112,6 +112,13 @@ class TrainMMConfig(TrainArgs):
         "help": "probability of hiding the caption of a t2i sample (classifier-free guidance)"})
     image_tokenizer: str | None = field(default=None, metadata={
         "help": "image autoencoder: a VAE (continuous) or VQ model (discrete) folder; default: per backbone"})
+    image_dropout: float = field(default=0.1, metadata={
+        "help": "probability of hiding the image of a captioning sample behind pure noise (text guidance; mmdit)"})
+    text_schedule: str = field(default="linear", metadata={
+        "help": "masking schedule of the text: linear | cosine | loglinear"})
+    logit_mean: float = field(default=0.0, metadata={
+        "help": "image noise levels sigma = sigmoid(N(logit_mean, logit_std)) (SD3's logit-normal; mmdit)"})
+    logit_std: float = field(default=1.0, metadata={"help": "see logit_mean"})
 
     def validate(self) -> None:
         from .training.multimodal import check_task_weights
@@ -127,8 +134,14 @@ class TrainMMConfig(TrainArgs):
             raise ValueError(f"n_eval must be >= 0, got {self.n_eval}")
         if self.text_loss_weight < 0:
             raise ValueError(f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        for name in ("caption_dropout", "image_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be positive, got {self.logit_std}")
+        from .diffusion import get_schedule
+
+        get_schedule(self.text_schedule)
         check_task_weights(self.task_weights)
 
 
@@ -150,6 +163,45 @@ class EvalMMConfig:
     device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
     output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})
     samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
+
+
+MM_MODEL = "assets/mmdit-shapes"
+
+
+@dataclass
+class T2IConfig:
+    """Draw images from a caption with any mmdlm multimodal pipeline; write PNGs and a GIF of the denoising."""
+
+    prompt: str | None = field(default=None, metadata={"positional": True, "help": "the caption to draw"})
+    model: str = field(default=MM_MODEL, metadata={
+        "help": "a saved multimodal pipeline folder (DualDiffusionPipeline, UnifiedDiscretePipeline, ...)"})
+    n: int = field(default=4, metadata={"help": "images to draw"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps (default: the pipeline's)"})
+    guidance_scale: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance by the caption (default: the pipeline's)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output_dir: str = field(default="outputs/t2i", metadata={"help": "where the PNGs and the GIF go"})
+    gif: bool = field(default=True, metadata={"help": "also write a GIF of the denoising (all images side by side)"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+
+
+@dataclass
+class CaptionConfig:
+    """Caption an image, or answer about it, with any mmdlm multimodal pipeline."""
+
+    image: str | None = field(default=None, metadata={"positional": True, "help": "path of the image"})
+    model: str = field(default=MM_MODEL, metadata={"help": "a saved multimodal pipeline folder"})
+    question: str | None = field(default=None, metadata={
+        "help": "question answering / caption infilling: a text with <|mask:N|> placeholders where the answer "
+                "goes, e.g. 'a small <|mask:1|> circle left of a large blue square'"})
+    n: int = field(default=1, metadata={"help": "texts per image (vary with --temperature)"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps (default: the pipeline's)"})
+    text_guidance_scale: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance of the text by the image (default: the pipeline's)"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature of the text tokens"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
 
 
 def _run_pretrain(c: PretrainConfig) -> None:
@@ -181,6 +233,18 @@ def _run_train_mm(c: TrainMMConfig) -> None:
     BACKBONES[c.backbone](c)
 
 
+def _run_t2i(c: T2IConfig) -> None:
+    from .recipes import t2i
+
+    t2i(c)
+
+
+def _run_caption(c: CaptionConfig) -> None:
+    from .recipes import caption
+
+    caption(c)
+
+
 def _run_eval_mm(c: EvalMMConfig) -> None:
     from .recipes import eval_mm
 
@@ -193,6 +257,8 @@ COMMANDS = {
     "generate": (GenerateConfig, _run_generate),
     "train-mm": (TrainMMConfig, _run_train_mm),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
+    "t2i": (T2IConfig, _run_t2i),
+    "caption": (CaptionConfig, _run_caption),
 }
 
 
