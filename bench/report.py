@@ -53,6 +53,22 @@ def assets(_: dict | None = None) -> str:
         rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
                     f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
                     f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
+    for folder in sorted((ROOT / "assets").glob("mmdit-*")):  # multimodal checkpoints (train-mm)
+        run_path, log_path = folder / "run.json", folder / "log.csv"
+        if not run_path.exists() or not log_path.exists():
+            continue
+        run = json.loads(run_path.read_text())
+        with log_path.open() as f:
+            log = list(csv.DictReader(f))
+        val = [r["val_loss"] for r in log if r["val_loss"]]
+        cfg = run["config"]
+        recipe = (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
+                  f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
+                  f"{cfg['batch_size']}, {float(log[-1]['elapsed_s']) / 60:.0f} min")
+        rows.append(f"| `assets/{folder.name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} "
+                    f"(image patches + caption tokens) | {float(log[-1]['loss']):.3f} | "
+                    + (f"{float(val[-1]):.3f} (flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per "
+                       "token, held-out scenes) |" if val else "n/a |"))
     return "\n".join(rows)
 
 

@@ -56,6 +56,31 @@ def test_both_noise_levels_reach_the_outputs():
         assert not torch.allclose(base.sample, out.sample) and not torch.allclose(base.text_logits, out.text_logits)
 
 
+def test_x_prediction_returns_the_velocity_it_implies():
+    velocity = tiny()
+    sample = tiny(prediction_type="sample")
+    sample.load_state_dict(velocity.state_dict())
+    x, ids, t, r = inputs()
+    t = torch.tensor([700.0, 10.0])  # sigma 0.7, and 0.01 (below min_sigma 0.05)
+    raw = velocity(x, ids, t, r)  # the same network: its output is the x_0 estimate of the other
+    out = sample(x, ids, t, r)
+    sigma = torch.tensor([0.7, 0.05]).view(2, 1, 1, 1)
+    assert torch.allclose(out.sample, (x - raw.sample) / sigma, atol=1e-5)
+    assert torch.equal(out.text_logits, raw.text_logits)
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        tiny(prediction_type="epsilon")
+
+
+def test_adaln_zero_start_makes_every_block_the_identity():
+    model = tiny(prediction_type="sample").zero_init_modulation_()
+    x, ids, t, r = inputs()
+    out = model(x, ids, t, r)
+    text_in = model.context_embedder(model.embed_text(ids))  # what enters the text stream
+    assert torch.allclose(out.text_logits, model.text_proj_out(model.text_norm_out(text_in)), atol=1e-6)
+    sigma = (t / 1000).clamp_min(0.05).view(2, 1, 1, 1)
+    assert torch.allclose(out.sample, x / sigma)  # the image head predicts x_0 = 0
+
+
 def test_processor_without_mask_is_sd3s():
     model = tiny()
     x, ids, t, r = inputs()

@@ -36,6 +36,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 SD3_CLASS = "SD3Transformer2DModel"
+PREDICTION_TYPES = ("velocity", "sample")
 
 
 class MaskedJointAttnProcessor:
@@ -96,6 +97,11 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
 
     vocab_size: rows of the text embedding and the text head (the tokenizer's length, mask
     token included). text_length: the longest caption canvas (learned positions).
+    prediction_type: what the image head predicts. "velocity" is SD3's (noise - x_0);
+    "sample" predicts the clean image x_0 and the model returns the velocity it implies,
+    (x_sigma - x_0_hat) / max(sigma, min_sigma) ("x-prediction", Li & He 2025, JiT): a small
+    pixel-space model then never has to carry the noise through the network. Either way
+    `forward` returns a velocity, so losses, schedulers and pipelines are the same.
     """
 
     _no_split_modules = ["JointTransformerBlock"]
@@ -118,6 +124,8 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         qk_norm: str | None = None,
         vocab_size: int = 64,
         text_length: int = 16,
+        prediction_type: str = "velocity",
+        min_sigma: float = 0.05,
     ):
         inner = num_attention_heads * attention_head_dim
         if caption_projection_dim != inner:
@@ -126,6 +134,10 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         if sample_size % patch_size or sample_size // patch_size > pos_embed_max_size:
             raise ValueError(f"sample_size {sample_size} must be a multiple of patch_size {patch_size} with at most "
                              f"pos_embed_max_size={pos_embed_max_size} patches per side")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if not 0 < min_sigma <= 1:
+            raise ValueError(f"min_sigma must be in (0, 1], got {min_sigma}")
         if vocab_size < 2 or text_length < 1:
             raise ValueError(f"vocab_size must be >= 2 and text_length >= 1, got {vocab_size} and {text_length}")
         super().__init__(sample_size=sample_size, patch_size=patch_size, in_channels=in_channels,
@@ -145,6 +157,16 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         for emb in (self.text_embedding, self.text_position_embedding):
             nn.init.normal_(emb.weight, std=0.02)
         self.set_attn_processor(MaskedJointAttnProcessor())
+
+    def zero_init_modulation_(self) -> "DualDiffusionTransformer2DModel":
+        """DiT's adaLN-Zero initialisation, for training from scratch: every block's modulation
+        and the image output layer start at zero, so each block starts as the identity on both
+        streams and the image head predicts 0. (SD3 checkpoints bring trained values instead.)"""
+        layers = [m for block in self.transformer_blocks for m in (block.norm1.linear, block.norm1_context.linear)]
+        for layer in layers + [self.norm_out.linear, self.proj_out]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        return self
 
     # ------------------------------------------------------------------ inputs
     def embed_text(self, text_ids: torch.LongTensor) -> torch.Tensor:
@@ -196,6 +218,9 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
                                      joint_attention_kwargs=kwargs or None, return_dict=False)[0]
         finally:
             hook.remove()
+        if self.config.prediction_type == "sample":  # x_0_hat -> the velocity it implies
+            sigma = (timestep.to(sample.dtype) / 1000).clamp_min(self.config.min_sigma).view(b, 1, 1, 1)
+            sample = (hidden_states.to(sample.dtype) - sample) / sigma
         logits = self.text_proj_out(self.text_norm_out(captured["text"]))
         if not return_dict:
             return sample, logits

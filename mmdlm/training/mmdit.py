@@ -154,9 +154,10 @@ def build_transformer(c, vocab_size: int, sample_size: int, channels: int):
     default_pos = max(sample_size // c.model_config.get("patch_size", 2), 1)
     kwargs = {"pos_embed_max_size": default_pos, **c.model_config, **fixed}
     try:
-        return DualDiffusionTransformer2DModel(**kwargs)
+        model = DualDiffusionTransformer2DModel(**kwargs)
     except TypeError as err:
         raise ValueError(f"model_config: {err}") from err
+    return model.zero_init_modulation_()
 
 
 def train_mmdit(c) -> Path:
