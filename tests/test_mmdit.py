@@ -108,6 +108,8 @@ def test_padded_text_changes_nothing_for_the_real_tokens():
     assert not torch.allclose(short.sample, unmasked.sample, atol=1e-4)
     with pytest.raises(ValueError, match="attention_mask must be"):
         model(x, padded_ids, t, r, text_attention_mask=mask[:, :5])
+    with pytest.raises(ValueError, match="attention_mask must be"):  # the processor checks its own input too
+        model.transformer_blocks[0].attn(x.new_zeros(2, 16, 16), x.new_zeros(2, 6, 16), attention_mask=mask[:, :5])
 
 
 def test_bad_text_inputs():
@@ -140,6 +142,7 @@ def test_from_sd3_loads_everything_sd3_has_and_names_the_new_parts(tmp_path, cap
     last = "transformer_blocks.1."
     assert set(info["fresh"]) == {
         "text_embedding.weight", "text_position_embedding.weight", "text_norm_out.weight", "text_norm_out.bias",
+        "text_pooled_projection.weight", "text_pooled_projection.bias",
         "text_proj_out.weight", "text_proj_out.bias", last + "attn.to_add_out.weight", last + "attn.to_add_out.bias",
         *(last + f"ff_context.net.{i}.proj.{w}" for i in (0,) for w in ("weight", "bias")),
         *(last + f"ff_context.net.2.{w}" for w in ("weight", "bias"))}
@@ -153,7 +156,8 @@ def test_from_sd3_loads_everything_sd3_has_and_names_the_new_parts(tmp_path, cap
     w, d = own[last + "norm1_context.linear.weight"], model.inner_dim
     scale, shift = theirs[last + "norm1_context.linear.weight"].chunk(2)
     assert torch.equal(w[:d], shift) and torch.equal(w[d:2 * d], scale) and not w[2 * d:].any()
-    # so the image prediction equals SD3's on the same text features and conditioning
+    # so the image prediction equals SD3's on the same text features and conditioning (the
+    # pooled-text projection starts at zero)
     x = torch.randn(2, 4, 8, 8)
     ids = torch.randint(0, 11, (2, 5))
     t, r = torch.tensor([300.0, 900.0]), torch.tensor([0.2, 1.0])

@@ -9,11 +9,13 @@
   vocabulary) reads it;
 - two noise levels: the image's flow-matching timestep goes where SD3 puts it, and the
   text's noise level, the share of masked caption tokens in [0, 1], goes through the slot SD3
-  fills with a pooled CLIP vector: its sinusoidal embedding is the "pooled projection", which
-  SD3's own `time_text_embed` maps with its MLP and adds to the timestep embedding. The
-  conditioning vector that modulates every block therefore carries both levels, with no
-  module added (SD3 already modulates both streams with one vector, so a second vector would
-  need new modulation layers in every block).
+  fills with a pooled CLIP vector: the "pooled projection" is the sinusoidal embedding of the
+  text's level plus a pooled summary of the caption itself (`text_pooled_projection` of the
+  mean text embedding over real tokens, zero at the start, the role SD3's pooled CLIP vector
+  plays), which SD3's own `time_text_embed` maps with its MLP and adds to the timestep
+  embedding. The one conditioning vector that modulates every block (SD3 modulates both streams
+  with one vector) therefore carries both levels and a global view of the caption, with SD3's
+  modules; only the small pooling projection is new.
 
 Text padding is honoured by `MaskedJointAttnProcessor` (diffusers' `JointAttnProcessor2_0`
 ignores `attention_mask`). `from_pretrained` also takes an SD3 transformer folder: every
@@ -152,6 +154,9 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
             context_pre_only=False, qk_norm=qk_norm, use_dual_attention=last in tuple(dual_attention_layers))
         self.text_embedding = nn.Embedding(vocab_size, joint_attention_dim)
         self.text_position_embedding = nn.Embedding(text_length, joint_attention_dim)
+        self.text_pooled_projection = nn.Linear(joint_attention_dim, pooled_projection_dim)
+        nn.init.zeros_(self.text_pooled_projection.weight)  # starts as "no pooled text": SD3 weights stay exact
+        nn.init.zeros_(self.text_pooled_projection.bias)
         self.text_norm_out = nn.LayerNorm(inner, eps=1e-6)
         self.text_proj_out = nn.Linear(inner, vocab_size)
         for emb in (self.text_embedding, self.text_position_embedding):
@@ -190,6 +195,16 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         return get_timestep_embedding(ratio.reshape(-1) * 1000, self.config.pooled_projection_dim,
                                       flip_sin_to_cos=True, downscale_freq_shift=0).to(self.dtype)
 
+    def pool_text(self, text_features: torch.Tensor, text_attention_mask: torch.Tensor | None = None):
+        """The caption's global summary for the conditioning vector: the mean of its embedded
+        tokens over the real ones, projected to pooled_projection_dim, (B, pooled_projection_dim)."""
+        if text_attention_mask is None:
+            mean = text_features.mean(1)
+        else:
+            real = text_attention_mask.to(text_features.dtype)[..., None]
+            mean = (text_features * real).sum(1) / real.sum(1).clamp_min(1)
+        return self.text_pooled_projection(mean)
+
     # ------------------------------------------------------------------ forward
     def forward(self, hidden_states: torch.Tensor, text_ids: torch.LongTensor, timestep: torch.Tensor,
                 text_mask_ratio: torch.Tensor, text_attention_mask: torch.Tensor | None = None,
@@ -209,13 +224,17 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         timestep, ratio = (x.expand(b) if x.ndim == 0 else x for x in (timestep, ratio))
         kwargs = dict(joint_attention_kwargs or {})
         if text_attention_mask is not None:
+            if text_attention_mask.shape != text_ids.shape:
+                raise ValueError(f"text_attention_mask must be (batch, text tokens) = {tuple(text_ids.shape)}, "
+                                 f"got {tuple(text_attention_mask.shape)}")
             kwargs["attention_mask"] = text_attention_mask
         captured: dict = {}
         hook = self.transformer_blocks[-1].register_forward_hook(lambda m, i, out: captured.update(text=out[0]))
+        text = self.embed_text(text_ids)
+        pooled = self.embed_text_noise(ratio) + self.pool_text(text, text_attention_mask)
         try:
-            sample = super().forward(hidden_states, encoder_hidden_states=self.embed_text(text_ids),
-                                     pooled_projections=self.embed_text_noise(ratio), timestep=timestep,
-                                     joint_attention_kwargs=kwargs or None, return_dict=False)[0]
+            sample = super().forward(hidden_states, encoder_hidden_states=text, pooled_projections=pooled,
+                                     timestep=timestep, joint_attention_kwargs=kwargs or None, return_dict=False)[0]
         finally:
             hook.remove()
         if self.config.prediction_type == "sample":  # x_0_hat -> the velocity it implies
