@@ -119,6 +119,9 @@ class TrainMMConfig(TrainArgs):
     logit_mean: float = field(default=0.0, metadata={
         "help": "image noise levels sigma = sigmoid(N(logit_mean, logit_std)) (SD3's logit-normal; mmdit)"})
     logit_std: float = field(default=1.0, metadata={"help": "see logit_mean"})
+    flow_shift: float = field(default=1.0, metadata={
+        "help": "shift of the saved FlowMatchEulerDiscreteScheduler (SD3: 3.0): > 1 spends more sampling steps at "
+                "high noise (mmdit)"})
 
     def validate(self) -> None:
         from .training.multimodal import check_task_weights
@@ -137,8 +140,8 @@ class TrainMMConfig(TrainArgs):
         for name in ("caption_dropout", "image_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.logit_std <= 0:
-            raise ValueError(f"logit_std must be positive, got {self.logit_std}")
+        if self.logit_std <= 0 or self.flow_shift <= 0:
+            raise ValueError(f"logit_std and flow_shift must be positive, got {self.logit_std} and {self.flow_shift}")
         from .diffusion import get_schedule
 
         get_schedule(self.text_schedule)

@@ -179,7 +179,8 @@ def train_mmdit(c) -> Path:
     if (c.image_size // factor) % model.config.patch_size:
         raise ValueError(f"the {'latent' if vae else 'image'} side {c.image_size // factor} is not a multiple of "
                          f"patch_size {model.config.patch_size}")
-    scheduler, text_scheduler = FlowMatchEulerDiscreteScheduler(), MaskedDiffusionScheduler(schedule=c.text_schedule)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=c.flow_shift)
+    text_scheduler = MaskedDiffusionScheduler(schedule=c.text_schedule)
     pipe = DualDiffusionPipeline(model, data.tokenizer, scheduler, text_scheduler, vae=vae)
     train, evaluation = data.train, data.eval
     if vae is not None:
