@@ -119,6 +119,8 @@ class TrainMMConfig(TrainArgs):
     logit_mean: float = field(default=0.0, metadata={
         "help": "image noise levels sigma = sigmoid(N(logit_mean, logit_std)) (SD3's logit-normal; mmdit)"})
     logit_std: float = field(default=1.0, metadata={"help": "see logit_mean"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "save an exponential moving average of the weights with this decay (0: the last weights; mmdit)"})
     flow_shift: float = field(default=1.0, metadata={
         "help": "shift of the saved FlowMatchEulerDiscreteScheduler (SD3: 3.0): > 1 spends more sampling steps at "
                 "high noise (mmdit)"})
@@ -137,11 +139,12 @@ class TrainMMConfig(TrainArgs):
             raise ValueError(f"n_eval must be >= 0, got {self.n_eval}")
         if self.text_loss_weight < 0:
             raise ValueError(f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
-        for name in ("caption_dropout", "image_dropout"):
+        for name in ("caption_dropout", "image_dropout", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.logit_std <= 0 or self.flow_shift <= 0:
-            raise ValueError(f"logit_std and flow_shift must be positive, got {self.logit_std} and {self.flow_shift}")
+            raise ValueError(f"logit_std and flow_shift must be positive, got logit_std={self.logit_std}, "
+                             f"flow_shift={self.flow_shift}")
         from .diffusion import get_schedule
 
         get_schedule(self.text_schedule)

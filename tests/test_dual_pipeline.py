@@ -252,17 +252,59 @@ def test_training_losses_follow_the_task(caption_tokenizer):
     assert model.text_embedding.weight.grad is not None and model.proj_out.weight.grad is not None
 
 
+def test_ema_is_saved_and_resumes_exactly(caption_tokenizer, tmp_path):
+    from mmdlm.training.mmdit import MMDiTTrainer
+    from mmdlm.training.trainer import TrainArgs, latest_checkpoint
+
+    data = {"pixels": torch.rand(8, 3, 16, 16) * 2 - 1,
+            "text_ids": encode_captions(caption_tokenizer, [PROMPT] * 8, LENGTH)}
+
+    class Interrupt(Exception):
+        pass
+
+    class Crashing(MMDiTTrainer):
+        def compute_loss(self, model, batch, step, generator):
+            if step == 2:
+                raise Interrupt
+            return super().compute_loss(model, batch, step, generator)
+
+    def run(cls, folder, resume=False):
+        model = make_pipe(caption_tokenizer).transformer.train()
+        args = TrainArgs(output_dir=str(tmp_path / folder), max_steps=4, batch_size=4, save_every=2, warmup_steps=1,
+                         lr=1e-2, resume=resume)
+        return cls(model, data, args, tokenizer=caption_tokenizer, mask_token_id=caption_tokenizer.mask_token_id,
+                   task_weights={"t2i": 1, "caption": 1}, ema_decay=0.9)
+
+    full = run(MMDiTTrainer, "a")
+    full.train()
+    with pytest.raises(Interrupt):
+        run(Crashing, "b").train()
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000002"
+    resumed = run(MMDiTTrainer, "b", resume=True)
+    resumed.train()
+    saved = {n: DualDiffusionTransformer2DModel.from_pretrained(tmp_path / f / "model").state_dict() for n, f in
+             (("full", "a"), ("resumed", "b"))}
+    last = full.accelerator.unwrap_model(full.model).state_dict()
+    for key, value in saved["full"].items():
+        assert torch.equal(value, saved["resumed"][key]), key
+    ema = dict(zip([k for k, _ in full.accelerator.unwrap_model(full.model).named_parameters()],
+                   full.ema.shadow_params))
+    assert all(torch.equal(saved["full"][k], v) for k, v in ema.items())  # the saved weights are the average
+    assert any(not torch.equal(saved["full"][k], last[k]) for k in ema)  # ... not the last weights
+
+
 def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
     recipe = tmp_path / "mmdit.yaml"
     recipe.write_text(
         "backbone: mmdit\ndataset: shapes\nimage_size: 16\ntext_length: 12\nn_train: 16\nn_eval: 8\n"
         "model_config: {num_layers: 1, attention_head_dim: 8, num_attention_heads: 2, joint_attention_dim: 16,\n"
         "  caption_projection_dim: 16, pooled_projection_dim: 16}\n"
-        f"max_steps: 3\nbatch_size: 4\nwarmup_steps: 1\noutput_dir: {tmp_path / 'run'}\n")
+        f"max_steps: 3\nbatch_size: 4\nwarmup_steps: 1\nflow_shift: 2.5\noutput_dir: {tmp_path / 'run'}\n")
     assert cli.main(["train-mm", "--config", str(recipe)]) == 0, capsys.readouterr().err
     pipe = load_pipeline(tmp_path / "run" / "model")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, DualDiffusionPipeline) and pipe.image_size == 16 and pipe.text_length == 12
+    assert pipe.scheduler.config.shift == 2.5 and pipe.transformer.config.prediction_type == "velocity"
     assert len(pipe(image=shapes_image(), num_inference_steps=2).texts) == 1
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["backbone"] == "mmdit" and run["parameters"] > 0
@@ -274,7 +316,8 @@ def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
                                  ("--image-tokenizer", str(tmp_path / "run" / "model" / "transformer"),
                                   "not an AutoencoderKL"),
                                  ("--pretrained", str(tmp_path), "holds no diffusers model"),
-                                 ("--text-schedule", "cubic", "unknown schedule")]:
+                                 ("--text-schedule", "cubic", "unknown schedule"),
+                                 ("--flow-shift", "0", "flow_shift=0.0")]:
         assert cli.main(["train-mm", "--config", str(recipe), flag, value]) == 2
         assert message in capsys.readouterr().err
 

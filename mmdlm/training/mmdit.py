@@ -17,7 +17,8 @@ count in the text loss like those of any fully masked caption); a captioning sam
 hidden with probability `image_dropout` behind pure noise at sigma = 1 (the unconditional
 pass of text guidance), with no image loss, as its image is a condition. The model is told the
 text noise level as the share of masked tokens on the canvas, exactly what it is told when
-sampling.
+sampling. With `ema_decay` the saved model holds an exponential moving average of the weights
+(diffusers' `EMAModel`, with warmup).
 """
 from __future__ import annotations
 
@@ -42,8 +43,14 @@ class MMDiTTrainer(Trainer):
     def __init__(self, model, train_data, args, *, tokenizer, mask_token_id: int, task_weights: dict,
                  text_loss_weight: float = 1.0, caption_dropout: float = 0.1, image_dropout: float = 0.1,
                  text_schedule: str = "linear", logit_mean: float = 0.0, logit_std: float = 1.0,
-                 save_pipeline=None, **kwargs):
+                 ema_decay: float = 0.0, save_pipeline=None, **kwargs):
         super().__init__(model, train_data, args, **kwargs)
+        self.ema = None
+        if ema_decay > 0:  # diffusers' EMAModel, with warmup; checkpointed with the rest of the state
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self._params(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
+            self.accelerator.register_for_checkpointing(self.ema)
         self.tokenizer, self.mask_token_id = tokenizer, mask_token_id
         self.task_weights = check_task_weights(task_weights)
         self.text_loss_weight = text_loss_weight
@@ -96,10 +103,28 @@ class MMDiTTrainer(Trainer):
         p = getattr(model, "module", model).config.patch_size
         return (x0.shape[-1] // p) * (x0.shape[-2] // p)
 
+    def _params(self):
+        return list(self.accelerator.unwrap_model(self.model).parameters())
+
+    def train_step(self) -> float:
+        loss = super().train_step()
+        if self.ema is not None:
+            self.ema.step(self._params())
+        return loss
+
     def save_model(self, model, path: Path) -> None:
-        if self.save_pipeline is None:
-            return super().save_model(model, path)
-        self.save_pipeline(model, path)
+        """The final model (with `ema_decay`, the averaged weights), as a pipeline when one is given."""
+        if self.ema is not None:
+            self.ema.store(model.parameters())
+            self.ema.copy_to(model.parameters())
+        try:
+            if self.save_pipeline is None:
+                super().save_model(model, path)
+            else:
+                self.save_pipeline(model, path)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(model.parameters())
 
 
 # ---------------------------------------------------------------------- the recipe
@@ -198,7 +223,7 @@ def train_mmdit(c) -> Path:
                            mask_token_id=data.tokenizer.mask_token_id, task_weights=c.task_weights,
                            text_loss_weight=c.text_loss_weight, caption_dropout=c.caption_dropout,
                            image_dropout=c.image_dropout, text_schedule=c.text_schedule, logit_mean=c.logit_mean,
-                           logit_std=c.logit_std, save_pipeline=save_pipeline)
+                           logit_std=c.logit_std, ema_decay=c.ema_decay, save_pipeline=save_pipeline)
     final = trainer.train()
     print(f"DualDiffusionPipeline saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
     return final
