@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser quickstart test demo screenshot teacher dlm assets bench report clean sft bench-sft study study-quick
+.PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits assets bench eval-mm report clean sft bench-sft study study-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -21,6 +21,8 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
+	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --output-dir outputs/quickstart-t2i
+	$(BIN)/mmdlm caption outputs/quickstart-t2i/t2i-0.png
 
 # Debian's Chromium for the demo's browser test (never a downloaded browser); installed with
 # apt-get when missing (as root, or through sudo). MMDLM_SKIP_BROWSER=1 skips it and the test.
@@ -60,7 +62,25 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-assets: teacher dlm
+# The MM-DiT on shapes (about an hour on one core).
+mmdit-shapes: install
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
+	rm -rf assets/mmdit-shapes && cp -r outputs/mmdit-shapes/model assets/mmdit-shapes
+	cp outputs/mmdit-shapes/run.json outputs/mmdit-shapes/log.csv outputs/mmdit-shapes/loss.png assets/mmdit-shapes/
+
+# The MM-DiT on digits (about 25 minutes on one core).
+mmdit-digits: install
+	$(BIN)/mmdlm train-mm --config configs/mmdit_digits.yaml
+	rm -rf assets/mmdit-digits && cp -r outputs/mmdit-digits/model assets/mmdit-digits
+	cp outputs/mmdit-digits/run.json outputs/mmdit-digits/log.csv outputs/mmdit-digits/loss.png assets/mmdit-digits/
+
+assets: teacher dlm mmdit-shapes mmdit-digits
+
+# Image-text evaluation of the shipped multimodal checkpoints (bench/results/imagetext.json, README table).
+eval-mm: install
+	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
+	$(BIN)/mmdlm eval-mm --model assets/mmdit-digits --dataset digits --n 256
+	$(BIN)/python bench/report.py
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -53,6 +53,22 @@ def assets(_: dict | None = None) -> str:
         rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
                     f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
                     f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
+    for folder in sorted((ROOT / "assets").glob("mmdit-*")):  # multimodal checkpoints (train-mm)
+        run_path, log_path = folder / "run.json", folder / "log.csv"
+        if not run_path.exists() or not log_path.exists():
+            continue
+        run = json.loads(run_path.read_text())
+        with log_path.open() as f:
+            log = list(csv.DictReader(f))
+        val = [r["val_loss"] for r in log if r["val_loss"]]
+        cfg = run["config"]
+        recipe = (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
+                  f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
+                  f"{cfg['batch_size']}, {float(log[-1]['elapsed_s']) / 60:.0f} min")
+        rows.append(f"| `assets/{folder.name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} "
+                    f"(image patches + caption tokens) | {float(log[-1]['loss']):.3f} | "
+                    + (f"{float(val[-1]):.3f} (flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per "
+                       "token, held-out scenes) |" if val else "n/a |"))
     return "\n".join(rows)
 
 
@@ -243,8 +259,46 @@ def adaptation_study(r: dict | None) -> str | None:
     return "\n".join(lines)
 
 
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _attributes(r: dict, task: str) -> str:
+    values = [r.get(f"{task}_{a}") for a in ("colour", "shape", "size", "relation")]
+    return "" if any(v is None for v in values) else " / ".join(f"{100 * v:.0f}" for v in values)
+
+
+def imagetext(r: dict | None) -> str | None:
+    """One row per (backbone, dataset) of bench/results/imagetext.json (`mmdlm eval-mm`)."""
+    if r is None or not r.get("records"):
+        return None
+    rows = ["| backbone | dataset | n | steps | t2i accuracy % | t2i colour / shape / size / relation % | "
+            "caption accuracy % | caption exact match % | caption colour / shape / size / relation % | "
+            "joint consistency % | s / image | s / caption |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for x in r["records"]:
+        rows.append(f"| {x['backbone']} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
+                    f"{_pct(x.get('t2i_accuracy'))} | {_attributes(x, 't2i')} | {_pct(x.get('caption_accuracy'))} | "
+                    f"{_pct(x.get('caption_exact_match'))} | {_attributes(x, 'caption')} | "
+                    f"{_pct(x.get('joint_consistency'))} | {x.get('s_per_image') or ''} | "
+                    f"{x.get('s_per_caption') or ''} |")
+        guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
+        machine = x.get("machine") or {}
+        notes.append(f"{x['backbone']} / {x['dataset']}: `{x.get('command', '')}`"
+                     + (f" ({guidance})" if guidance else "")
+                     + f"; batch {x.get('batch_size')}, device {x.get('device')}, {machine.get('cpus')} CPUs"
+                     + f", torch {(x.get('versions') or {}).get('torch')}.")
+    return "\n".join(rows + [""] + ["Shapes: held-out scenes (never in training); accuracy = every attribute right "
+                                    "(t2i: read back from the image by `parse_image`; captions: parsed, either "
+                                    "phrasing of a relation counts); exact match = the dataset's own caption "
+                                    "word for word; joint = the image's reading equals the caption's. Digits: the "
+                                    "test split, judged by `DigitClassifier`. Seconds per sample at the batch size "
+                                    "given, after an untimed warm-up."] + [""] + notes)
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
-             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study}
+             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext}
 
 
 def main() -> int:

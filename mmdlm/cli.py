@@ -154,6 +154,18 @@ class TrainMMConfig(TrainArgs):
         "help": "probability of hiding the caption of a t2i sample (classifier-free guidance)"})
     image_tokenizer: str | None = field(default=None, metadata={
         "help": "image autoencoder: a VAE (continuous) or VQ model (discrete) folder; default: per backbone"})
+    image_dropout: float = field(default=0.1, metadata={
+        "help": "probability of hiding the image of a captioning sample behind pure noise (text guidance; mmdit)"})
+    text_schedule: str = field(default="linear", metadata={
+        "help": "masking schedule of the text: linear | cosine | loglinear"})
+    logit_mean: float = field(default=0.0, metadata={
+        "help": "image noise levels sigma = sigmoid(N(logit_mean, logit_std)) (SD3's logit-normal; mmdit)"})
+    logit_std: float = field(default=1.0, metadata={"help": "see logit_mean"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "save an exponential moving average of the weights with this decay (0: the last weights; mmdit)"})
+    flow_shift: float = field(default=1.0, metadata={
+        "help": "shift of the saved FlowMatchEulerDiscreteScheduler (SD3: 3.0): > 1 spends more sampling steps at "
+                "high noise (mmdit)"})
 
     def validate(self) -> None:
         from .training.multimodal import check_task_weights
@@ -169,8 +181,15 @@ class TrainMMConfig(TrainArgs):
             raise ValueError(f"n_eval must be >= 0, got {self.n_eval}")
         if self.text_loss_weight < 0:
             raise ValueError(f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        for name in ("caption_dropout", "image_dropout", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.logit_std <= 0 or self.flow_shift <= 0:
+            raise ValueError(f"logit_std and flow_shift must be positive, got logit_std={self.logit_std}, "
+                             f"flow_shift={self.flow_shift}")
+        from .diffusion import get_schedule
+
+        get_schedule(self.text_schedule)
         check_task_weights(self.task_weights)
 
 
@@ -304,6 +323,45 @@ class StudyConfig:
     quick_overrides: dict = field(default_factory=_default_quick, metadata={"help": "what --quick changes"})
 
 
+MM_MODEL = "assets/mmdit-shapes"
+
+
+@dataclass
+class T2IConfig:
+    """Draw images from a caption with any mmdlm multimodal pipeline; write PNGs and a GIF of the denoising."""
+
+    prompt: str | None = field(default=None, metadata={"positional": True, "help": "the caption to draw"})
+    model: str = field(default=MM_MODEL, metadata={
+        "help": "a saved multimodal pipeline folder (DualDiffusionPipeline, UnifiedDiscretePipeline, ...)"})
+    n: int = field(default=4, metadata={"help": "images to draw"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps (default: the pipeline's)"})
+    guidance_scale: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance by the caption (default: the pipeline's)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output_dir: str = field(default="outputs/t2i", metadata={"help": "where the PNGs and the GIF go"})
+    gif: bool = field(default=True, metadata={"help": "also write a GIF of the denoising (all images side by side)"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+
+
+@dataclass
+class CaptionConfig:
+    """Caption an image, or answer about it, with any mmdlm multimodal pipeline."""
+
+    image: str | None = field(default=None, metadata={"positional": True, "help": "path of the image"})
+    model: str = field(default=MM_MODEL, metadata={"help": "a saved multimodal pipeline folder"})
+    question: str | None = field(default=None, metadata={
+        "help": "question answering / caption infilling: a text with <|mask:N|> placeholders where the answer "
+                "goes, e.g. 'a small <|mask:1|> circle left of a large blue square'"})
+    n: int = field(default=1, metadata={"help": "texts per image (vary with --temperature)"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps (default: the pipeline's)"})
+    text_guidance_scale: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance of the text by the image (default: the pipeline's)"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature of the text tokens"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+
+
 def _run_pretrain(c: PretrainConfig) -> None:
     from .recipes import pretrain
 
@@ -345,6 +403,18 @@ def _run_train_mm(c: TrainMMConfig) -> None:
     BACKBONES[c.backbone](c)
 
 
+def _run_t2i(c: T2IConfig) -> None:
+    from .recipes import t2i
+
+    t2i(c)
+
+
+def _run_caption(c: CaptionConfig) -> None:
+    from .recipes import caption
+
+    caption(c)
+
+
 def _run_eval_mm(c: EvalMMConfig) -> None:
     from .recipes import eval_mm
 
@@ -382,6 +452,8 @@ COMMANDS = {
     "eval-mm": (EvalMMConfig, _run_eval_mm),
     "demo": (DemoConfig, _run_demo),
     "study": (StudyConfig, _run_study),
+    "t2i": (T2IConfig, _run_t2i),
+    "caption": (CaptionConfig, _run_caption),
 }
 
 

@@ -1,7 +1,8 @@
 """Recipes as data: one dataclass per command gives both its YAML keys and its CLI flags.
 
 Every field is a key in the YAML recipe (`--config configs/x.yaml`) and a flag
-(`--field-name`); flags given on the command line override the file. Unknown keys are an
+(`--field-name`), or a positional argument when its metadata says `positional`; what is
+given on the command line overrides the file. Unknown keys are an
 error, with the nearest valid key suggested.
 """
 from __future__ import annotations
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         help_ = f"{help_} (default: {default!r})" if help_ else f"default: {default!r}"
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         origin = typing.get_origin(tp)
+        if f.metadata.get("positional"):  # also a key of the recipe, like every other field
+            parser.add_argument(f.name, nargs="?", type=tp, default=argparse.SUPPRESS, help=help_,
+                                metavar=f.name.upper())
+            continue
         if tp is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif origin is list:

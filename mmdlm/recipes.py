@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -307,3 +308,101 @@ def _show_history(pipe, history, target: str, kind: str) -> None:
     path = path.with_name(f"{path.stem}-{kind}{path.suffix}")
     (h.write_gif if path.suffix == ".gif" else h.write_html)(all_frames, path)
     print(f"unmasking history written to {path}")
+
+
+def _multimodal_pipeline(path: str, device: str | None):
+    from .pipelines.multimodal import load_pipeline
+
+    pipe = load_pipeline(path)
+    if not hasattr(pipe, "image_size"):
+        raise ValueError(f"{path} holds a {type(pipe).__name__}, not a multimodal (image-text) pipeline")
+    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call_options(c, *names) -> dict:
+    """The sampling options given (None: the pipeline's default)."""
+    out = {k: getattr(c, k) for k in names if getattr(c, k) is not None}
+    if getattr(c, "steps", None) is not None:
+        if c.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {c.steps}")
+        out["num_inference_steps"] = c.steps
+    return out
+
+
+def write_denoising_gif(history: list[dict], path, duration_ms: int = 120) -> None:
+    """A GIF of the denoising: one frame per step with every image side by side (the current
+    clean-image estimate; the last frame is the result, held for a second)."""
+    from .data.imagetext import to_pil
+    from .eval.imagetext import image_grid
+    from .io import atomic_file
+
+    frames = [image_grid(to_pil(h["images"]), cols=len(h["images"])) for h in history if h.get("images") is not None]
+    if not frames:
+        raise ValueError("the pipeline returned no image history to animate")
+    scale = max(1, 128 // frames[0].height)  # small images are enlarged for viewing (nearest neighbour)
+    frames = [f.resize((f.width * scale, f.height * scale), 0) for f in frames]
+    with atomic_file(path) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:],
+                       duration=[duration_ms] * (len(frames) - 1) + [1000], loop=0)
+
+
+def t2i(c) -> list:
+    """`mmdlm t2i PROMPT`: PNGs (and a GIF of the denoising) in c.output_dir; returns their paths."""
+    from .io import atomic_file
+
+    if not c.prompt:
+        raise ValueError("give the caption to draw: mmdlm t2i \"a small red circle left of a large blue square\"")
+    if c.n < 1:
+        raise ValueError(f"n must be >= 1, got {c.n}")
+    options = _call_options(c, "guidance_scale")
+    pipe = _multimodal_pipeline(c.model, c.device)
+    out = pipe(prompt=c.prompt, task="t2i", num_images_per_prompt=c.n, generator=torch.Generator().manual_seed(c.seed),
+               return_history=c.gif, **options)
+    folder = Path(c.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(out.images):
+        path = folder / f"t2i-{i}.png"
+        with atomic_file(path) as tmp:
+            image.save(tmp)
+        paths.append(path)
+    print(f"{len(paths)} image(s) of {c.prompt!r} written to {folder}/t2i-*.png")
+    if c.gif:
+        gif = folder / "t2i-denoising.gif"
+        write_denoising_gif(out.history or [], gif)
+        paths.append(gif)
+        print(f"denoising written to {gif}")
+    return paths
+
+
+def caption(c) -> list[str]:
+    """`mmdlm caption IMAGE [--question ...]`: print (and optionally save) the text(s)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .io import atomic_write_text
+
+    if not c.image:
+        raise ValueError("give the image to caption: mmdlm caption path/to/image.png")
+    path = Path(c.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path} is not an image PIL can read ({err})") from err
+    if c.n < 1:
+        raise ValueError(f"n must be >= 1, got {c.n}")
+    options = _call_options(c, "text_guidance_scale", "temperature")
+    task = "caption" if c.question is None else "vqa"
+    pipe = _multimodal_pipeline(c.model, c.device)
+    out = pipe(prompt=c.question, image=image, task=task, num_images_per_prompt=c.n,
+               generator=torch.Generator().manual_seed(c.seed), **options)
+    for text in out.texts:
+        print(text)
+    if c.output:
+        atomic_write_text(c.output, json.dumps({"model": c.model, "image": str(path), "question": c.question,
+                                                "task": task, "texts": out.texts}, indent=2))
+    return out.texts

@@ -1,4 +1,5 @@
 """diffusers-style pipelines."""
+from .dual_diffusion import DualDiffusionPipeline
 from .multimodal import (
     TASKS,
     MultimodalPipelineOutput,
@@ -9,5 +10,5 @@ from .multimodal import (
 )
 from .text_diffusion import TextDiffusionPipeline, TextDiffusionPipelineOutput
 
-__all__ = ["TASKS", "MultimodalPipelineOutput", "TextDiffusionPipeline", "TextDiffusionPipelineOutput",
-           "format_images", "load_pipeline", "register_pipeline", "resolve_task"]
+__all__ = ["TASKS", "DualDiffusionPipeline", "MultimodalPipelineOutput", "TextDiffusionPipeline",
+           "TextDiffusionPipelineOutput", "format_images", "load_pipeline", "register_pipeline", "resolve_task"]

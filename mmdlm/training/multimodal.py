@@ -19,6 +19,15 @@ TRAIN_TASKS = ("t2i", "caption", "joint")  # t2i: text clean; caption: image cle
 BACKBONES: dict[str, Callable] = {}
 
 
+def _train_mmdit(c):
+    from .mmdit import train_mmdit
+
+    return train_mmdit(c)
+
+
+BACKBONES["mmdit"] = _train_mmdit
+
+
 def check_task_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """The weights of `TRAIN_TASKS` (missing ones 0), checked: known names, >= 0, some > 0."""
     if not isinstance(weights, Mapping):

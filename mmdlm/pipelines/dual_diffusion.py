@@ -1,0 +1,164 @@
+"""`DualDiffusionPipeline`: text-to-image, captioning, question answering, joint generation,
+caption infilling and inpainting with one MM-DiT (D-DiT), through one denoising loop.
+
+Components: the `DualDiffusionTransformer2DModel`, the caption tokenizer, diffusers'
+`FlowMatchEulerDiscreteScheduler` for the image, `MaskedDiffusionScheduler` for the text, and
+an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
+call follows the shared multimodal convention (`mmdlm.pipelines.multimodal`); the loop is
+`mmdlm.multimodal.dual_generate`.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..multimodal.dual_generate import dual_generate
+from ..multimodal.mmdit import DualDiffusionTransformer2DModel
+from ..multimodal.text import attention_mask, decode_captions, encode_captions
+from ..schedulers import MaskedDiffusionScheduler
+from .multimodal import MultimodalPipelineOutput, count_images, format_images, register_pipeline, resolve_task
+
+
+@register_pipeline
+class DualDiffusionPipeline(DiffusionPipeline):
+    """An MM-DiT that draws images from captions and captions images (see the module docstring)."""
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents", "text_ids"]
+    backbone = "mmdit"
+
+    def __init__(self, transformer: DualDiffusionTransformer2DModel, tokenizer,
+                 scheduler: FlowMatchEulerDiscreteScheduler, text_scheduler: MaskedDiffusionScheduler,
+                 vae: AutoencoderKL | None = None):
+        super().__init__()
+        if not isinstance(transformer, DualDiffusionTransformer2DModel):
+            raise ValueError(f"the transformer must be a DualDiffusionTransformer2DModel, got "
+                             f"{type(transformer).__name__}")
+        if getattr(tokenizer, "mask_token_id", None) is None or tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer needs a mask and an EOS token (mmdlm.multimodal.ensure_caption_tokens)")
+        if len(tokenizer) > transformer.config.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the transformer's vocabulary has "
+                             f"{transformer.config.vocab_size}: they do not belong together")
+        channels = vae.config.latent_channels if vae is not None else 3
+        if transformer.config.in_channels != channels:
+            where = f"the VAE's latents have {channels}" if vae is not None else "pixels have 3 (no VAE)"
+            raise ValueError(f"the transformer takes {transformer.config.in_channels} channels but {where}")
+        self.register_modules(transformer=transformer, tokenizer=tokenizer, scheduler=scheduler,
+                              text_scheduler=text_scheduler, vae=vae)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images in pixels."""
+        return self.transformer.config.sample_size * self.vae_scale_factor
+
+    @property
+    def text_length(self) -> int:
+        return self.transformer.config.text_length
+
+    # ------------------------------------------------------------------ image <-> latents
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> what the transformer denoises (pixels, or scaled VAE latents)."""
+        if self.vae is None:
+            return pixels
+        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        shift = self.vae.config.shift_factor or 0.0
+        return (dist.mode() - shift) * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        shift = self.vae.config.shift_factor or 0.0
+        z = latents / self.vae.config.scaling_factor + shift
+        return self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1, 1)
+
+    def _pixels(self, image) -> torch.Tensor:
+        from ..data.imagetext import to_tensor
+
+        return to_tensor(image, self.image_size).to(self.device)
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(self, prompt=None, image=None, task: str | None = None, *, mask_image=None,
+                 num_inference_steps: int = 20, guidance_scale: float = 2.0, text_guidance_scale: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
+                 return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None, num_images_per_prompt: int = 1,
+                 return_history: bool = False, rule: str | None = None, temperature: float | None = None):
+        """Run `task` (inferred from the inputs when None): see `mmdlm.pipelines.multimodal`.
+
+        `rule` and `temperature` override the text scheduler's choice of tokens (e.g.
+        temperature 1.0 for varied captions); `generator` may be a list, one per sample.
+        """
+        task = resolve_task(prompt, image, task, mask_image=mask_image)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        k = num_images_per_prompt
+        tok, mask_id, length = self.tokenizer, self.tokenizer.mask_token_id, self.text_length
+        n = max(len(prompts), count_images(image), 1)
+
+        pixels = self._pixels(image) if image is not None else None
+        if pixels is not None and len(pixels) == 1 and n > 1:
+            pixels = pixels.expand(n, -1, -1, -1)
+        if prompts:
+            ids = encode_captions(tok, prompts, length, mask_token_id=mask_id).to(self.device)
+            ids = ids.expand(n, -1) if len(ids) == 1 else ids
+        else:  # caption / joint / unconditional inpainting: the whole canvas is generated
+            ids = torch.full((n, length), mask_id, dtype=torch.long, device=self.device)
+        ids = ids.repeat_interleave(k, 0)
+        b = len(ids)
+        pad = tok.pad_token_id if tok.pad_token_id not in (None, tok.eos_token_id) else None
+        text_mask = attention_mask(ids, pad)
+        text_mask = None if bool(text_mask.all()) else text_mask
+
+        c, h = self.transformer.config.in_channels, self.transformer.config.sample_size
+        noise = randn_tensor((b, c, h, h), generator=generator, device=self.device, dtype=torch.float32)
+        image_noisy = task in ("t2i", "joint", "inpaint") or (task == "infill" and pixels is None)
+        known = keep = None
+        if pixels is not None:
+            known = self.encode_images(pixels).float().repeat_interleave(k, 0)
+        if task == "inpaint":
+            regenerate = self._pixels(mask_image)[:, :1].add(1).div(2)  # white (1) = regenerate
+            regenerate = torch.nn.functional.interpolate(regenerate, size=(h, h), mode="area").round()
+            keep = (1 - regenerate).expand(n, -1, -1, -1).repeat_interleave(k, 0)
+        latents = noise if image_noisy else known
+
+        text_scheduler = self.text_scheduler
+        overrides = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
+        if overrides:
+            text_scheduler = MaskedDiffusionScheduler.from_config({**self.text_scheduler.config, **overrides})
+        bar = self.progress_bar(total=num_inference_steps)
+        names = callback_on_step_end_tensor_inputs or []
+
+        def on_step(i, t, state):
+            bar.update(1)
+            if callback_on_step_end is None:
+                return None
+            return callback_on_step_end(self, i, t, {key: state[key] for key in names}) or {}
+
+        out = dual_generate(self.transformer, latents, ids, image_noisy=image_noisy, mask_token_id=mask_id,
+                            image_scheduler=self.scheduler, text_scheduler=text_scheduler,
+                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                            text_guidance_scale=text_guidance_scale, text_attention_mask=text_mask,
+                            known_image=known, keep=keep, noise=noise, generator=generator, callback=on_step,
+                            record_history=return_history, to_image=self.decode_latents if return_history else None)
+        bar.close()
+        images = texts = None
+        if image_noisy:
+            images = format_images(self.decode_latents(out.latents), output_type)
+        if task in ("caption", "joint", "vqa", "infill"):
+            texts = decode_captions(tok, out.text_ids, stop_at_eos=task in ("caption", "joint"))
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, texts
+        return MultimodalPipelineOutput(images=images, texts=texts, history=out.history)
