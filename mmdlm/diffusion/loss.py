@@ -23,6 +23,7 @@ def masked_diffusion_loss(
     *,
     normalize: str = "token",
     eligible: Tensor | None = None,
+    elbo_weight: bool = True,
 ) -> Tensor:
     """Weighted cross-entropy at masked positions.
 
@@ -39,6 +40,11 @@ def masked_diffusion_loss(
       estimate of the negative ELBO per token, an upper bound on the NLL per token;
       ``exp`` of it is the "ELBO perplexity", comparable with an AR perplexity.
     * ``"masked"`` (DiffuLLaMA-style): ``S / #masked``.  Not an ELBO; only a training loss.
+
+    ``elbo_weight=False`` drops ``w`` (every masked token counts once): with
+    ``normalize="masked"`` this is MaskGIT / Meissonic / Muddit's plain cross-entropy averaged
+    over the masked tokens, which does not fade out the heavily masked steps (``w -> 0`` as
+    ``t -> 1`` for the cosine schedule) that sampling starts from.  Not an ELBO.
 
     ``masked`` must be a subset of ``eligible``.  CE is computed in float32.  When
     nothing is masked the loss is a zero that is still connected to ``logits``.
@@ -64,7 +70,7 @@ def masked_diffusion_loss(
     # Only the masked rows: saves memory for big vocabularies and keeps
     # w(t) = inf (t = 0) at unmasked positions out of the graph.
     ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    total = (schedule.weight(t_full[masked].float()) * ce).sum()
+    total = (schedule.weight(t_full[masked].float()) * ce).sum() if elbo_weight else ce.sum()
 
     if normalize == "token":
         denom = eligible.sum() if eligible is not None else torch.tensor(x0.numel(), device=logits.device)
