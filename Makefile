@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test teacher dlm assets bench report clean
+.PHONY: install quickstart test teacher dlm vq discrete-shapes assets bench report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -36,7 +36,19 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-assets: teacher dlm
+# The discrete backbone: its VQ image tokenizer, then the transformer on shapes.
+vq: install
+	$(BIN)/mmdlm train-vq --config configs/vq.yaml
+	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
+	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
+
+discrete-shapes: install
+	$(BIN)/mmdlm train-mm --config configs/discrete_shapes.yaml
+	rm -rf assets/discrete-shapes && cp -r outputs/discrete-shapes/model assets/discrete-shapes
+	cp outputs/discrete-shapes/run.json outputs/discrete-shapes/log.csv outputs/discrete-shapes/loss.png \
+		assets/discrete-shapes/
+
+assets: teacher dlm vq discrete-shapes
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -53,6 +53,29 @@ def assets(_: dict | None = None) -> str:
         rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
                     f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
                     f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
+    for name in ("vq", "discrete-shapes"):  # the discrete backbone's checkpoints (train-vq, train-mm)
+        folder = ROOT / "assets" / name
+        run_path, log_path = folder / "run.json", folder / "log.csv"
+        if not run_path.exists() or not log_path.exists():
+            continue
+        run = json.loads(run_path.read_text())
+        with log_path.open() as f:
+            log = list(csv.DictReader(f))
+        val = [r["val_loss"] for r in log if r["val_loss"]]
+        cfg = run["config"]
+        minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+        if name == "vq":
+            recipe = (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
+                      f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x "
+                      f"{cfg['batch_size']}, {minutes}")
+            count, loss_kind = f"{int(log[-1]['tokens']):,} (images)", "MSE + codebook loss, held-out images"
+        else:
+            recipe = (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
+                      f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}, {minutes}")
+            count = f"{int(log[-1]['tokens']):,} (codes + caption tokens)"
+            loss_kind = f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, held-out scenes"
+        rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {count} | {float(log[-1]['loss']):.3f} | "
+                    + (f"{float(val[-1]):.3f} ({loss_kind}) |" if val else "n/a |"))
     return "\n".join(rows)
 
 
@@ -81,6 +104,25 @@ def sampling(r: dict | None) -> str | None:
     return "\n".join(rows)
 
 
+def vq(_: dict | None = None) -> str | None:
+    """The judges of the image-text evaluation on VQ reconstructions (assets/vq/reconstruction.json)."""
+    path = ROOT / "assets" / "vq" / "reconstruction.json"
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    rows = ["| dataset | held-out images | judge on originals % | judge on VQ reconstructions % | PSNR dB | codes used |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, judge in (("shapes", "parser_accuracy"), ("digits", "classifier_accuracy")):
+        if name in r:
+            x = r[name]
+            rows.append(f"| {name} | {x['n']} | {100 * x[judge + '_original']:.1f} | "
+                        f"**{100 * x[judge + '_reconstruction']:.1f}** | {x['psnr_db']:.1f} | "
+                        f"{x['codes_used']} of {r['codebook_size']} |")
+    return "\n".join(rows + ["", f"Shapes: `parse_image` reads the whole scene right (both objects, relation); "
+                              f"digits: `DigitClassifier`. {r['image_size']}x{r['image_size']} images, "
+                              f"{r['downsample']}x downsampling. Command: `{r['command']}`."])
+
+
 def quickstart(_: dict | None = None) -> str | None:
     """What `make quickstart` printed last on this machine (outputs/quickstart.json)."""
     path = ROOT / "outputs" / "quickstart.json"
@@ -94,7 +136,8 @@ def quickstart(_: dict | None = None) -> str | None:
         f"Infilling of `{infill['input']!r}`:", "", "```python", infill["output"].rstrip("\n"), "```"])
 
 
-RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart}
+RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
+             "vq": vq}
 
 
 def main() -> int:

@@ -210,15 +210,16 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt=None, image=None, task: str | None = None, *, mask_image=None,
                  num_inference_steps: int = 16, guidance_scale: float = 2.0, text_guidance_scale: float = 0.0,
-                 temperature: float = 1.0, text_temperature: float = 0.0, rule: str | None = None,
+                 image_temperature: float = 1.0, temperature: float | None = None, rule: str | None = None,
                  alg_temp: float | None = None, generator=None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
                  num_images_per_prompt: int = 1, return_history: bool = False):
         """Run `task` (see the module docstring; None: inferred from the inputs).
 
-        `temperature` / `text_temperature`: sampling temperature of image codes / text tokens
-        (0: the most likely); `rule` and `alg_temp` (which masked positions each step commits)
-        default to the scheduler's config. `generator`: one torch.Generator, or a list with one
+        `image_temperature` / `temperature`: sampling temperature of image codes / text tokens
+        (0: the most likely; `temperature` means the text's, as in `DualDiffusionPipeline`, and
+        defaults to the scheduler's config); `rule` and `alg_temp` (which masked positions each
+        step commits, both streams) default to the scheduler's config. `generator`: one torch.Generator, or a list with one
         per sample. Returns a `MultimodalPipelineOutput` (images, texts, history).
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
@@ -250,11 +251,11 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
                                                          text_guidance_scale)
                 img_pred = txt_pred = None
                 if gen_image:
-                    img, img_pred = self._step(image_logits, t, img, k, generator, temperature=temperature,
+                    img, img_pred = self._step(image_logits, t, img, k, generator, temperature=image_temperature,
                                                **options)
                 if gen_text:
-                    txt, txt_pred = self._step(text_logits, t, txt, mask_id, generator, temperature=text_temperature,
-                                               **options)
+                    text_options = options if temperature is None else {**options, "temperature": temperature}
+                    txt, txt_pred = self._step(text_logits, t, txt, mask_id, generator, **text_options)
                 if history is not None:
                     history.append({"images": self._decode_images(img_pred) if gen_image else None,
                                     "text_ids": txt.clone() if gen_text else None})

@@ -1,11 +1,16 @@
 """Train a small diffusers `VQModel` (the image tokenizer of the discrete backbone) on image data.
 
-Loss: mean squared error of the reconstruction in [-1, 1] plus the quantizer's own
-codebook/commitment loss (diffusers' `VectorQuantizer`, beta 0.25). Dead codes are restarted
-(as in Jukebox / SoundStream): every `restart_every` steps a fixed probe set of training
-images is encoded, and the codes no probe latent uses are moved onto random probe latents.
-The probe and the draw depend only on (seed, step) and the weights, so a resumed run
-restarts the same codes as an uninterrupted one.
+Loss: L1 + squared error of the reconstruction in [-1, 1] plus the quantizer's own
+codebook/commitment loss (diffusers' `VectorQuantizer`, beta 0.25; trained with
+`legacy=False`, where beta weighs the commitment term as in the VQ-VAE paper, so the codebook
+follows the encoder at full weight; the flag only changes the loss, not the saved model).
+
+Dead codes are restarted (as in Jukebox / SoundStream): every `restart_every` steps a fixed
+probe set of training images is encoded, and the codes no probe latent uses are moved onto
+probe latents drawn with probability proportional to their quantization error (k-means++
+style), so spare codes go where the codebook represents the data worst (edges, corners,
+rare colours) rather than onto the background. The probe and the draw depend only on
+(seed, step) and the weights, so a resumed run restarts the same codes as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ def build_vq(config: dict):
 class VQTrainer(Trainer):
     def __init__(self, vqvae, train_data, args, *, restart_every: int = 50, restart_until: float = 0.75,
                  probe_size: int = 512, **kwargs):
+        vqvae.quantize.legacy = False  # beta on the commitment term (see the module docstring)
         super().__init__(vqvae, train_data, args, **kwargs)
         if restart_every < 0 or not 0 <= restart_until <= 1 or probe_size < 1:
             raise ValueError("restart_every must be >= 0, restart_until in [0, 1], probe_size >= 1")
@@ -57,13 +63,17 @@ class VQTrainer(Trainer):
         pixels = take(self.train_data, self.probe, self.accelerator.device)["pixels"]
         latents = torch.cat([vq.encode(pixels[i:i + 64]).latents for i in range(0, len(pixels), 64)])
         flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-        used = torch.cdist(flat, vq.quantize.embedding.weight).argmin(1).unique()
+        dist = torch.cdist(flat, vq.quantize.embedding.weight)
+        error, nearest = dist.min(1)
         dead = torch.ones(vq.quantize.n_e, dtype=torch.bool, device=flat.device)
-        dead[used] = False
+        dead[nearest.unique()] = False
         n_dead = int(dead.sum())
         if n_dead:
-            pick = torch.randint(len(flat), (n_dead,), generator=generator, device=generator.device).to(flat.device)
-            vq.quantize.embedding.weight[dead] = flat[pick]
+            weights = error.pow(2).cpu().double() + 1e-12
+            pick = torch.multinomial(weights, n_dead, replacement=n_dead > len(weights),
+                                     generator=torch.Generator().manual_seed(int(torch.randint(
+                                         2**62, (1,), generator=generator, device=generator.device))))
+            vq.quantize.embedding.weight[dead] = flat[pick.to(flat.device)]
         return n_dead
 
     def compute_loss(self, model, batch, step, generator):
@@ -77,7 +87,7 @@ class VQTrainer(Trainer):
     @staticmethod
     def _loss(model, pixels):
         out = model(pixels)
-        return F.mse_loss(out.sample, pixels) + out.commit_loss.mean()
+        return F.l1_loss(out.sample, pixels) + F.mse_loss(out.sample, pixels) + out.commit_loss.mean()
 
 
 def vq_training_images(c) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
