@@ -145,7 +145,8 @@ class TrainVQConfig(TrainArgs):
     vq_config: dict = field(default_factory=dict, metadata={
         "help": "VQModel arguments over mmdlm's small default (mmdlm.training.vq.DEFAULT_VQ)"})
     restart_every: int = field(default=50, metadata={"help": "restart unused codes every N steps (0: never)"})
-    restart_until: float = field(default=0.75, metadata={"help": "share of the run during which codes are restarted"})
+    restart_until: float = field(default=0.5, metadata={"help": "share of the run during which codes are restarted"})
+    ema_decay: float = field(default=0.99, metadata={"help": "decay of the codebook's moving averages (k-means)"})
     n_report: int = field(default=256, metadata={
         "help": "held-out images on which the parser / classifier judge the reconstructions"})
 

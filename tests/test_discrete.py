@@ -160,6 +160,21 @@ def test_transformer_errors():
 
 
 # ---------------------------------------------------------------- training
+def test_unweighted_loss_is_maskgits_mean_cross_entropy():
+    from mmdlm.diffusion import get_schedule, masked_diffusion_loss
+
+    logits = torch.randn(2, 5, 7, generator=gen())
+    x0 = torch.randint(0, 7, (2, 5), generator=gen())
+    masked = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    t = torch.tensor([0.9, 0.2])
+    ce = torch.nn.functional.cross_entropy(logits[masked], x0[masked])
+    schedule = get_schedule("cosine")
+    plain = masked_diffusion_loss(logits, x0, masked, t, schedule, normalize="masked", elbo_weight=False)
+    assert torch.allclose(plain, ce)
+    weighted = masked_diffusion_loss(logits, x0, masked, t, schedule, normalize="masked")
+    assert not torch.allclose(weighted, ce)  # the default keeps the ELBO weight
+
+
 class Recorder(torch.nn.Module):
     """Wraps the transformer and keeps the inputs of each call."""
 
@@ -260,7 +275,8 @@ def test_train_vq_command(tmp_path, capsys):
     recipe = tmp_path / "vq.yaml"
     recipe.write_text(json.dumps({
         "datasets": ["shapes", "digits"], "image_size": 16, "n_train": 8, "n_eval": 4, "n_report": 4,
-        "max_steps": 2, "batch_size": 4, "warmup_steps": 0, "restart_every": 1, "output_dir": str(tmp_path / "vq"),
+        "max_steps": 2, "batch_size": 4, "warmup_steps": 0, "restart_every": 1, "restart_until": 1.0,
+        "output_dir": str(tmp_path / "vq"),
         "vq_config": {"block_out_channels": [8, 8, 8], "latent_channels": 4, "num_vq_embeddings": 16,
                       "norm_num_groups": 4}}))
     assert cli.main(["train-vq", "--config", str(recipe)]) == 0, capsys.readouterr().err
@@ -268,11 +284,51 @@ def test_train_vq_command(tmp_path, capsys):
     assert tok.codebook_size == 16 and tok.grid(16) == 4
     report = json.loads((tmp_path / "vq" / "reconstruction.json").read_text())
     assert report["shapes"]["parser_accuracy_original"] == 1.0 and "parser_accuracy_reconstruction" in report["shapes"]
-    assert "classifier_accuracy_reconstruction" in report["digits"] and len(report["restarted_codes"]) == 2
-    assert report["restarted_codes"][0] > 0  # the first restart moves the unused initial codes onto the data
+    assert "classifier_accuracy_reconstruction" in report["digits"]
+    assert report["restarted_codes"][0] == 16  # the first step puts every code on an encoder output
+    assert len(report["restarted_codes"]) == 2  # then a restart of the rarely used codes at step 1
     recipe.write_text(recipe.read_text().replace('"norm_num_groups": 4', '"norm_num_groups": 4, "n_codes": 3'))
     assert cli.main(["train-vq", "--config", str(recipe)]) == 2
     assert "unknown VQModel argument(s) ['n_codes']" in capsys.readouterr().err
+
+
+def test_vq_training_learns_and_resumes_exactly(tmp_path):
+    from mmdlm.training.trainer import TrainArgs
+    from mmdlm.training.vq import VQTrainer
+
+    data = {"pixels": pixels(8)}
+
+    def run(out, steps, resume=False, max_steps=6):
+        vq = tiny_vq()
+        args = TrainArgs(output_dir=str(tmp_path / out), max_steps=max_steps, batch_size=4, warmup_steps=0, lr=3e-3,
+                         save_every=3, resume=resume)
+        trainer = VQTrainer(vq, data, args, restart_every=2, restart_until=1.0)
+        if resume:
+            trainer.train()
+            return trainer
+        for _ in range(steps):
+            trainer.train_step()
+        return trainer
+
+    full = run("a", 0)
+    with torch.no_grad():
+        before = full.eval_loss(full.model, data, None).item()
+    full.train()
+    with torch.no_grad():
+        after = full.eval_loss(full.model, data, None).item()
+    assert after < before
+    codebook = full.model.quantize.embedding.weight
+    assert not codebook.requires_grad and full.ema.size.sum() > 0  # learned by moving averages
+    # stop after step 3 (a checkpoint), resume: the same weights and codebook as the uninterrupted run
+    half = VQTrainer(tiny_vq(), data, TrainArgs(output_dir=str(tmp_path / "b"), max_steps=6, batch_size=4,
+                                                   warmup_steps=0, lr=3e-3, save_every=3),
+                     restart_every=2, restart_until=1.0)
+    for _ in range(3):
+        half.train_step()
+    half.save_checkpoint()
+    resumed = run("b", 0, resume=True)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 # ---------------------------------------------------------------- the pipeline
