@@ -68,7 +68,7 @@ def assets(_: dict | None = None) -> str:
             recipe = (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
                       f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x "
                       f"{cfg['batch_size']}, {minutes}")
-            count, loss_kind = f"{int(log[-1]['tokens']):,} (images)", "MSE + codebook loss, held-out images"
+            count, loss_kind = f"{int(log[-1]['tokens']):,} (images)", "L1 + MSE + commitment, held-out images"
         else:
             recipe = (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
                       f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}, {minutes}")
