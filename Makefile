@@ -8,7 +8,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test teacher dlm vq discrete-shapes assets bench report clean
+.PHONY: install browser quickstart test demo screenshot teacher dlm vq discrete-shapes assets bench report clean sft \
+	bench-sft
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,8 +23,32 @@ quickstart: install
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
 
-test: install
-	$(BIN)/python -m pytest -q
+# Debian's Chromium for the demo's browser test (never a downloaded browser); installed with
+# apt-get when missing (as root, or through sudo). MMDLM_SKIP_BROWSER=1 skips it and the test.
+CHROMIUM ?= /usr/bin/chromium
+export MMDLM_CHROMIUM := $(CHROMIUM)
+
+browser:
+ifneq ($(MMDLM_SKIP_BROWSER),1)
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM) after apt-get install chromium"; exit 1; }
+endif
+
+# Tests use tiny models, for which one torch thread per process is fastest (the suite also
+# starts several processes at once in its distributed tests).
+test: install browser
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+# The Gradio demo on http://127.0.0.1:7860 (mmdlm demo --help for its settings).
+demo: install
+	$(BIN)/mmdlm demo
+
+# The README's screenshot of the demo (docs/demo.png), taken with the same headless Chromium.
+screenshot: install browser
+	$(BIN)/python demos/screenshot.py
 
 # Rebuild the shipped checkpoints (about 25 + 15 minutes on 2 cores).
 teacher: install
@@ -52,6 +77,15 @@ assets: teacher dlm vq discrete-shapes
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/report.py
+
+# SFT of the shipped DLM on the built-in set (full and LoRA), measured before and after.
+sft: install
+	$(BIN)/mmdlm sft --config configs/sft.yaml
+
+bench-sft: install
+	OMP_NUM_THREADS=1 $(BIN)/python bench/sft.py
+	$(BIN)/python bench/ddp_equality.py
 	$(BIN)/python bench/report.py
 
 report: install

@@ -83,25 +83,53 @@ def sampling(r: dict | None) -> str | None:
     if r is None:
         return None
     recs = r["records"]
-    by = {(x["method"], x["block_length"], x["threshold"]): x for x in recs}
-    ar = by[("ar_greedy", None, None)]
+    ar = next(x for x in recs if x["method"] == "ar_greedy")
     vanilla = next(x for x in recs if x["method"] == "dlm_vanilla")
     rows = ["| method | block | threshold | tokens/s | x vanilla DLM | x AR greedy | NFE/token | gen. ppl | "
-            "infill exact match | peak mem. MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "distinct-2 | infill exact match | peak mem. MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in recs:
         rows.append(f"| {x['method']} | {x['block_length'] or ''} | {x['threshold'] or ''} | {x['tokens_per_s']:.1f} | "
                     f"{x['tokens_per_s'] / vanilla['tokens_per_s']:.2f} | "
                     f"{x['tokens_per_s'] / ar['tokens_per_s']:.2f} | "
-                    f"{x['nfe_per_token']:.3f} | {x['gen_ppl']:.2f} | {x['infill_exact_match']:.3f} | "
-                    f"{x['peak_mem_mb']:.1f} |")
+                    f"{x['nfe_per_token']:.3f} | {x['gen_ppl']:.2f} | {x['distinct_2']:.2f} | "
+                    f"{x['infill_exact_match']:.3f} | {x['peak_mem_mb']:.1f} |")
     s = r["settings"]
     rows += ["", f"{s['prompts']} held-out prompts of {s['prompt_len']} tokens, {s['gen_length']} tokens generated "
              f"each (batch {s['batch_size']}, EOS does not stop anyone); {s['spans']} held-out infilling spans of "
-             f"{s['span']} tokens with {s['left']} tokens of left and {s['right']} of right context. "
-             f"Peak memory: {s['peak_mem']}. {s['torch_threads']} threads, torch {r['versions']['torch']}. "
-             f"Command: `{r['command']}`."]
+             f"{s['span']} tokens with {s['left']} tokens of left and {s['right']} of right context. tokens/s is the "
+             f"median of {s['rounds']} interleaved rounds in one process. Peak memory: {s['peak_mem']}. "
+             f"{s['torch_threads']} threads, torch {r['versions']['torch']}. Command: `{r['command']}`."]
+    rows += ["", *sampling_goals(recs, vanilla, ar)]
     return "\n".join(rows)
+
+
+def sampling_goals(recs: list[dict], vanilla: dict, ar: dict) -> list[str]:
+    """The issue's goals, judged from the records. Equal quality: generative perplexity within 10% of the
+    reference and infilling exact match no lower than the vanilla DLM's."""
+    def same_quality(x, ref):
+        return x["gen_ppl"] <= 1.1 * ref["gen_ppl"] and x["infill_exact_match"] >= vanilla["infill_exact_match"]
+
+    fast = [x for x in recs if x.get("cache") and x.get("threshold")]
+    lines = []
+    ok = [x for x in fast if same_quality(x, vanilla)]
+    best = max(ok or fast, key=lambda x: x["tokens_per_s"])
+    ratio = best["tokens_per_s"] / vanilla["tokens_per_s"]
+    lines.append(f"- Goal: cache + parallel decoding >= 5x the vanilla DLM at equal quality. Best "
+                 f"{'at equal quality' if ok else '(none keeps equal quality)'}: {best['method']} block "
+                 f"{best['block_length']} threshold {best['threshold']}, **{ratio:.2f}x** "
+                 f"({'met' if ratio >= 5 and ok else 'not met'}).")
+    dlm = [x for x in recs if x["method"].startswith("dlm_")]
+    ok_ar = [x for x in dlm if x["gen_ppl"] <= 1.1 * ar["gen_ppl"]]
+    best_ar = max(ok_ar or dlm, key=lambda x: x["tokens_per_s"])
+    ratio_ar = best_ar["tokens_per_s"] / ar["tokens_per_s"]
+    lines.append(f"- Goal: the DLM at least as fast as the AR teacher's cached greedy decoding (stretch 2x) at a "
+                 f"generative perplexity within 10% of it. Fastest DLM configuration "
+                 f"{'within 10%' if ok_ar else '(none is within 10%; fastest overall)'}: {best_ar['method']} block "
+                 f"{best_ar['block_length']} threshold {best_ar['threshold']}, **{ratio_ar:.2f}x** the AR teacher, "
+                 f"gen. ppl {best_ar['gen_ppl']:.2f} against {ar['gen_ppl']:.2f} "
+                 f"({'met' if ratio_ar >= 1 and ok_ar else 'not met'}).")
+    return lines
 
 
 def vq(_: dict | None = None) -> str | None:
@@ -136,8 +164,57 @@ def quickstart(_: dict | None = None) -> str | None:
         f"Infilling of `{infill['input']!r}`:", "", "```python", infill["output"].rstrip("\n"), "```"])
 
 
+def sft(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    s, res = r["settings"], r["results"]
+    rows = ["| model | trainable parameters | SFT steps x batch | training time | held-out loss | held-out body loss | "
+            "first line exact | first word | body-shaped | stopped (EOS) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    runs = {f"SFT {k}": v for k, v in r["runs"].items()}
+    for name, x in res.items():
+        run = runs.get(name)
+        what = "" if run is None else f"{run['trainable_parameters']:,} of {run['parameters']:,}"
+        steps = "" if run is None else f"{run['max_steps']} x {run['batch_size']}"
+        secs = "" if run is None else f"{run['train_seconds'] / 60:.1f} min"
+        rows.append(f"| {name} | {what} | {steps} | {secs} | {x['heldout_loss']:.3f} | {x['heldout_body_loss']:.3f} | "
+                    f"{x['first_line_exact']:.3f} | {x['first_word_match']:.3f} | "
+                    f"{x['body_shaped']:.3f} | {x['stopped']:.3f} |")
+    full = next(iter(r["runs"].values()))
+    ts = full["train_stats"]
+    rows += ["", f"Built-in set: {ts['records']:,} training functions, {ts['kept']:,} fit in {s['seq_len']} tokens "
+             f"with at least one EOS ({ts['dropped_too_long']:,} dropped as too long); held-out loss over the "
+             f"{r['heldout_examples']} held-out functions that fit ({s['draws']} noise draws each): negative ELBO per "
+             f"response token, EOS padding included (the training loss), and the same restricted to the body "
+             f"(up to its first EOS, per body token). Generation: {s['prompts']} held-out prompts, up to "
+             f"{s['gen_length']} tokens, {s['steps']} steps, blocks of {s['block_length']}, {s['rule']}. "
+             f"Torch threads: {s['torch_threads']}, torch {r['versions']['torch']}; training times on a shared, "
+             f"busy 2-core machine. Command: `{r['command']}`."]
+    i = r["example"]
+    base = next(iter(res.values()))["generations"][i]
+    rows += ["", "A held-out prompt, the reference body, and what each model writes:", "", "```python",
+             base["prompt"] + base["reference"].rstrip("\n"), "```"]
+    for name, x in res.items():
+        g = x["generations"][i]
+        rows += ["", f"{name}{'' if g['stopped'] else ' (did not stop)'}:", "", "```python",
+                 g["prompt"] + g["output"].rstrip("\n"), "```"]
+    return "\n".join(rows)
+
+
+def ddp_equality(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    s = r["settings"]
+    same = "identical" if r["ranks_identical"] else "NOT identical"
+    return (f"Measured (`{r['command']}`: a {s['parameters']:,}-parameter DLM, {s['steps']} steps, batch "
+            f"{s['batch_size']} x {s['seq_len']} tokens, lr {s['lr']}): the two processes' weights are {same}; "
+            f"largest difference from the one-process run with grad_accum 2: "
+            f"**{r['max_abs_diff_ddp_vs_single']:.1e}**, against a largest update of "
+            f"{r['max_abs_update']:.1e} (torch {r['versions']['torch']}, accelerate {r['versions']['accelerate']}).")
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
-             "vq": vq}
+             "sft": sft, "ddp_equality": ddp_equality, "vq": vq}
 
 
 def main() -> int:

@@ -4,9 +4,13 @@ Configurations: the AR teacher through `model.generate` with its KV cache (greed
 the DLM vanilla (one token per step), with confidence-threshold parallel decoding, and with
 a KV cache (prefix, dual) plus parallel decoding, at a few block lengths and thresholds.
 Every configuration generates exactly `gen_length` tokens for each held-out prompt (EOS does
-not stop anyone), runs in its own process (so that peak memory is its own), and is scored on:
-- tokens/s and forward passes (NFE) per generated token;
-- gen_ppl: perplexity of the generated tokens under the AR teacher, given the prompt;
+not stop anyone). All of them run side by side in one process, in interleaved rounds (every
+round runs every configuration, so machine noise hits all alike), and are scored on:
+- tokens/s (median over rounds) and forward passes (NFE) per generated token;
+- peak memory: growth of the process's resident high-water mark during the configuration
+  (the mark is reset before each one);
+- gen_ppl: perplexity of the generated tokens under the AR teacher, given the prompt, and
+  distinct_2 (share of distinct bigrams), since a looping sample also has a low perplexity;
 - infill_exact_match: held-out spans of standard-library code filled exactly (the DLM sees
   both sides; the AR teacher sees only the left context and writes the span greedily).
 
@@ -16,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import resource
-import subprocess
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,11 +41,14 @@ CONFIGS = [
     {"method": "dlm_vanilla", "block_length": 32},
     {"method": "dlm_parallel", "block_length": 32, "threshold": 0.9},
     {"method": "dlm_parallel", "block_length": 16, "threshold": 0.9},
-    {"method": "dlm_prefix_cache_parallel", "block_length": 32, "threshold": 0.9, "cache": "prefix"},
+    {"method": "dlm_prefix_cache", "block_length": 16, "cache": "prefix"},
     {"method": "dlm_prefix_cache_parallel", "block_length": 16, "threshold": 0.9, "cache": "prefix"},
-    {"method": "dlm_prefix_cache_parallel", "block_length": 16, "threshold": 0.7, "cache": "prefix"},
+    {"method": "dlm_prefix_cache_parallel", "block_length": 32, "threshold": 0.9, "cache": "prefix"},
+    {"method": "dlm_dual_cache", "block_length": 16, "cache": "dual"},
+    {"method": "dlm_dual_cache_parallel", "block_length": 8, "threshold": 0.9, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.9, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.7, "cache": "dual"},
+    {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.5, "cache": "dual"},
 ]
 
 
@@ -63,100 +69,106 @@ def held_out(tokenizer, n_prompts: int, prompt_len: int, n_spans: int, span: int
     return prompts, spans
 
 
-def _ar_ppl(teacher, prompt: list[int], gen: list[int], bos: int) -> float:
-    ids = torch.tensor([[bos] + prompt + gen])
-    with torch.no_grad():
-        logits = teacher(input_ids=ids).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[-len(gen):]
-    return float(nll.sum()), len(gen)
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def distinct_2(tokens: list[int]) -> float:
+    """Share of distinct bigrams: low when a sample loops (which a low perplexity can hide)."""
+    pairs = list(zip(tokens, tokens[1:]))
+    return len(set(pairs)) / max(len(pairs), 1)
 
 
-def run_one(cfg: dict, a) -> dict:
-    """Run one configuration in this process and return its record."""
-    from mmdlm.schedulers import MaskedDiffusionScheduler
-    from mmdlm.text.adapt import load_dlm
-    from mmdlm.text.base import load_causal_lm, load_tokenizer
-    from mmdlm.text.generate import block_ranges, generate
+class Runner:
+    """Loads the teacher and the DLM once; runs any configuration on the held-out data."""
 
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer(a.teacher)
-    teacher = load_causal_lm(a.teacher).eval()
-    data = json.loads(Path(a.data).read_text())
-    prompts, spans = data["prompts"], data["spans"]
-    bos = tokenizer.bos_token_id
-    is_ar = cfg["method"].startswith("ar_")
-    if not is_ar:
-        dlm, dtok = load_dlm(a.dlm)
-        dlm.eval()
-        mask = dlm.mask_token_id
-        scheduler = MaskedDiffusionScheduler(schedule=dlm.config.schedule, eps=dlm.config.eps,
-                                             threshold=cfg.get("threshold"))
-    g = torch.Generator().manual_seed(0)
-    outputs, nfe, elapsed = [], 0, 0.0
-    rss_before = _rss_mb()
-    for p in prompts:
-        if is_ar:
-            ids = torch.tensor([[bos] + p])
-            sample = cfg.get("temperature") is not None
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.gen_length,
-                                       min_new_tokens=a.gen_length, do_sample=sample,
-                                       temperature=cfg.get("temperature"), top_k=None, top_p=None,
-                                       pad_token_id=tokenizer.pad_token_id)
-            elapsed += time.perf_counter() - t0
-            outputs.append(out[0, len(p) + 1:].tolist())
-            nfe += a.gen_length  # one prefill (counted as a pass) + gen_length - 1 cached steps
-        else:
-            ids = torch.tensor([[bos] + p + [mask] * a.gen_length])
-            blocks = block_ranges(len(p) + 1, ids.shape[1], cfg["block_length"])
-            t0 = time.perf_counter()
-            res = generate(dlm, ids, scheduler, steps=a.gen_length, blocks=blocks, cache=cfg.get("cache", "none"),
-                           generator=g)
-            elapsed += time.perf_counter() - t0
-            outputs.append(res.sequences[0, len(p) + 1:].tolist())
-            nfe += res.nfe
-    peak_growth = max(0.0, _peak_rss_mb() - rss_before)
-    nll, count = 0.0, 0
-    for p, o in zip(prompts, outputs):
-        s, n = _ar_ppl(teacher, p, o, bos)
-        nll, count = nll + s, count + n
-    # infilling
-    hits = 0
-    for left_ctx, target, right_ctx in spans:
-        if is_ar:
-            ids = torch.tensor([[bos] + left_ctx])
-            with torch.no_grad():
-                out = teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target),
-                                       min_new_tokens=len(target), do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            pred = out[0, ids.shape[1]:].tolist()
-        else:
-            ids = torch.tensor([[bos] + left_ctx + [mask] * len(target) + right_ctx])
-            lo = len(left_ctx) + 1
-            res = generate(dlm, ids, scheduler, steps=len(target), blocks=[(lo, lo + len(target))],
-                           cache=cfg.get("cache", "none"), generator=g)
-            pred = res.sequences[0, lo:lo + len(target)].tolist()
-        hits += pred == target
-    n_tokens = len(prompts) * a.gen_length
-    return {
-        **{"block_length": None, "threshold": None, "cache": None}, **cfg,
-        "tokens_per_s": round(n_tokens / elapsed, 1),
-        "nfe_per_token": round(nfe / n_tokens, 4),
-        "gen_ppl": round(float(torch.tensor(nll / count).exp()), 3),
-        "infill_exact_match": round(hits / len(spans), 4),
-        "peak_mem_mb": round(peak_growth, 1),
-        "resident_after_load_mb": round(rss_before, 1),
-        "sample_output": tokenizer.decode(outputs[0]),
-    }
+    def __init__(self, a, prompts, spans):
+        from mmdlm.text.adapt import load_dlm
+        from mmdlm.text.base import load_causal_lm, load_tokenizer
+
+        self.a, self.prompts, self.spans = a, prompts, spans
+        self.tokenizer = load_tokenizer(a.teacher)
+        self.teacher = load_causal_lm(a.teacher).eval()
+        self.dlm, _ = load_dlm(a.dlm)
+        self.dlm.eval()
+        self.bos = self.tokenizer.bos_token_id
+
+    def _scheduler(self, cfg):
+        from mmdlm.schedulers import MaskedDiffusionScheduler
+
+        c = self.dlm.config
+        return MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, threshold=cfg.get("threshold"))
+
+    @torch.no_grad()
+    def continue_all(self, cfg) -> tuple[list[list[int]], int, float]:
+        """Generate `gen_length` tokens after every prompt; returns (outputs, nfe, seconds)."""
+        from mmdlm.text.generate import block_ranges, generate
+
+        a, outputs, nfe, elapsed = self.a, [], 0, 0.0
+        g = torch.Generator().manual_seed(0)
+        scheduler = None if cfg["method"].startswith("ar_") else self._scheduler(cfg)
+        for p in self.prompts:
+            if scheduler is None:
+                ids = torch.tensor([[self.bos] + p])
+                sample = cfg.get("temperature") is not None
+                torch.manual_seed(0)
+                t0 = time.perf_counter()
+                out = self.teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.gen_length,
+                                            min_new_tokens=a.gen_length, do_sample=sample,
+                                            temperature=cfg.get("temperature"), top_k=None, top_p=None,
+                                            pad_token_id=self.tokenizer.pad_token_id)
+                elapsed += time.perf_counter() - t0
+                outputs.append(out[0, len(p) + 1:].tolist())
+                nfe += a.gen_length  # one prefill + gen_length - 1 cached steps
+            else:
+                ids = torch.tensor([[self.bos] + p + [self.dlm.mask_token_id] * a.gen_length])
+                blocks = block_ranges(len(p) + 1, ids.shape[1], cfg["block_length"])
+                t0 = time.perf_counter()
+                res = generate(self.dlm, ids, scheduler, steps=a.gen_length, blocks=blocks,
+                               cache=cfg.get("cache", "none"), generator=g)
+                elapsed += time.perf_counter() - t0
+                outputs.append(res.sequences[0, len(p) + 1:].tolist())
+                nfe += res.nfe
+        return outputs, nfe, elapsed
+
+    @torch.no_grad()
+    def gen_ppl(self, outputs) -> float:
+        nll, count = 0.0, 0
+        for p, o in zip(self.prompts, outputs):
+            ids = torch.tensor([[self.bos] + p + o])
+            logits = self.teacher(input_ids=ids).logits[0, :-1].float()
+            tok_nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[-len(o):]
+            nll, count = nll + float(tok_nll.sum()), count + len(o)
+        return math.exp(nll / count)
+
+    @torch.no_grad()
+    def infill_exact_match(self, cfg) -> float:
+        from mmdlm.text.generate import generate
+
+        hits = 0
+        scheduler = None if cfg["method"].startswith("ar_") else self._scheduler(cfg)
+        for left_ctx, target, right_ctx in self.spans:
+            if scheduler is None:  # the AR teacher sees only the left context
+                ids = torch.tensor([[self.bos] + left_ctx])
+                out = self.teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target),
+                                            min_new_tokens=len(target), do_sample=False,
+                                            pad_token_id=self.tokenizer.pad_token_id)
+                pred = out[0, ids.shape[1]:].tolist()
+            else:
+                ids = torch.tensor([[self.bos] + left_ctx + [self.dlm.mask_token_id] * len(target) + right_ctx])
+                lo = len(left_ctx) + 1
+                res = generate(self.dlm, ids, scheduler, steps=len(target), blocks=[(lo, lo + len(target))],
+                               cache=cfg.get("cache", "none"), generator=torch.Generator().manual_seed(0))
+                pred = res.sequences[0, lo:lo + len(target)].tolist()
+            hits += pred == target
+        return hits / len(self.spans)
 
 
 def main() -> None:
@@ -170,40 +182,59 @@ def main() -> None:
     p.add_argument("--span", type=int, default=6)
     p.add_argument("--left", type=int, default=48)
     p.add_argument("--right", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds; every round runs every configuration")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
-    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON)
-    p.add_argument("--data", help=argparse.SUPPRESS)  # internal: the held-out prompts and spans (JSON file)
     a = p.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    if a.one:
-        print(json.dumps(run_one(json.loads(a.one), a)))
-        return
     from mmdlm.text.base import load_tokenizer
 
     prompts, spans = held_out(load_tokenizer(a.teacher), a.prompts, a.prompt_len, a.spans, a.span, a.left, a.right)
-    data_file = Path(tempfile.mkdtemp()) / "held_out.json"
-    data_file.write_text(json.dumps({"prompts": prompts, "spans": spans}))
+    run = Runner(a, prompts, spans)
+    for cfg in CONFIGS[:3]:  # warm-up: first calls pay for lazy initialisation
+        run.continue_all(cfg)
+
+    # Speed: every configuration once per round, rounds interleaved, median over rounds.
+    speed = {i: [] for i in range(len(CONFIGS))}
+    peak = {}
+    outputs, nfes = {}, {}
+    for r in range(a.rounds):
+        for i, cfg in enumerate(CONFIGS):
+            rss0 = _status_kb("VmRSS")
+            _reset_peak_rss()
+            out, nfe, seconds = run.continue_all(cfg)
+            peak[i] = max(peak.get(i, 0.0), (_status_kb("VmHWM") - rss0) / 1024)
+            speed[i].append(len(prompts) * a.gen_length / seconds)
+            if r == 0:
+                outputs[i], nfes[i] = out, nfe
+            elif out != outputs[i]:
+                raise SystemExit(f"configuration {cfg} is not deterministic across rounds")
     records = []
-    keys = ("teacher", "dlm", "prompts", "prompt_len", "gen_length", "spans", "span", "left", "right")
-    passthrough = [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
-    for cfg in CONFIGS:
-        cmd = [sys.executable, __file__, *passthrough, "--data", str(data_file), "--one", json.dumps(cfg)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        if done.returncode != 0:
-            raise SystemExit(f"configuration {cfg} failed:\n{done.stderr[-3000:]}")
-        rec = json.loads(done.stdout.strip().splitlines()[-1])
+    for i, cfg in enumerate(CONFIGS):
+        flat = [t for o in outputs[i] for t in o]
+        rec = {"block_length": None, "threshold": None, "cache": None, **cfg,
+               "tokens_per_s": round(statistics.median(speed[i]), 1),
+               "tokens_per_s_rounds": [round(x, 1) for x in speed[i]],
+               "nfe_per_token": round(nfes[i] / len(flat), 4),
+               "gen_ppl": round(run.gen_ppl(outputs[i]), 3),
+               "distinct_2": round(statistics.mean(distinct_2(o) for o in outputs[i]), 3),
+               "infill_exact_match": round(run.infill_exact_match(cfg), 4),
+               "peak_mem_mb": round(peak[i], 1),
+               "sample_output": run.tokenizer.decode(outputs[i][0])}
         print(json.dumps({k: rec[k] for k in ("method", "block_length", "threshold", "tokens_per_s",
-                                              "nfe_per_token", "gen_ppl", "infill_exact_match")}))
+                                              "nfe_per_token", "gen_ppl", "distinct_2", "infill_exact_match")}))
         records.append(rec)
     from mmdlm.recipes import machine, versions
 
+    keys = ("prompts", "prompt_len", "gen_length", "spans", "span", "left", "right", "rounds")
     result = {
         "benchmark": "sampling",
         "records": records,
-        "settings": {k: getattr(a, k) for k in keys if k not in ("teacher", "dlm")}
+        "settings": {k: getattr(a, k) for k in keys}
         | {"teacher": os.path.relpath(a.teacher, ROOT), "dlm": os.path.relpath(a.dlm, ROOT), "batch_size": 1,
            "torch_threads": torch.get_num_threads(),
-           "peak_mem": "growth of the process's peak resident memory during generation over its size after loading"},
+           "peak_mem": "growth of the process's peak resident memory during a configuration's generations over "
+                       "its resident memory before them (the high-water mark is reset before each)"},
+        "resident_after_load_mb": round(_status_kb("VmRSS") / 1024, 1),
         "machine": machine(),
         "versions": versions(),
         "command": " ".join(["python bench/sampling.py", *sys.argv[1:]]),

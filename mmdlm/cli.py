@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import config as cfg
+from .training.lora import LoraArgs
 from .training.trainer import TrainArgs
 
 
@@ -33,7 +34,7 @@ class PretrainConfig(DataArgs, TrainArgs):
 
 
 @dataclass
-class AdaptConfig(DataArgs, TrainArgs):
+class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
     """Adapt a pretrained causal LM into a masked diffusion LM."""
 
     model: str = field(default="assets/teacher", metadata={"help": "causal LM: local folder or hub id"})
@@ -51,6 +52,44 @@ class AdaptConfig(DataArgs, TrainArgs):
     eps: float = field(default=1e-3, metadata={"help": "smallest noise level t"})
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={"help": "token (ELBO per token) | masked"})
+
+
+@dataclass
+class SftConfig(LoraArgs, TrainArgs):
+    """Supervised fine-tuning of a diffusion LM on prompt/response pairs (the prompt is never noised)."""
+
+    model: str = field(default="assets/dlm", metadata={"help": "the diffusion LM to fine-tune (a mmdlm DLM folder)"})
+    output_dir: str = field(default="outputs/sft", metadata={"help": "where the model, logs and checkpoints go"})
+    dataset: str = field(default="stdlib", metadata={
+        "help": "'stdlib' (built-in: the standard library's documented functions, prompt = signature + docstring, "
+                "response = body), a hub dataset name or a local folder"})
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet files"})
+    prompt_field: str = field(default="prompt", metadata={"help": "field holding the prompt"})
+    response_field: str = field(default="response", metadata={"help": "field holding the response"})
+    messages_field: str = field(default="messages", metadata={
+        "help": "field holding a chat (list of {role, content}, the assistant's answer last); "
+                "used with the chat template"})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "format with the tokenizer's chat template (default: when the tokenizer has one)"})
+    validation_fraction: float = field(default=0.05, metadata={
+        "help": "share held out when the data has no validation split"})
+    max_files: int | None = field(default=None, metadata={"help": "built-in set: use only the first N stdlib files"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
+    seq_len: int = field(default=128, metadata={
+        "help": "tokens per example: [BOS] prompt response EOS..., padded with EOS; longer examples are dropped"})
+    t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
+    loss_normalize: str = field(default="token", metadata={
+        "help": "token (negative ELBO per response token) | masked (per masked token, DiffuLLaMA)"})
+
+
+@dataclass
+class MergeLoraConfig:
+    """Fold a LoRA adapter (mmdlm adapt/sft with lora_r > 0) into its base: a plain diffusion LM."""
+
+    adapter: str | None = field(default=None, metadata={"help": "the LoRA DLM folder (OUTPUT_DIR/model of the run)"})
+    output: str | None = field(default=None, metadata={"help": "folder for the merged diffusion LM"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "base checkpoint, if it moved since training (default: the path recorded in the adapter)"})
 
 
 @dataclass
@@ -180,6 +219,51 @@ class EvalMMConfig:
     samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class DemoConfig:
+    """Launch the Gradio demo (demos/app.py): text, text-to-image, captioning and questions, shown step by step."""
+
+    text_model: str = field(default="assets/dlm", metadata={
+        "help": "text checkpoint: a mmdlm diffusion LM folder or a saved TextDiffusionPipeline"})
+    mm_model: str | None = field(default=None, metadata={
+        "help": "default checkpoint of the image tabs: a saved multimodal pipeline (none is shipped yet)"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to bind; 0.0.0.0 makes the demo reachable from other machines"})
+    port: int | None = field(default=None, metadata={"help": "port; none: 7860, or the next free one"})
+    allow_paths: bool | None = field(default=None, metadata={
+        "help": "let visitors load other checkpoint folders by path; none: only when bound to localhost"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+    max_prompt_chars: int = field(default=2000, metadata={"help": "longest prompt or question accepted"})
+    max_gen_length: int = field(default=256, metadata={"help": "most tokens generated per request"})
+    max_steps: int = field(default=256, metadata={"help": "most denoising steps per request"})
+    max_file_size: str = field(default="2mb", metadata={"help": "largest upload (e.g. 500kb, 2mb)"})
+    max_image_pixels: int = field(default=4_194_304, metadata={"help": "largest uploaded image, in pixels"})
+    concurrency: int = field(default=1, metadata={"help": "generations that run at once (the rest wait in a queue)"})
+    queue_size: int = field(default=16, metadata={"help": "requests that may wait; more are turned away"})
+    frame_delay: float = field(default=0.05, metadata={
+        "help": "pause after each shown step, in seconds, so the unmasking can be followed (0: full speed)"})
+
+    def validate(self) -> None:
+        for name in ("max_prompt_chars", "max_gen_length", "max_steps", "max_image_pixels", "concurrency",
+                     "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"port must be from 1 to 65535, got {self.port}")
+        if self.frame_delay < 0:
+            raise ValueError(f"frame_delay must be >= 0, got {self.frame_delay}")
+        size = self.max_file_size.strip().lower()
+        number = size.rstrip("kmgb")
+        if not number.replace(".", "", 1).isdigit() or size[len(number):] not in ("", "b", "kb", "mb", "gb"):
+            raise ValueError(f"max_file_size must look like 500kb or 2mb, got {self.max_file_size!r}")
+
+    def paths_allowed(self) -> bool:
+        return self.host in LOOPBACK if self.allow_paths is None else self.allow_paths
+
+
 def _run_pretrain(c: PretrainConfig) -> None:
     from .recipes import pretrain
 
@@ -190,6 +274,18 @@ def _run_adapt(c: AdaptConfig) -> None:
     from .recipes import adapt
 
     adapt(c)
+
+
+def _run_sft(c: SftConfig) -> None:
+    from .recipes import sft
+
+    sft(c)
+
+
+def _run_merge_lora(c: MergeLoraConfig) -> None:
+    from .recipes import merge_lora
+
+    merge_lora(c)
 
 
 def _run_generate(c: GenerateConfig) -> None:
@@ -221,13 +317,31 @@ def _run_eval_mm(c: EvalMMConfig) -> None:
     eval_mm(c)
 
 
+def _run_demo(c: DemoConfig) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    c.validate()
+    app = Path(__file__).resolve().parents[1] / "demos" / "app.py"
+    if not app.is_file():
+        raise FileNotFoundError(f"the demo app is not at {app}; run `mmdlm demo` from a source checkout "
+                                "(pip install -e .)")
+    spec = importlib.util.spec_from_file_location("mmdlm_demo_app", app)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.serve(c)
+
+
 COMMANDS = {
     "pretrain": (PretrainConfig, _run_pretrain),
     "adapt": (AdaptConfig, _run_adapt),
+    "sft": (SftConfig, _run_sft),
+    "merge-lora": (MergeLoraConfig, _run_merge_lora),
     "generate": (GenerateConfig, _run_generate),
     "train-mm": (TrainMMConfig, _run_train_mm),
     "train-vq": (TrainVQConfig, _run_train_vq),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
+    "demo": (DemoConfig, _run_demo),
 }
 
 

@@ -19,6 +19,12 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `path` by renames (an existing `path` is set aside first)."""
+    tmp, path = Path(tmp), Path(path)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")

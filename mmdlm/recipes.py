@@ -54,33 +54,53 @@ def versions() -> dict:
             "transformers": transformers.__version__, "accelerate": accelerate.__version__}
 
 
-def pretrain(c) -> None:
-    """Train an AR teacher from scratch: BPE tokenizer, packed corpus, next-token loss."""
-    from .data.tokenizer import train_bpe
-    from .text.base import build_causal_lm, load_tokenizer
-    from .training.causal import CausalLMTrainer
+def _run_tokenizer(c, state):
+    """The BPE of a pretraining run: trained once by the main process and kept in
+    OUTPUT_DIR/tokenizer, which the other processes and a resumed run load (no retraining)."""
+    from pathlib import Path
 
-    if c.tokenizer:
-        tokenizer = load_tokenizer(c.tokenizer)
-    else:
+    from .data.tokenizer import train_bpe
+    from .io import atomic_dir
+    from .text.base import load_tokenizer
+
+    folder = Path(c.output_dir) / "tokenizer"
+    with state.main_process_first():
+        if (folder / "tokenizer.json").exists() and (c.resume or not state.is_main_process):
+            return load_tokenizer(str(folder))
         train, _, _ = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
                                        validation_fraction=c.validation_fraction, max_files=c.max_files)
         tokenizer = train_bpe(train["text"], c.vocab_size)
+        with atomic_dir(folder) as tmp:
+            tokenizer.save_pretrained(tmp)
+        return tokenizer
+
+
+def pretrain(c) -> None:
+    """Train an AR teacher from scratch: BPE tokenizer, packed corpus, next-token loss."""
+    from .text.base import build_causal_lm, load_tokenizer
+    from .training import process_state
+    from .training.causal import CausalLMTrainer
+
+    state = process_state()
+    tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
     model = build_causal_lm(c.model_config, tokenizer, seed=c.seed)
     _check_positions(model, c.seq_len)
     train_ids, val_ids, info = _packed_splits(c, tokenizer)
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
                               run_info=_run_info(c, info, model, len(train_ids)))
     final = trainer.train()
-    print(f"teacher saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    state.print(f"teacher saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
 
 
 def adapt(c) -> None:
     """Adapt a causal LM into a diffusion LM and train it with the masked-diffusion loss."""
     from .text.adapt import DiffusionLM
     from .text.base import load_causal_lm, load_tokenizer
+    from .training import process_state
     from .training.diffusion import DiffusionTrainer
 
+    c.validate_lora()
+    state = process_state()
     tokenizer = load_tokenizer(c.model)
     model = load_causal_lm(c.model)
     _check_positions(model, c.seq_len)
@@ -88,13 +108,87 @@ def adapt(c) -> None:
                                      mask_token=c.mask_token, mask_init=c.mask_init,
                                      block_size=c.block_size if c.attention == "block" else None,
                                      anneal_steps=c.anneal_steps, schedule=c.schedule, eps=c.eps)
+    _maybe_lora(c, dlm, state)
     train_ids, val_ids, info = _packed_splits(c, tokenizer)
     trainer = DiffusionTrainer(dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
                                ar_loss_weight=c.ar_loss_weight, block_warmup_steps=c.block_warmup_steps,
                                t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
                                run_info=_run_info(c, info, dlm, len(train_ids)))
     final = trainer.train()
-    print(f"diffusion LM saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    what = "LoRA adapter" if c.lora_r else "diffusion LM"
+    state.print(f"{what} saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+
+
+def _maybe_lora(c, dlm, state) -> None:
+    """LoRA on the DLM when lora_r > 0 (adapters initialised from the run's seed)."""
+    if not c.lora_r:
+        return
+    from .training.lora import lora_dlm, trainable_parameters
+
+    torch.manual_seed(c.seed)
+    lora_dlm(dlm, c, base=c.model)
+    n, total = trainable_parameters(dlm)
+    state.print(f"LoRA r={c.lora_r}: training {n:,} of {total:,} parameters ({100 * n / total:.2f}%)")
+
+
+def sft(c) -> None:
+    """Supervised fine-tuning of a diffusion LM: the prompt stays clean, the response is noised."""
+    from .data.sft import encode_sft, load_sft_splits
+    from .text.adapt import load_dlm
+    from .training import process_state
+    from .training.diffusion import DiffusionTrainer
+
+    c.validate_lora()
+    state = process_state()
+    dlm, tokenizer = load_dlm(c.model, merge_lora=True)  # a LoRA DLM is merged first, then trained on
+    _check_positions(dlm.model, c.seq_len)
+    _maybe_lora(c, dlm, state)
+    train_records, val_records, source = load_sft_splits(c.dataset, data_files=c.data_files,
+                                                         validation_fraction=c.validation_fraction,
+                                                         max_files=c.max_files)
+    fields = dict(prompt_field=c.prompt_field, response_field=c.response_field, messages_field=c.messages_field,
+                  chat_template=c.chat_template)
+    train, train_stats = encode_sft(train_records, tokenizer, c.seq_len, **fields)
+    val, val_stats = encode_sft(val_records, tokenizer, c.seq_len, **fields)
+    if train_stats.kept == 0:
+        raise ValueError(f"no training example fits in seq_len {c.seq_len} with at least one EOS "
+                         f"({train_stats.records} records, {train_stats.dropped_too_long} too long, "
+                         f"{train_stats.dropped_empty} empty); raise seq_len or shorten the data")
+    if c.max_train_examples is not None:
+        train = {k: v[: c.max_train_examples] for k, v in train.items()}
+    # Validation in a fixed shuffled order, so that a few eval batches span many sources.
+    order = torch.randperm(val_stats.kept, generator=torch.Generator().manual_seed(0))
+    val = {k: v[order] for k, v in val.items()} if val_stats.kept else None
+    state.print(f"SFT data: {len(train['input_ids'])} training and {val_stats.kept} validation examples; dropped as "
+                f"longer than seq_len {c.seq_len} (prompt + response + one EOS): {train_stats.dropped_too_long} "
+                f"training, {val_stats.dropped_too_long} validation")
+    info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": source,
+            "train_stats": train_stats.to_dict(), "validation_stats": val_stats.to_dict(),
+            "parameters": sum(p.numel() for p in dlm.parameters()),
+            "trainable_parameters": sum(p.numel() for p in dlm.parameters() if p.requires_grad),
+            "train_sequences": len(train["input_ids"]), "versions": versions()}
+    trainer = DiffusionTrainer(dlm, train, c, eval_data=val, tokenizer=tokenizer, t_sampling=c.t_sampling,
+                               loss_normalize=c.loss_normalize, run_info=info)
+    final = trainer.train()
+    what = "LoRA adapter" if c.lora_r else "fine-tuned diffusion LM"
+    state.print(f"{what} saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+
+
+def merge_lora(c) -> None:
+    """Fold a LoRA adapter into its base and save a plain diffusion LM checkpoint."""
+    from pathlib import Path
+
+    from .text.adapt import ADAPTER_CONFIG, load_dlm
+
+    if not c.adapter or not c.output:
+        raise ValueError("give --adapter (a LoRA DLM folder) and --output (where the merged model goes)")
+    if not (Path(c.adapter) / ADAPTER_CONFIG).exists():
+        raise ValueError(f"{c.adapter} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge")
+    if Path(c.output).resolve() == Path(c.adapter).resolve():
+        raise ValueError("--output must differ from --adapter")
+    dlm, tokenizer = load_dlm(c.adapter, base_model=c.base_model, merge_lora=True)
+    dlm.save_pretrained(c.output, tokenizer=tokenizer)
+    print(f"merged model saved to {c.output}")
 
 
 def load_text_pipeline(path: str, **scheduler_options):

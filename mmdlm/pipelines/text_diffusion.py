@@ -50,8 +50,9 @@ class TextDiffusionPipeline(DiffusionPipeline):
 
     @classmethod
     def from_dlm(cls, path: str | Path, **scheduler_options) -> "TextDiffusionPipeline":
-        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output)."""
-        dlm, tokenizer = load_dlm(path)
+        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output); a LoRA
+        adapter folder is merged into its base on load."""
+        dlm, tokenizer = load_dlm(path, merge_lora=True)
         c = dlm.config
         scheduler = MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, **scheduler_options)
         return cls(dlm.model.eval(), tokenizer, scheduler, mask_token_id=c.mask_token_id, shift=c.shift,

@@ -47,7 +47,7 @@ def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tens
 @register_pipeline
 class UnifiedDiscretePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
-    _callback_tensor_inputs = ["image_ids", "text_ids"]
+    _callback_tensor_inputs = ["image_ids", "text_ids", "image_pred_ids"]
     backbone = "discrete"
 
     def __init__(self, transformer: UnifiedDiscreteTransformer, vqvae: VQModel, tokenizer,
@@ -206,6 +206,22 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
     def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
         return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
 
+    @torch.no_grad()
+    def preview_images(self, tensors: dict) -> torch.Tensor | None:
+        """The current image estimate from callback tensors, (B, 3, H, W) in [-1, 1] (for live
+        views, `mmdlm.pipelines.streaming`): `image_pred_ids` (every code filled with its
+        prediction) when given, else `image_ids` with the still-masked cells grey."""
+        if tensors.get("image_pred_ids") is not None:
+            return self._decode_images(tensors["image_pred_ids"])
+        ids = tensors.get("image_ids")
+        if ids is None:
+            return None
+        masked = ids == self.transformer.config.codebook_size
+        images = self._decode_images(ids.masked_fill(masked, 0))
+        f = self.image_size // self.grid
+        cells = masked.view(-1, 1, self.grid, self.grid).repeat_interleave(f, 2).repeat_interleave(f, 3)
+        return images.masked_fill(cells.to(images.device), 0.0)
+
     # ---------------------------------------------------------------- the call
     @torch.no_grad()
     def __call__(self, prompt=None, image=None, task: str | None = None, *, mask_image=None,
@@ -249,18 +265,18 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             for i, t in enumerate(self.scheduler.timesteps):
                 image_logits, text_logits = self._logits(img, txt, gen_image, gen_text, guidance_scale,
                                                          text_guidance_scale)
-                img_pred = txt_pred = None
+                img_pred = img
                 if gen_image:
                     img, img_pred = self._step(image_logits, t, img, k, generator, temperature=image_temperature,
                                                **options)
                 if gen_text:
                     text_options = options if temperature is None else {**options, "temperature": temperature}
-                    txt, txt_pred = self._step(text_logits, t, txt, mask_id, generator, **text_options)
+                    txt, _ = self._step(text_logits, t, txt, mask_id, generator, **text_options)
                 if history is not None:
                     history.append({"images": self._decode_images(img_pred) if gen_image else None,
                                     "text_ids": txt.clone() if gen_text else None})
                 if callback_on_step_end is not None:
-                    state = {"image_ids": img, "text_ids": txt}
+                    state = {"image_ids": img, "text_ids": txt, "image_pred_ids": img_pred}
                     changed = callback_on_step_end(self, i, t, {key: state[key] for key in tensor_inputs}) or {}
                     img, txt = changed.get("image_ids", img), changed.get("text_ids", txt)
                 bar.update()

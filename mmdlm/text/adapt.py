@@ -7,7 +7,9 @@ Shift (DiffuLLaMA, Dream) keeps the AR alignment: the hidden state at position i
 token i+1, so `align` moves the logits one step right and position 0 is never masked.
 
 A saved DLM is a plain transformers checkpoint (safetensors + tokenizer) plus `mmdlm.json`
-with the diffusion settings.
+with the diffusion settings. A LoRA-trained DLM is saved as a peft adapter instead
+(`adapter_config.json` + `adapter_model.safetensors`, naming its base) beside the same
+`mmdlm.json` and tokenizer; loading it loads the base and attaches the adapter.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from . import attention as attn
 from .base import load_causal_lm, load_tokenizer
 
 CONFIG_NAME = "mmdlm.json"
+ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "mmdlm-text-dlm"
 MASK_INITS = ("mean", "special")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -108,6 +111,7 @@ class DiffusionLM(nn.Module):
                              f"take arbitrary 4D masks; load it with attn_implementation='sdpa' or 'eager'")
         self.model = model
         self.config = config
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's layer-wise wrapping
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -126,14 +130,33 @@ class DiffusionLM(nn.Module):
         return dlm
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype=torch.float32) -> "DiffusionLM":
+    def from_pretrained(cls, path: str | Path, *, dtype=torch.float32, base_model: str | None = None,
+                        merge_lora: bool = False) -> "DiffusionLM":
+        """Load a saved DLM. For a LoRA adapter folder: its base (`base_model` overrides the path
+        recorded in the adapter) with the adapter attached, or merged into it with `merge_lora`."""
         config = DiffusionConfig.load(path)
-        return cls(load_causal_lm(str(path), dtype=dtype), config)
+        if not (Path(path) / ADAPTER_CONFIG).exists():
+            return cls(load_causal_lm(str(path), dtype=dtype), config)
+        model = _load_adapter(Path(path), config, dtype, base_model)
+        return cls(model.merge_and_unload() if merge_lora else model, config)
 
-    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
-        """Write atomically: the folder appears complete or not at all."""
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def save_pretrained(self, path: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
+        """Write atomically: the folder appears complete or not at all. With LoRA, the adapter.
+
+        `state_dict` (keys of this module, `model.` first) replaces the module's own weights,
+        for parameters gathered from shards (FSDP)."""
         with atomic_dir(path) as tmp:
-            self.model.save_pretrained(tmp)
+            if self.is_lora:  # the adapter only: the [MASK] rows are in it (trainable tokens), no full embedding
+                self.model.save_pretrained(tmp, save_embedding_layers=False)
+            elif state_dict is None:
+                self.model.save_pretrained(tmp)
+            else:
+                inner = {k.removeprefix("model."): v for k, v in state_dict.items()}
+                self.model.save_pretrained(tmp, state_dict=inner)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
@@ -200,9 +223,36 @@ class DiffusionLM(nn.Module):
         return self.align(self.forward(input_ids, attention_mask, **kwargs).logits)
 
 
-def load_dlm(path: str | Path):
-    """(DiffusionLM, tokenizer) from a folder written by `save_pretrained(path, tokenizer)`."""
-    dlm = DiffusionLM.from_pretrained(path)
+def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | None):
+    """The base model named by a LoRA adapter folder, with the adapter attached (peft)."""
+    from peft import PeftConfig, PeftModel
+
+    try:
+        peft_config = PeftConfig.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - peft raises several types for a corrupt file
+        raise ValueError(f"{path / ADAPTER_CONFIG} is not a valid peft adapter config: {err}") from err
+    base = base_model or peft_config.base_model_name_or_path
+    if not base:
+        raise ValueError(f"the LoRA adapter in {path} does not name its base model; pass base_model")
+    if (Path(base) / CONFIG_NAME).exists():  # a DLM (SFT on a DLM); merge its own adapter, if any
+        model = DiffusionLM.from_pretrained(base, dtype=dtype, merge_lora=True).model
+    else:  # a causal LM adapted with LoRA: the [MASK] row comes back from the adapter
+        try:
+            model = load_causal_lm(base, dtype=dtype)
+        except ValueError as err:
+            raise ValueError(f"the LoRA adapter in {path} was trained on the base {base!r}, which could not be "
+                             f"loaded; pass base_model (mmdlm: --base-model) with its path ({err})") from err
+    if model.get_input_embeddings().weight.shape[0] <= config.mask_token_id:
+        # The new row's values are restored by the adapter (the [MASK] row is trained with it).
+        model.resize_token_embeddings(config.mask_token_id + 1, mean_resizing=False)
+    return PeftModel.from_pretrained(model, str(path))
+
+
+def load_dlm(path: str | Path, *, base_model: str | None = None, merge_lora: bool = False):
+    """(DiffusionLM, tokenizer) from a folder written by `save_pretrained(path, tokenizer)`.
+
+    A LoRA adapter folder loads its base plus the adapter (merged into it with `merge_lora`)."""
+    dlm = DiffusionLM.from_pretrained(path, base_model=base_model, merge_lora=merge_lora)
     tokenizer = load_tokenizer(str(path))
     if tokenizer.mask_token_id != dlm.mask_token_id:
         raise ValueError(f"{path}: the tokenizer's mask token id {tokenizer.mask_token_id} does not match "

@@ -12,29 +12,61 @@ import torch
 from ..io import atomic_write_text
 
 MASK_GLYPH = "\u2591"  # light shade: one block per masked token
+EOS_GLYPH = "\u23ce"  # return symbol: an end of text
+
+
+def token_pieces(tokenizer, ids: list[int], *, context: int = 8) -> list[str]:
+    """The text each token adds to the decoded sequence, spaces included (a word-level
+    tokenizer joins words with spaces that no single token decodes to): the decoding of the
+    token with up to `context` tokens before it, less that of those tokens. A character split
+    across byte-level tokens goes to the token that completes it (the others add nothing);
+    where the shorter text is still not a prefix of the longer, the token decoded alone stands in."""
+    pieces = []
+    for i, tok in enumerate(ids):
+        window = ids[max(0, i - context): i]
+        before = tokenizer.decode(window).rstrip("\ufffd")  # U+FFFD: an incomplete character so far
+        text = tokenizer.decode(window + [tok]).rstrip("\ufffd")
+        pieces.append(text[len(before):] if text.startswith(before) else tokenizer.decode([tok]))
+    return pieces
+
+
+def frame(tokenizer, ids: list[int], prev: list[int] | None, mask_token_id: int, *,
+          eos_token_id: int | None = None) -> list[tuple[str, str]]:
+    """One step as (text, state) per token, state in {masked, new, done} (or eos, when
+    `eos_token_id` is given): `new` where `prev` held a mask."""
+    out = []
+    for i, piece in enumerate(token_pieces(tokenizer, ids)):
+        tok = ids[i]
+        lead = piece[: len(piece) - len(piece.lstrip())]
+        if tok == mask_token_id:
+            out.append((lead + MASK_GLYPH, "masked"))
+        elif eos_token_id is not None and tok == eos_token_id:
+            out.append((lead + EOS_GLYPH, "eos"))
+        else:
+            out.append((piece, "new" if prev is not None and prev[i] == mask_token_id else "done"))
+    return out
 
 
 def frames(tokenizer, history: list[torch.LongTensor], mask_token_id: int, *, row: int = 0,
-           start: int = 0) -> list[list[tuple[str, str]]]:
+           start: int = 0, eos_token_id: int | None = None) -> list[list[tuple[str, str]]]:
     """Per step, the tokens from `start` on as (text, state), state in {masked, new, done}."""
     out, prev = [], None
     for ids in history:
         seq = ids[row, start:].tolist()
-        frame = []
-        for i, tok in enumerate(seq):
-            if tok == mask_token_id:
-                frame.append((MASK_GLYPH, "masked"))
-            else:
-                state = "new" if prev is not None and prev[i] == mask_token_id else "done"
-                frame.append((tokenizer.decode([tok]), state))
-        out.append(frame)
+        out.append(frame(tokenizer, seq, prev, mask_token_id, eos_token_id=eos_token_id))
         prev = seq
     return out
 
 
+def frame_html(frame: list[tuple[str, str]]) -> str:
+    """One frame as escaped HTML: a span per token with its state as class (style them with
+    `.masked`, `.new`, `.eos`)."""
+    return "".join(f'<span class="{state}">{html.escape(text)}</span>' for text, state in frame)
+
+
 def play_terminal(all_frames, *, delay: float = 0.08, stream=sys.stdout) -> None:
     """Redraw the sequence in place after every step (ANSI): new tokens green, masks dim."""
-    style = {"masked": "\033[2m{}\033[0m", "new": "\033[1;32m{}\033[0m", "done": "{}"}
+    style = {"masked": "\033[2m{}\033[0m", "new": "\033[1;32m{}\033[0m", "done": "{}", "eos": "\033[2m{}\033[0m"}
     lines_drawn = 0
     for k, frame in enumerate(all_frames):
         text = "".join(style[s].format(t) for t, s in frame)
@@ -52,7 +84,7 @@ def write_html(all_frames, path: str | Path, title: str = "mmdlm unmasking") -> 
     data = json.dumps([[[t, s] for t, s in f] for f in all_frames])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} pre{{font-size:15px;line-height:1.5;white-space:pre-wrap}}
-.masked{{color:#bbb}} .new{{background:#c8f7c5;font-weight:bold}}</style></head><body>
+.masked,.eos{{color:#bbb}} .new{{background:#c8f7c5;font-weight:bold}}</style></head><body>
 <h3>{html.escape(title)}</h3>
 <button id="play">play</button> <input id="step" type="range" min="0" max="{len(all_frames) - 1}" value="0">
 <span id="label"></span><pre id="text"></pre>
@@ -83,7 +115,7 @@ def write_gif(all_frames, path: str | Path, *, width: int = 720, ms_per_frame: i
     font = ImageFont.load_default()
     char_w, line_h, margin = 7, 14, 10
     per_line = (width - 2 * margin) // char_w
-    colours = {"masked": (170, 170, 170), "new": (20, 140, 40), "done": (20, 20, 20)}
+    colours = {"masked": (170, 170, 170), "new": (20, 140, 40), "done": (20, 20, 20), "eos": (170, 170, 170)}
 
     def layout(frame):
         x = y = 0

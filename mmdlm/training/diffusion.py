@@ -7,6 +7,11 @@
   context-causal mask; with `block_warmup_steps` the block size doubles from 1 (pure AR) to
   the target (NBDiff's curriculum). An auxiliary AR loss (`ar_loss_weight`) is available in
   every mode: a causal pass over x_0 with next-token cross-entropy.
+
+SFT (DiffuLLaMA ddm-sft, LLaDA) is the same trainer on data given as a dict
+{"input_ids", "prompt_mask"}: prompt positions are protected (never masked) and left out of the
+loss's normaliser, so with loss_normalize="token" the loss is the negative ELBO per response
+token of p(response | prompt).
 """
 from __future__ import annotations
 
@@ -56,7 +61,8 @@ class DiffusionTrainer(Trainer):
         self.schedule = get_schedule(dc.schedule, dc.eps)
         self.ar_loss_weight, self.block_warmup_steps = ar_loss_weight, block_warmup_steps
         self.t_sampling, self.loss_normalize = t_sampling, loss_normalize
-        self.head_on_kept_only = "logits_to_keep" in inspect.signature(dlm.model.forward).parameters
+        inner = dlm.model.get_base_model() if hasattr(dlm.model, "get_base_model") else dlm.model  # peft
+        self.head_on_kept_only = "logits_to_keep" in inspect.signature(inner.forward).parameters
 
     def _pattern(self, length: int, step: int, device) -> torch.Tensor:
         if self.dc.attention == "annealed":
@@ -65,9 +71,11 @@ class DiffusionTrainer(Trainer):
             return attn.annealed(length, ratio, generator=g, device=device)
         return attn.inference_pattern(self.dc.attention, length, self.dc.block_size, device)
 
-    def diffusion_loss(self, model, x0: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+    def diffusion_loss(self, model, x0: torch.Tensor, step: int, generator: torch.Generator,
+                       prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`prompt_mask` (bool, like x0): positions never masked nor counted (SFT prompts)."""
         b, length = x0.shape
-        protect = torch.zeros_like(x0, dtype=torch.bool)
+        protect = torch.zeros_like(x0, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool().clone()
         if self.dc.shift:
             protect[:, 0] = True  # nothing predicts position 0
         if self.dc.attention == "block":
@@ -102,16 +110,28 @@ class DiffusionTrainer(Trainer):
         return masked_diffusion_loss(logits, x0, masked, t, self.schedule, normalize=self.loss_normalize,
                                      eligible=~protect)
 
+    @staticmethod
+    def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token ids, prompt mask or None) from a tensor or a {"input_ids", "prompt_mask"} dict."""
+        if isinstance(batch, torch.Tensor):
+            return batch, None
+        if "input_ids" not in batch:
+            raise ValueError(f"a diffusion training batch needs 'input_ids'; got keys {sorted(batch)}")
+        return batch["input_ids"], batch.get("prompt_mask")
+
     def compute_loss(self, model, batch, step, generator):
-        loss = self.diffusion_loss(model, batch, step, generator)
+        x0, prompt = self.unpack(batch)
+        loss = self.diffusion_loss(model, x0, step, generator, prompt_mask=prompt)
         if self.ar_loss_weight > 0:
-            logits = model(batch, pattern=attn.causal(batch.shape[1], batch.device)).logits
-            ar = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
-            loss = loss + self.ar_loss_weight * ar
-        return loss, batch.numel()
+            logits = model(x0, pattern=attn.causal(x0.shape[1], x0.device)).logits
+            ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x0[:, 1:], reduction="none")
+            keep = torch.ones_like(ce, dtype=torch.bool) if prompt is None else ~prompt[:, 1:].bool()
+            loss = loss + self.ar_loss_weight * (ce * keep).sum() / keep.sum().clamp_min(1)
+        return loss, x0.numel()
 
     def eval_loss(self, model, batch, generator):
-        return self.diffusion_loss(model, batch, self.args.max_steps, generator)
+        x0, prompt = self.unpack(batch)
+        return self.diffusion_loss(model, x0, self.args.max_steps, generator, prompt_mask=prompt)
 
-    def save_model(self, model, path: Path) -> None:
-        model.save_pretrained(path, tokenizer=self.tokenizer)
+    def save_model(self, model, path: Path, state_dict: dict | None = None) -> None:
+        model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=state_dict)

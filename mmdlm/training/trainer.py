@@ -4,15 +4,24 @@ A recipe subclasses `Trainer` and implements `compute_loss(model, batch, step, g
 everything else (accumulation, mixed precision, warmup + cosine LR, atomic checkpoints with
 exact resume, progress bar, CSV log, loss curve) lives here once.
 
-Exact resume: the batch order and the noise of every micro-step are pure functions of
-(seed, step), so a run resumed from a checkpoint replays the same batches and the same masks
-as an uninterrupted run.
+Exact resume and data parallelism: the batch order and the noise of every micro-batch are
+pure functions of (seed, step, global micro-batch index), where micro-batch c of a step holds
+the examples at positions [c*b, (c+1)*b) of the step's global batch (b = batch_size). So a run
+resumed from a checkpoint replays the same batches and masks as an uninterrupted run, and P
+processes x A accumulation steps train exactly like P' x A' with P*A = P'*A' (up to the
+order of floating-point sums).
+
+Checkpoints are collective (every process calls accelerate's `save_state`, as FSDP and
+DeepSpeed need) into `checkpoints/.step-N.tmp`, then renamed to `checkpoints/step-N` by the
+main process once `trainer_state.json` is written: a kill at any moment leaves either the
+complete folder or a temporary one that `--resume` ignores and removes.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -21,15 +30,17 @@ from pathlib import Path
 from typing import Mapping, Union
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..io import atomic_dir, atomic_write_text
+from ..io import atomic_dir, atomic_write_text, replace_dir
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 LOG_FIELDS = ["step", "tokens", "loss", "lr", "tokens_per_s", "elapsed_s", "val_loss"]
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
 
 
 @dataclass
@@ -52,6 +63,8 @@ class TrainArgs:
     log_every: int = field(default=10, metadata={"help": "CSV log row every N steps"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and noise"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    report_to: str | None = field(default=None, metadata={
+        "help": "also log to an accelerate tracker: tensorboard | wandb | mlflow | ... (log.csv and loss.png always)"})
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -64,6 +77,8 @@ class TrainArgs:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.report_to not in (None, "none", *TRACKERS):
+            raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
@@ -88,8 +103,22 @@ def take(data: Data, index, device) -> Data:
     return {k: v[index].to(device) for k, v in data.items()}
 
 
+def on_cpu() -> bool:
+    """No accelerator device: accelerate must be told, so that a torchrun-style launch of several
+    processes (accelerate launch, torchrun) forms a gloo process group instead of N lone runs."""
+    return not torch.accelerator.is_available()
+
+
+def process_state() -> PartialState:
+    """The process group as the trainer will see it (for work before the trainer exists)."""
+    return PartialState(cpu=on_cpu())
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder (`checkpoints/step-N` holding trainer_state.json)."""
+    """The newest complete checkpoint folder (`checkpoints/step-N` holding trainer_state.json).
+
+    Temporary folders of an interrupted save (`.step-N.tmp`) never match.
+    """
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None
@@ -107,11 +136,17 @@ class Trainer:
         if data_len(train_data) == 0:
             raise ValueError("train_data is empty: no training example to learn from")
         self.args = args
+        tracker = None if args.report_to in (None, "none") else args.report_to
         self.accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
-                                       mixed_precision=args.mixed_precision)
+                                       mixed_precision=args.mixed_precision, log_with=tracker,
+                                       project_dir=args.output_dir, cpu=on_cpu())
         self.train_data, self.eval_data = train_data, eval_data
         self.run_info = run_info or {}
         self.out = Path(args.output_dir)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # No dataloader goes through accelerate: DeepSpeed takes the recipe's batch and accumulation.
+            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = args.batch_size, args.grad_accum
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -133,8 +168,10 @@ class Trainer:
     def eval_loss(self, model, batch: Data, generator: torch.Generator) -> torch.Tensor:
         return self.compute_loss(model, batch, self.args.max_steps, generator)[0]
 
-    def save_model(self, model, path: Path) -> None:
-        model.save_pretrained(path)
+    def save_model(self, model, path: Path, state_dict: dict | None = None) -> None:
+        """Write the final model into `path`. `state_dict` is given only when the parameters are
+        sharded (FSDP): the full weights, gathered from every process."""
+        model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
 
     # ---- data and noise: pure functions of (seed, step) ---------------------------------
     def _batch(self, step: int, micro: int) -> torch.Tensor:
@@ -154,23 +191,48 @@ class Trainer:
         return cache[epoch]
 
     def _generator(self, step: int, micro: int) -> torch.Generator:
-        seed = hash((self.args.seed, step, micro, self.accelerator.process_index)) % 2**62
-        return torch.Generator(self.accelerator.device).manual_seed(seed)
+        """Noise of this process's micro-batch, keyed by its index in the step's global batch
+        (the same index `_batch` uses), so it does not depend on how the batch is split."""
+        a = self.accelerator
+        chunk = micro * a.num_processes + a.process_index
+        seed = hash((self.args.seed, step, chunk)) % 2**62
+        return torch.Generator(a.device).manual_seed(seed)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        path = self.out / "checkpoints" / f"step-{self.step:07d}"
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            with atomic_dir(path) as tmp:
-                self.accelerator.save_state(str(tmp), safe_serialization=True)
-                state = {"step": self.step, "tokens": self.tokens, "args": asdict(self.args)}
-                (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            ckpts = sorted(p for p in path.parent.iterdir() if CHECKPOINT_RE.match(p.name))
-            for old in ckpts[: max(0, len(ckpts) - max(1, self.args.keep_checkpoints))]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
+        """Every process writes its part into `.step-N.tmp`; the main process then renames it."""
+        a = self.accelerator
+        root = self.out / "checkpoints"
+        path = root / f"step-{self.step:07d}"
+        tmp = root / f".{path.name}.tmp"
+        if a.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        a.wait_for_everyone()
+        a.save_state(str(tmp), safe_serialization=True)
+        a.wait_for_everyone()
+        if a.is_main_process:
+            state = {"step": self.step, "tokens": self.tokens, "num_processes": a.num_processes,
+                     "args": asdict(self.args)}
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
+            replace_dir(tmp, path)
+            done = sorted(p for p in root.iterdir() if CHECKPOINT_RE.match(p.name))
+            for old in done[: max(0, len(done) - max(1, self.args.keep_checkpoints))]:
+                # Renamed first, so a kill during the removal leaves no half-deleted step-N.
+                gone = old.with_name(f".{old.name}.del")
+                os.replace(old, gone)
+                shutil.rmtree(gone, ignore_errors=True)
+        a.wait_for_everyone()
         return path
+
+    def _remove_partial_checkpoints(self) -> None:
+        """Leftovers of a save or a removal that a kill interrupted."""
+        root = self.out / "checkpoints"
+        if self.accelerator.is_main_process and root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith(".step-") and p.name.endswith((".tmp", ".del", ".old")):
+                    shutil.rmtree(p, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
         state_file = Path(path) / STATE_FILE
@@ -211,16 +273,18 @@ class Trainer:
                 if a.sync_gradients:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().float().item() / args.grad_accum
+            loss_sum += loss.detach().float() / args.grad_accum
             tokens += n_tok
         self.step += 1
         self.tokens += tokens * a.num_processes
-        return loss_sum
+        # The loss of the whole global batch (the mean over processes), the same on every process.
+        return a.reduce(loss_sum.to(a.device), "mean").item() if a.num_processes > 1 else loss_sum.item()
 
     def train(self) -> Path:
         a, args = self.accelerator, self.args
         log_path = self.out / "log.csv"
         rows: list[dict] = []
+        self._remove_partial_checkpoints()
         if args.resume:
             ckpt = latest_checkpoint(self.out)
             if ckpt is None:
@@ -234,11 +298,15 @@ class Trainer:
         if a.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "run.json", json.dumps(
-                {"args": asdict(args), **self.run_info}, indent=2, default=str))
+                {"args": asdict(args), "num_processes": a.num_processes,
+                 "distributed_type": str(a.distributed_type), **self.run_info}, indent=2, default=str))
             with log_path.open("w", newline="") as f:
                 w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
                 w.writeheader()
                 w.writerows(rows)
+        if a.log_with:
+            a.init_trackers(self.out.name or "mmdlm", config={
+                k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
         self.model.train()
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
                    desc="train", dynamic_ncols=True)
@@ -257,15 +325,24 @@ class Trainer:
                        "val_loss": "" if val is None else f"{val:.5f}"}
                 with log_path.open("a", newline="") as f:
                     csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
+            if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
+                values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
+                          "train/tokens": self.tokens, "train/tokens_per_s": tps}
+                a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
             if args.save_every and self.step % args.save_every == 0 and not last:
                 self.save_checkpoint()
         bar.close()
-        self.save_checkpoint()
+        if latest_checkpoint(self.out) != self.out / "checkpoints" / f"step-{self.step:07d}":
+            self.save_checkpoint()
         final = self.out / "model"
+        # FSDP shards the parameters: gather a full state dict (a collective, on every process).
+        extra = {"state_dict": a.get_state_dict(self.model)} if a.distributed_type == DistributedType.FSDP else {}
         if a.is_main_process:
             with atomic_dir(final) as tmp:
-                self.save_model(a.unwrap_model(self.model), tmp)
+                self.save_model(a.unwrap_model(self.model), tmp, **extra)
             plot_loss_curve(log_path, self.out / "loss.png")
+        if a.log_with:
+            a.end_training()
         a.wait_for_everyone()
         return final
 

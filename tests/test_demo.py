@@ -1,0 +1,354 @@
+"""The Gradio demo (demos/app.py): step-by-step runs, the app through its API, and the page in a
+real headless Chromium.
+
+The app runs in this process on a free local port, over the shipped `assets/dlm` for text and
+the model-free `StepwiseOraclePipeline` (tests/demo_pipeline.py) for the image tabs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_causal_lm
+from demo_pipeline import StepwiseOraclePipeline
+from PIL import Image
+
+from mmdlm.data import shapes as S
+from mmdlm.pipelines import TextDiffusionPipeline
+from mmdlm.pipelines.streaming import Done, Step, iterate_steps, split_supported
+from mmdlm.schedulers import MaskedDiffusionScheduler
+from mmdlm.text import history as view
+from mmdlm.text.adapt import DiffusionLM
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "demos"))
+import app as demo_app  # noqa: E402
+import browser  # noqa: E402
+
+from mmdlm.cli import DemoConfig  # noqa: E402
+
+SCENE = "a small red circle left of a large blue square"
+
+
+# ---------------------------------------------------------------- the package pieces the demo uses
+@pytest.fixture
+def text_pipe(tokenizer):
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
+    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(),
+                                 mask_token_id=dlm.config.mask_token_id)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_iterate_steps_shows_every_step_and_ends_with_the_same_output(text_pipe):
+    items = list(iterate_steps(text_pipe, "def", gen_length=6, num_inference_steps=6,
+                               generator=torch.Generator().manual_seed(3), stop_at_eos=False))
+    steps, done = items[:-1], items[-1]
+    assert [s.index for s in steps] == [1, 2, 3, 4, 5, 6] and isinstance(done, Done)
+    mask_id = text_pipe.config.mask_token_id
+    masked = [int((s.tensors["sequences"] == mask_id).sum()) for s in steps]
+    assert masked == [5, 4, 3, 2, 1, 0]  # one token committed per step, seen live
+    direct = text_pipe("def", gen_length=6, num_inference_steps=6, generator=torch.Generator().manual_seed(3),
+                       stop_at_eos=False)
+    assert torch.equal(done.output.sequences, direct.sequences)
+    with pytest.raises(ValueError, match="context is 64"):  # the pipeline's own error reaches the consumer
+        list(iterate_steps(text_pipe, "x " * 70, gen_length=8))
+
+
+def test_closing_early_stops_the_pipeline(text_pipe):
+    seen = []
+    original = text_pipe.dlm.model.forward
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    text_pipe.dlm.model.forward = counting
+    stream = iterate_steps(text_pipe, "def", gen_length=32, num_inference_steps=32)
+    assert isinstance(next(stream), Step)
+    stream.close()  # the consumer leaves (a closed page): the worker ends at its next step
+    for worker in [t for t in threading.enumerate() if t.name == "mmdlm-pipeline"]:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert len(seen) <= 3  # not the 32 passes of a full run
+
+
+def test_a_stopped_call_lets_go_of_the_shared_lock(text_pipe):
+    lock = threading.Lock()
+    first = iterate_steps(text_pipe, "def", gen_length=4, num_inference_steps=4, lock=lock)
+    assert isinstance(next(first), Step) and lock.locked()  # held by the running call
+    second = iterate_steps(text_pipe, "class", gen_length=4, num_inference_steps=4, lock=lock)
+    first.close()
+    items = list(second)  # runs once the stopped call has let go
+    assert [type(i) for i in items] == [Step] * 4 + [Done] and not lock.locked()
+
+
+def test_images_stream_and_unsupported_options_are_named():
+    pipe = StepwiseOraclePipeline()
+    items = list(iterate_steps(pipe, SCENE, task="t2i", num_inference_steps=3))
+    previews = [s.images for s in items[:-1]]
+    assert len(previews) == 3 and all(p.shape == (1, 3, 32, 32) for p in previews)
+    assert not torch.equal(previews[0], previews[-1])  # the picture changes while it is denoised
+    final = torch.as_tensor(np.asarray(items[-1].output.images[0]), dtype=torch.float32)
+    assert torch.allclose((previews[-1][0].permute(1, 2, 0) + 1) * 127.5, final, atol=0.6)
+    kept, dropped = split_supported(pipe, dict(num_inference_steps=2, rule="margin", temperature=1.0))
+    assert kept == {"num_inference_steps": 2} and dropped == ["rule", "temperature"]
+
+
+def test_frames_keep_the_spaces_of_word_tokenizers(tokenizer):
+    word = StepwiseOraclePipeline().tokenizer
+    ids = word("a small red circle", add_special_tokens=False)["input_ids"]
+    mask = word.mask_token_id
+    frame = view.frame(word, ids[:2] + [mask, word.eos_token_id], ids[:2] + [mask, mask], mask,
+                       eos_token_id=word.eos_token_id)
+    assert frame == [("a", "done"), (" small", "done"), (" " + view.MASK_GLYPH, "masked"),
+                     (" " + view.EOS_GLYPH, "eos")]
+    for text in ("def add(a, b):\n    return a + b", "print('héllo 日本語 🎉')"):  # multi-byte characters too
+        bpe = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert "".join(t for t, _ in view.frame(tokenizer, bpe, None, -1)) == tokenizer.decode(bpe) == text
+    html = view.frame_html([("<b>", "new"), (view.MASK_GLYPH, "masked")])
+    assert html == f'<span class="new">&lt;b&gt;</span><span class="masked">{view.MASK_GLYPH}</span>'
+
+
+# ---------------------------------------------------------------- the app without a server
+def _drain(gen):
+    return list(gen)
+
+
+def test_image_tabs_say_no_checkpoint_is_shipped_and_paths_are_locked_when_public():
+    demo = demo_app.Demo(DemoConfig(mm_model=None))
+    app = demo.build()
+    notes = [b for b in app.blocks.values() if getattr(b, "elem_id", None) in ("t2i-note", "caption-note")]
+    assert len(notes) == 2 and all("No multimodal checkpoint is shipped yet" in n.value for n in notes)
+    with pytest.raises(gr.Error, match="no multimodal checkpoint"):
+        _drain(demo.run_t2i("", SCENE, 4, 0, "confidence", 0, 0))
+    public = demo_app.Demo(DemoConfig(host="0.0.0.0"))
+    assert not public.allow_paths and demo.allow_paths
+    with pytest.raises(gr.Error, match="serves only its configured checkpoints"):
+        _drain(public.run_text("/etc", "x", 4, 4, "confidence", 0, 0, 0, 0, 0))
+    with pytest.raises(ValueError, match="max_file_size"):
+        demo_app.Demo(DemoConfig(max_file_size="huge"))
+
+
+# ---------------------------------------------------------------- the app, served
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    StepwiseOraclePipeline().save_pretrained(folder / "oracle")
+    scene = S.render(S.parse_caption(SCENE), 64)
+    scene.save(folder / "scene.png")
+    Image.effect_noise((160, 160), 90).convert("RGB").save(folder / "big.png")  # > 20 KB of noise
+    Image.new("RGB", (1100, 1000), "white").save(folder / "wide.png")  # small file, too many pixels
+    (folder / "sd").mkdir()
+    (folder / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    config = DemoConfig(text_model="assets/dlm", mm_model=str(folder / "oracle"), port=_free_port(),
+                        max_file_size="20kb", max_image_pixels=1_000_000, frame_delay=0.02, concurrency=2)
+    pixels_limit = Image.MAX_IMAGE_PIXELS
+    app = demo_app.build_app(config)
+    _, url, _ = demo_app.launch(app, config, prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, folder
+    finally:
+        app.close()
+        Image.MAX_IMAGE_PIXELS = pixels_limit
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+TEXT_ARGS = dict(gen_length=16, steps=16, rule="confidence", block_length=8, threshold=0, temperature=0,
+                 guidance=0, seed=0)
+
+
+def _text(client, prompt, checkpoint="", **changes):
+    args = {**TEXT_ARGS, **changes}
+    return client.submit(checkpoint, prompt, *args.values(), api_name="/text")
+
+
+def test_api_text_streams_the_unmasking_and_infills(client):
+    job = _text(client, "import os\n\n\ndef ")
+    outputs = list(job)
+    live, status, text = outputs[-1]
+    assert text.startswith("import os\n\n\ndef ") and len(text) > len("import os\n\n\ndef ")
+    assert status.startswith("done")
+    steps = [o for o in outputs if o[1].startswith("step")]
+    assert len(steps) >= 2 and all(('class="masked"' in live) == (" 0 tokens" not in status)
+                                   for live, status, _ in steps)
+    assert any('class="new"' in live for live, _, _ in steps)
+    assert 'class="masked"' not in live
+    infill = "def main():\n    path = os.path.join(<|mask:6|>)\n    return path\n"
+    filled = _text(client, infill, gen_length=0).result()[2]
+    assert filled.startswith("def main():\n    path = os.path.join(") and filled.endswith(")\n    return path\n")
+    assert "<|mask" not in filled
+
+
+def test_api_bad_inputs_get_clear_messages(client, server):
+    from gradio_client.exceptions import AppError
+
+    cases = [(dict(prompt="   "), "the prompt is empty"),
+             (dict(prompt="x" * 2001), "the prompt has 2,001 characters; the limit is 2,000"),
+             (dict(prompt="def f():", gen_length=0), "nothing to generate"),
+             (dict(prompt="x", steps=0), "less than minimum value 1"),  # Gradio checks the slider's range
+             (dict(prompt="x", rule="loudest"), "loudest"),
+             (dict(prompt="x " * 300), "the model's context is 256"),
+             (dict(prompt="x", checkpoint=str(server[1] / "nowhere")), "no checkpoint folder at"),
+             (dict(prompt="x", checkpoint=str(server[1] / "oracle")), "an image-text pipeline"),
+             (dict(prompt="x", checkpoint=str(server[1] / "sd")), "holds a StableDiffusionPipeline pipeline, not a "
+                                                                    "mmdlm pipeline"),
+             (dict(prompt="x", checkpoint=str(server[1])), "is not a mmdlm checkpoint")]
+    for case, message in cases:
+        prompt, checkpoint = case.pop("prompt"), case.pop("checkpoint", "")
+        with pytest.raises(AppError, match=re.escape(message)):
+            _text(client, prompt, checkpoint, **case).result()
+
+
+def test_api_concurrent_users_all_get_answers(client):
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(lambda: _text(client, "class ", seed=1).result()) for _ in range(4)]
+        texts = [j.result()[2] for j in jobs]
+    assert len(set(texts)) == 1 and texts[0].startswith("class ")  # same seed, same text, nobody crashed
+
+
+def test_api_cancelling_stops_the_pipeline(client):
+    job = _text(client, "def ", gen_length=200, steps=200)  # >= 4 s at 0.02 s a frame
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 3 and time.monotonic() < deadline and not job.done():
+        time.sleep(0.02)
+    assert len(job.outputs()) >= 3 and not job.done()
+    assert any(t.name == "mmdlm-pipeline" for t in threading.enumerate())
+    job.cancel()  # what the Stop button does
+    for worker in [t for t in threading.enumerate() if t.name == "mmdlm-pipeline"]:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert not job.outputs()[-1][1].startswith("done")
+    assert _text(client, "def ").result()[1].startswith("done")  # the pipeline's lock was let go
+
+
+def test_api_image_tabs(client, server):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    outputs = list(client.submit("", SCENE, 4, 2, "confidence", 1, 0, api_name="/t2i"))
+    assert [o[1].split(" of ")[0] for o in outputs[:-1]] == ["step 1", "step 2", "step 3", "step 4"]
+    with Image.open(outputs[-1][0]) as image:
+        assert image.size == (256, 256)  # 32 px, enlarged for the page
+        assert S.parse_image(image.resize((32, 32), Image.NEAREST)) == S.parse_caption(SCENE)
+    scene = handle_file(str(server[1] / "scene.png"))
+    live, status, caption = client.predict("", scene, "", 1, 4, 0, "confidence", 0, 0, api_name="/caption")
+    assert caption == SCENE and status.startswith("done (caption)")
+    answer = client.predict("", scene, "what colour is the circle ?", 1, 4, 0, "confidence", 0, 0,
+                            api_name="/caption")[2]
+    assert answer == "what colour is the circle ? red"
+    with pytest.raises(AppError, match="draws only shapes captions"):
+        client.predict("", "a blue dog", 4, 2, "confidence", 1, 0, api_name="/t2i")
+    with pytest.raises(AppError, match="upload an image first"):
+        client.predict("", None, "", 1, 4, 0, "confidence", 0, 0, api_name="/caption")
+    with pytest.raises(AppError, match="the image is 1100x1000 pixels; the limit is 1,000,000"):
+        client.predict("", handle_file(str(server[1] / "wide.png")), "", 1, 4, 0, "confidence", 0, 0,
+                       api_name="/caption")
+    with open(server[1] / "big.png", "rb") as big:  # the server refuses uploads over max_file_size (20 KB)
+        refused = httpx.post(server[0] + "gradio_api/upload", files={"files": big})
+    assert refused.status_code == 413 and "maximum allowed size of 20480 bytes" in refused.text
+
+
+# ---------------------------------------------------------------- the page, in a real browser
+@pytest.fixture(scope="module")
+def chromium():
+    """Fails, loudly, where Chromium or playwright is missing; skips only when told to."""
+    if os.environ.get("MMDLM_SKIP_BROWSER") == "1":
+        pytest.skip("MMDLM_SKIP_BROWSER=1")
+    reason = browser.missing()
+    if reason:
+        pytest.fail(f"the browser test cannot run: {reason} (set MMDLM_SKIP_BROWSER=1 to skip it knowingly)")
+
+
+@pytest.fixture(scope="module")
+def page(chromium, server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        context = browser.open_browser(pw, profile)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(server[0], wait_until="networkidle")
+        yield page
+        context.close()
+
+
+WATCH = """sel => { window.__seen = new Set(); new MutationObserver(() => {
+    const el = document.querySelector(sel); if (el) window.__seen.add(el.innerHTML); })
+  .observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true}); }"""
+
+
+def _set_number(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_browser_text_tab(page):
+    page.get_by_role("tab", name="Text", exact=True).click()
+    page.locator("#text-prompt textarea").fill("import sys\n\n\ndef ")
+    _set_number(page, "text-gen-length", 24)
+    _set_number(page, "text-steps", 24)
+    page.evaluate(WATCH, "#text-live")
+    page.locator("#text-run").click()
+    page.wait_for_function("document.querySelector('#text-status').innerText.startsWith('done')")
+    result = page.locator("#text-output textarea").input_value()
+    assert result.startswith("import sys\n\n\ndef ") and len(result) > len("import sys\n\n\ndef ")
+    seen = page.evaluate("[...window.__seen]")
+    live_steps = [h for h in seen if 'class="masked"' in h and 'class="new"' in h]
+    assert len(live_steps) >= 2  # the page showed the unmasking step by step, masks and new tokens marked
+    assert page.locator("#text-live .masked").count() == 0
+
+    page.locator("#text-prompt textarea").fill("")
+    page.locator("#text-run").click()
+    page.get_by_text("the prompt is empty; write some text").first.wait_for()
+
+
+def test_browser_image_tabs(page, server):
+    page.get_by_role("tab", name="Text to image").click()
+    page.locator("#t2i-prompt textarea").fill(SCENE)
+    page.evaluate(WATCH, "#t2i-image")
+    page.locator("#t2i-run").click()
+    page.wait_for_function("document.querySelector('#t2i-status').innerText.startsWith('done')")
+    assert page.locator("#t2i-image img").count() == 1
+    sources = {s for s in page.evaluate("[...window.__seen]") if "<img" in s}
+    assert len(sources) >= 3  # intermediate images appeared before the final one
+    page.get_by_text("StepwiseOraclePipeline has no setting rule, temperature; ignored").first.wait_for()
+    page.locator("#t2i-prompt textarea").fill("a blue dog")
+    page.locator("#t2i-run").click()
+    page.get_by_text("draws only shapes captions").first.wait_for()
+
+    page.get_by_role("tab", name="Caption and questions").click()
+    page.locator("#caption-image input[type=file]").set_input_files(str(server[1] / "big.png"))
+    page.get_by_text("exceed the maximum allowed size").first.wait_for()  # over max_file_size (20 KB)
+    page.locator("#caption-image input[type=file]").set_input_files(str(server[1] / "scene.png"))
+    page.locator("#caption-image img").first.wait_for()
+    page.locator("#caption-run").click()
+    page.wait_for_function(f"document.querySelector('#caption-output textarea').value === {SCENE!r}")
+    page.locator("#caption-question textarea").fill("what colour is the square ?")
+    page.locator("#caption-run").click()
+    page.wait_for_function("document.querySelector('#caption-output textarea').value.endsWith('? blue')")
