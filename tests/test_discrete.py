@@ -445,6 +445,31 @@ def test_generators_history_and_callbacks():
         pipe(PROMPT, callback_on_step_end=fill, callback_on_step_end_tensor_inputs=["latents"])
 
 
+def test_live_previews_through_streaming():
+    from mmdlm.pipelines.streaming import Done, Step, can_preview, iterate_steps
+
+    pipe = tiny_pipeline()
+    assert can_preview(pipe)
+    items = list(iterate_steps(pipe, PROMPT, num_inference_steps=3, generator=gen()))
+    steps, done = items[:-1], items[-1]
+    assert [type(x) for x in steps] == [Step] * 3 and isinstance(done, Done)
+    assert all(x.images.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE) for x in steps)
+    assert torch.allclose(steps[-1].images, to_unit(done.output.images), atol=1 / 127.5 + 1e-6)
+    # without the prediction, still-masked cells are shown grey
+    ids = torch.full((1, GRID * GRID), CODEBOOK)
+    ids[0, 0] = 3
+    grey = pipe.preview_images({"image_ids": ids})
+    assert torch.equal(grey[0, :, 4:, 4:], torch.zeros(3, IMAGE_SIZE - 4, IMAGE_SIZE - 4))
+    assert not torch.equal(grey[0, :, :4, :4], torch.zeros(3, 4, 4))
+
+
+def to_unit(images):
+    """PIL images -> (B, 3, H, W) in [-1, 1]."""
+    from mmdlm.data.imagetext import to_tensor
+
+    return to_tensor(images, IMAGE_SIZE)
+
+
 def test_pipeline_round_trip(tmp_path):
     pipe = tiny_pipeline()
     pipe.save_pretrained(tmp_path / "p")
