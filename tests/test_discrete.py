@@ -136,6 +136,17 @@ def test_mask_ratio_conditioning_is_per_modality():
         assert not torch.allclose(model(img, txt, **kw).image_logits[..., :-1], base[..., :-1])
 
 
+def test_blocks_start_as_the_identity():
+    tok = tiny_tokenizer()
+    model = tiny_transformer(tok, fresh=True)
+    image, text, temb = torch.randn(2, 16, 32), torch.randn(2, TEXT_LENGTH, 32), torch.randn(2, 32)
+    rotary = model.positions(TEXT_LENGTH, GRID, GRID, "cpu")
+    for block in (model.transformer_blocks[0], model.single_transformer_blocks[0]):
+        t, i = block(hidden_states=image, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary)
+        assert torch.equal(t, text) and torch.equal(i, image)
+    assert model.image_embed.weight.std() < 0.05  # embeddings at the transformer scale
+
+
 def test_transformer_errors():
     tok = tiny_tokenizer()
     with pytest.raises(ValueError, match="axes_dims_rope must be three even numbers summing to attention_head_dim"):

@@ -15,6 +15,9 @@ column is -inf, so the logits line up with the input ids for `MaskedDiffusionSch
 and text logits from Muddit's light text decoder (LayerNorm + linear over the vocabulary) on
 the text part of the last hidden states.
 
+Initialisation: adaLN-Zero (DiT): the blocks' modulations start at zero, each block at the
+identity.
+
 Conditioning: the mask ratio of each stream (the share of [MASK] among its positions,
 computed from the input ids unless given), each through its own sinusoidal `Timesteps` +
 `TimestepEmbedding`, summed into the one vector every Flux block modulates with. The ratio is
@@ -121,6 +124,21 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
         self.image_head = nn.Linear(dim, codebook_size)
         self.text_norm = nn.LayerNorm(dim)  # Muddit's light text decoder: LayerNorm + linear
         self.text_head = nn.Linear(dim, vocab_size)
+        self._adaln_zero()
+
+    def _adaln_zero(self) -> None:
+        """DiT's adaLN-Zero start: every block's modulation (shift, scale, gate) starts at zero, so
+        each block starts as the identity, and so does the image head's modulation; embeddings at
+        the transformer scale (std 0.02)."""
+        for block in list(self.transformer_blocks) + list(self.single_transformer_blocks):
+            norms = [block.norm1, block.norm1_context] if hasattr(block, "norm1") else [block.norm]
+            for norm in norms:
+                nn.init.zeros_(norm.linear.weight)
+                nn.init.zeros_(norm.linear.bias)
+        nn.init.zeros_(self.norm_out.linear.weight)
+        nn.init.zeros_(self.norm_out.linear.bias)
+        for table in (self.image_embed, self.text_embed):
+            nn.init.normal_(table.weight, std=0.02)
 
     @property
     def image_mask_token_id(self) -> int:
