@@ -8,7 +8,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits assets bench eval-mm report clean sft bench-sft study study-quick
+.PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
+	assets bench eval-mm report clean sft bench-sft study study-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -74,13 +75,25 @@ mmdit-digits: install
 	rm -rf assets/mmdit-digits && cp -r outputs/mmdit-digits/model assets/mmdit-digits
 	cp outputs/mmdit-digits/run.json outputs/mmdit-digits/log.csv outputs/mmdit-digits/loss.png assets/mmdit-digits/
 
-assets: teacher dlm mmdit-shapes mmdit-digits
-
 # Image-text evaluation of the shipped multimodal checkpoints (bench/results/imagetext.json, README table).
 eval-mm: install
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-digits --dataset digits --n 256
 	$(BIN)/python bench/report.py
+
+# The discrete backbone: its VQ image tokenizer, then the transformer on shapes.
+vq: install
+	$(BIN)/mmdlm train-vq --config configs/vq.yaml
+	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
+	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
+
+discrete-shapes: install
+	$(BIN)/mmdlm train-mm --config configs/discrete_shapes.yaml
+	rm -rf assets/discrete-shapes && cp -r outputs/discrete-shapes/model assets/discrete-shapes
+	cp outputs/discrete-shapes/run.json outputs/discrete-shapes/log.csv outputs/discrete-shapes/loss.png \
+		assets/discrete-shapes/
+
+assets: teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -53,7 +53,8 @@ def assets(_: dict | None = None) -> str:
         rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
                     f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
                     f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
-    for folder in sorted((ROOT / "assets").glob("mmdit-*")):  # multimodal checkpoints (train-mm)
+    multimodal = sorted((ROOT / "assets").glob("mmdit-*")) + [ROOT / "assets" / n for n in ("vq", "discrete-shapes")]
+    for folder in multimodal:  # train-mm and train-vq checkpoints
         run_path, log_path = folder / "run.json", folder / "log.csv"
         if not run_path.exists() or not log_path.exists():
             continue
@@ -62,13 +63,25 @@ def assets(_: dict | None = None) -> str:
             log = list(csv.DictReader(f))
         val = [r["val_loss"] for r in log if r["val_loss"]]
         cfg = run["config"]
-        recipe = (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
-                  f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
-                  f"{cfg['batch_size']}, {float(log[-1]['elapsed_s']) / 60:.0f} min")
-        rows.append(f"| `assets/{folder.name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} "
-                    f"(image patches + caption tokens) | {float(log[-1]['loss']):.3f} | "
-                    + (f"{float(val[-1]):.3f} (flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per "
-                       "token, held-out scenes) |" if val else "n/a |"))
+        minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+        if folder.name == "vq":
+            recipe = (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
+                      f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x "
+                      f"{cfg['batch_size']}, {minutes}")
+            count, loss_kind = f"{int(log[-1]['tokens']):,} (images)", "L1 + MSE + commitment, held-out images"
+        elif cfg["backbone"] == "discrete":
+            recipe = (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
+                      f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}, {minutes}")
+            count = f"{int(log[-1]['tokens']):,} (codes + caption tokens)"
+            loss_kind = f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, held-out scenes"
+        else:
+            recipe = (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
+                      f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
+                      f"{cfg['batch_size']}, {minutes}")
+            count = f"{int(log[-1]['tokens']):,} (image patches + caption tokens)"
+            loss_kind = f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out scenes"
+        rows.append(f"| `assets/{folder.name}` | {recipe} | {run['parameters']:,} | {count} | "
+                    f"{float(log[-1]['loss']):.3f} | " + (f"{float(val[-1]):.3f} ({loss_kind}) |" if val else "n/a |"))
     return "\n".join(rows)
 
 
@@ -123,6 +136,25 @@ def sampling_goals(recs: list[dict], vanilla: dict, ar: dict) -> list[str]:
                  f"gen. ppl {best_ar['gen_ppl']:.2f} against {ar['gen_ppl']:.2f} "
                  f"({'met' if ratio_ar >= 1 and ok_ar else 'not met'}).")
     return lines
+
+
+def vq(_: dict | None = None) -> str | None:
+    """The judges of the image-text evaluation on VQ reconstructions (assets/vq/reconstruction.json)."""
+    path = ROOT / "assets" / "vq" / "reconstruction.json"
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    rows = ["| dataset | held-out images | judge on originals % | judge on VQ reconstructions % | PSNR dB | codes used |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, judge in (("shapes", "parser_accuracy"), ("digits", "classifier_accuracy")):
+        if name in r:
+            x = r[name]
+            rows.append(f"| {name} | {x['n']} | {100 * x[judge + '_original']:.1f} | "
+                        f"**{100 * x[judge + '_reconstruction']:.1f}** | {x['psnr_db']:.1f} | "
+                        f"{x['codes_used']} of {r['codebook_size']} |")
+    return "\n".join(rows + ["", f"Shapes: `parse_image` reads the whole scene right (both objects, relation); "
+                              f"digits: `DigitClassifier`. {r['image_size']}x{r['image_size']} images, "
+                              f"{r['downsample']}x downsampling. Command: `{r['command']}`."])
 
 
 def quickstart(_: dict | None = None) -> str | None:
@@ -298,7 +330,8 @@ def imagetext(r: dict | None) -> str | None:
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
-             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext}
+             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
+             "vq": vq}
 
 
 def main() -> int:

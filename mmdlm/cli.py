@@ -194,6 +194,34 @@ class TrainMMConfig(TrainArgs):
 
 
 @dataclass
+class TrainVQConfig(TrainArgs):
+    """Train a small VQ model (diffusers VQModel): the image tokenizer of the discrete backbone."""
+
+    datasets: list[str] = field(default_factory=lambda: ["shapes", "digits"], metadata={
+        "help": "image sets to train on: 'shapes', 'digits' (built in), hub names or local folders"})
+    image_column: str = field(default="image", metadata={"help": "column holding the images (non-built-in sets)"})
+    image_size: int = field(default=32, metadata={"help": "image side in pixels"})
+    n_train: int | None = field(default=None, metadata={"help": "training images per dataset (default: all)"})
+    n_eval: int = field(default=256, metadata={"help": "held-out images per built-in set for the validation loss"})
+    vq_config: dict = field(default_factory=dict, metadata={
+        "help": "VQModel arguments over mmdlm's small default (mmdlm.training.vq.DEFAULT_VQ)"})
+    restart_every: int = field(default=50, metadata={"help": "restart unused codes every N steps (0: never)"})
+    restart_until: float = field(default=0.5, metadata={"help": "share of the run during which codes are restarted"})
+    ema_decay: float = field(default=0.99, metadata={"help": "decay of the codebook's moving averages (k-means)"})
+    n_report: int = field(default=256, metadata={
+        "help": "held-out images on which the parser / classifier judge the reconstructions"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.n_eval < 0 or self.n_report < 1:
+            raise ValueError(f"n_eval must be >= 0 and n_report >= 1, got {self.n_eval} and {self.n_report}")
+
+
+@dataclass
 class EvalMMConfig:
     """Evaluate a multimodal pipeline on shapes or digits; write one record per (backbone, dataset)."""
 
@@ -415,6 +443,12 @@ def _run_caption(c: CaptionConfig) -> None:
     caption(c)
 
 
+def _run_train_vq(c: TrainVQConfig) -> None:
+    from .training.vq import train_vq
+
+    train_vq(c)
+
+
 def _run_eval_mm(c: EvalMMConfig) -> None:
     from .recipes import eval_mm
 
@@ -449,6 +483,7 @@ COMMANDS = {
     "merge-lora": (MergeLoraConfig, _run_merge_lora),
     "generate": (GenerateConfig, _run_generate),
     "train-mm": (TrainMMConfig, _run_train_mm),
+    "train-vq": (TrainVQConfig, _run_train_vq),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
     "demo": (DemoConfig, _run_demo),
     "study": (StudyConfig, _run_study),

@@ -23,6 +23,7 @@ def masked_diffusion_loss(
     *,
     normalize: str = "token",
     eligible: Tensor | None = None,
+    elbo_weight: bool = True,
 ) -> Tensor:
     """Weighted cross-entropy at masked positions.
 
@@ -41,6 +42,11 @@ def masked_diffusion_loss(
     * ``"masked"`` (DiffuLLaMA-style): ``S / #masked``.  Not an ELBO; only a training loss.
     * ``"none"``: the per-sequence sums ``S_b`` as a ``(B,)`` tensor (for estimators that
       average over many noise draws and need each sequence's term).
+
+    ``elbo_weight=False`` drops ``w`` (every masked token counts once): with
+    ``normalize="masked"`` this is MaskGIT / Meissonic / Muddit's plain cross-entropy averaged
+    over the masked tokens, which does not fade out the heavily masked steps (``w -> 0`` as
+    ``t -> 1`` for the cosine schedule) that sampling starts from.  Not an ELBO.
 
     ``masked`` must be a subset of ``eligible``.  CE is computed in float32.  When
     nothing is masked the loss is a zero that is still connected to ``logits``.
@@ -66,7 +72,7 @@ def masked_diffusion_loss(
     # Only the masked rows: saves memory for big vocabularies and keeps
     # w(t) = inf (t = 0) at unmasked positions out of the graph.
     ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    terms = schedule.weight(t_full[masked].float()) * ce
+    terms = schedule.weight(t_full[masked].float()) * ce if elbo_weight else ce
     if normalize == "none":
         rows = masked.nonzero()[:, 0]
         return torch.zeros(x0.shape[0], device=terms.device, dtype=terms.dtype).index_add(0, rows, terms)

@@ -9,6 +9,7 @@ from .multimodal import (
     resolve_task,
 )
 from .text_diffusion import TextDiffusionPipeline, TextDiffusionPipelineOutput
+from .unified_discrete import UnifiedDiscretePipeline
 
-__all__ = ["TASKS", "DualDiffusionPipeline", "MultimodalPipelineOutput", "TextDiffusionPipeline",
-           "TextDiffusionPipelineOutput", "format_images", "load_pipeline", "register_pipeline", "resolve_task"]
+__all__ = ["TASKS", "DualDiffusionPipeline", "MultimodalPipelineOutput", "TextDiffusionPipeline", "TextDiffusionPipelineOutput",
+           "UnifiedDiscretePipeline", "format_images", "load_pipeline", "register_pipeline", "resolve_task"]

@@ -28,6 +28,15 @@ def _train_mmdit(c):
 BACKBONES["mmdit"] = _train_mmdit
 
 
+def _train_discrete(c):
+    from .discrete import train_discrete
+
+    return train_discrete(c)
+
+
+BACKBONES["discrete"] = _train_discrete
+
+
 def check_task_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """The weights of `TRAIN_TASKS` (missing ones 0), checked: known names, >= 0, some > 0."""
     if not isinstance(weights, Mapping):

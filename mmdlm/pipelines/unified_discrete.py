@@ -1,0 +1,292 @@
+"""`UnifiedDiscretePipeline`: VQ image codes and caption tokens in one masked-diffusion loop.
+
+Components: the `UnifiedDiscreteTransformer`, a diffusers `VQModel` (the image tokenizer), the
+caption tokenizer and one `MaskedDiffusionScheduler`, the same class (and instance) for image
+codes and text. Every step runs the transformer once on [text ; image] (with the
+classifier-free-guidance passes in the same batch) and advances whichever stream is being
+generated through `scheduler.step`; known tokens are never touched. The call and the output
+follow `mmdlm.pipelines.multimodal`, so this class and `DualDiffusionPipeline` are
+interchangeable.
+
+| task      | image stream                  | text stream                                    |
+|-----------|-------------------------------|------------------------------------------------|
+| `t2i`     | all [MASK], generated         | the prompt, fixed                              |
+| `caption` | the image's codes, fixed      | all [MASK], generated                          |
+| `vqa`     | the image's codes, fixed      | the prompt; its placeholders generated         |
+| `joint`   | all [MASK], generated         | all [MASK], generated                          |
+| `infill`  | the image's codes, or generated when none is given | the prompt; placeholders generated |
+| `inpaint` | known codes kept, the masked cells generated | the prompt (fixed), or all [MASK] without one |
+
+Guidance: `guidance_scale` w guides the image by the text, logits = u + (1 + w)(c - u), with u
+from a pass whose caption is all [MASK] (what caption dropout trained); `text_guidance_scale`
+guides the text by the image, u from a pass whose image is all [MASK]. A guidance applies
+while its condition holds a known token, so in joint generation the image is guided by the
+words committed so far.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, VQModel
+
+from ..data.imagetext import to_tensor
+from ..multimodal.discrete import UnifiedDiscreteTransformer
+from ..multimodal.text import decode_captions, encode_captions
+from ..multimodal.tokenizers import VQImageTokenizer
+from ..schedulers import MaskedDiffusionScheduler
+from .multimodal import MultimodalPipelineOutput, format_images, register_pipeline, resolve_task
+
+
+def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """u + (1 + w)(c - u), leaving -inf entries (the [MASK] column) as they are."""
+    return torch.where(torch.isfinite(cond), uncond + (1 + scale) * (cond - uncond), cond)
+
+
+@register_pipeline
+class UnifiedDiscretePipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["image_ids", "text_ids", "image_pred_ids"]
+    backbone = "discrete"
+
+    def __init__(self, transformer: UnifiedDiscreteTransformer, vqvae: VQModel, tokenizer,
+                 scheduler: MaskedDiffusionScheduler, image_size: int | None = None, vq_normalize: bool = True):
+        super().__init__()
+        for name, value, cls in (("transformer", transformer, UnifiedDiscreteTransformer), ("vqvae", vqvae, VQModel),
+                                 ("scheduler", scheduler, MaskedDiffusionScheduler)):
+            if not isinstance(value, cls):
+                raise ValueError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+        c = transformer.config
+        image_tok = VQImageTokenizer(vqvae, normalize=vq_normalize)
+        if image_tok.codebook_size != c.codebook_size:
+            raise ValueError(f"the VQ model's codebook has {image_tok.codebook_size} entries but the transformer "
+                             f"was built for {c.codebook_size} codes; use the VQ model it was trained with")
+        if len(tokenizer) != c.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the transformer's text vocabulary is "
+                             f"{c.vocab_size}; use the tokenizer it was trained with")
+        if getattr(tokenizer, "mask_token_id", None) != c.text_mask_token_id:
+            raise ValueError(f"the tokenizer's mask token id is {getattr(tokenizer, 'mask_token_id', None)} but the "
+                             f"transformer's is {c.text_mask_token_id}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; the caption canvas needs one")
+        if image_size is None:
+            image_size = c.sample_size * image_tok.downsample
+        if image_tok.grid(image_size) != c.sample_size:
+            raise ValueError(f"image_size {image_size} gives a {image_tok.grid(image_size)}x"
+                             f"{image_tok.grid(image_size)} code grid but the transformer works on "
+                             f"{c.sample_size}x{c.sample_size}")
+        self.register_modules(transformer=transformer, vqvae=vqvae, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_to_config(image_size=image_size, vq_normalize=vq_normalize)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        index = Path(pretrained_model_name_or_path) / "model_index.json"
+        if index.is_file():
+            try:
+                name = json.loads(index.read_text()).get("_class_name")
+            except (json.JSONDecodeError, AttributeError) as err:
+                raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
+            if name != cls.__name__:
+                raise ValueError(f"{pretrained_model_name_or_path} holds a {name or 'unnamed'} pipeline, not a "
+                                 f"{cls.__name__}; load it with mmdlm.pipelines.load_pipeline")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def text_length(self) -> int:
+        return self.transformer.config.text_length
+
+    @property
+    def image_tokenizer(self) -> VQImageTokenizer:
+        return VQImageTokenizer(self.vqvae, normalize=self.config.vq_normalize)
+
+    @property
+    def grid(self) -> int:
+        return self.transformer.config.sample_size
+
+    # ---------------------------------------------------------------- inputs
+    def _prompts(self, prompt) -> list[str]:
+        return [] if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
+
+    def _image_codes(self, image) -> torch.LongTensor:
+        pixels = to_tensor(image, self.image_size)
+        return self.image_tokenizer.encode(pixels.to(self.device)).view(len(pixels), -1)
+
+    def _cells(self, mask_image, n: int) -> torch.BoolTensor:
+        """(n, h*w): True where a code cell has any white (> mid-grey) pixel of the mask."""
+        m = to_tensor(mask_image, self.image_size).mean(1, keepdim=True) > 0
+        f = self.image_size // self.grid
+        cells = torch.nn.functional.max_pool2d(m.float(), f).bool().view(len(m), -1)
+        return cells.expand(n, -1) if len(cells) == 1 else cells
+
+    def _pair(self, a: list, b: list) -> tuple[list, list]:
+        """Broadcast one-to-many; equal lengths zip (resolve_task checked the counts)."""
+        n = max(len(a), len(b))
+        return (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+
+    def _inputs(self, task, prompts, image, mask_image, per):
+        """Initial (image ids (B, h*w), text ids (B, L)) and which streams are generated."""
+        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
+        size, length = self.grid ** 2, self.text_length
+        dev = self.device
+
+        def text(ps):
+            return encode_captions(self.tokenizer, ps, length).to(dev)
+
+        def blank_image(n):
+            return torch.full((n, size), k, dtype=torch.long, device=dev)
+
+        def blank_text(n):
+            return torch.full((n, length), mask_id, dtype=torch.long, device=dev)
+
+        if task == "t2i":
+            txt = text(prompts)
+            img = blank_image(len(txt))
+        elif task == "caption":
+            img = self._image_codes(image)
+            txt = blank_text(len(img))
+        elif task == "joint":
+            img, txt = blank_image(1), blank_text(1)
+        elif task in ("vqa", "infill") and image is not None:
+            codes = self._image_codes(image)
+            ps, idx = self._pair(prompts, list(range(len(codes))))
+            txt, img = text(ps), codes[torch.tensor(idx, device=dev)]
+        elif task == "infill":
+            txt = text(prompts)
+            img = blank_image(len(txt))
+        else:  # inpaint
+            codes = self._image_codes(image)
+            cells = self._cells(mask_image, len(codes)).to(dev)
+            img = codes.masked_fill(cells, k)
+            if prompts:
+                ps, idx = self._pair(prompts, list(range(len(img))))
+                txt, img = text(ps), img[torch.tensor(idx, device=dev)]
+            else:
+                txt = blank_text(len(img))
+        gen_image = task in ("t2i", "joint", "inpaint") or (task == "infill" and image is None)
+        gen_text = task in ("caption", "vqa", "joint", "infill")
+        img, txt = img.repeat_interleave(per, 0), txt.repeat_interleave(per, 0)
+        return img, txt, gen_image, gen_text
+
+    # ---------------------------------------------------------------- the model with guidance
+    def _logits(self, img, txt, gen_image, gen_text, guidance_scale, text_guidance_scale):
+        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
+        b, side = img.shape[0], self.grid
+        guide_image = gen_image and guidance_scale != 0 and bool((txt != mask_id).any())
+        guide_text = gen_text and text_guidance_scale != 0 and bool((img != k).any())
+        imgs, txts = [img], [txt]
+        if guide_image:  # the caption hidden
+            imgs.append(img)
+            txts.append(torch.full_like(txt, mask_id))
+        if guide_text:  # the image hidden
+            imgs.append(torch.full_like(img, k))
+            txts.append(txt)
+        out = self.transformer(torch.cat(imgs).view(-1, side, side), torch.cat(txts))
+        image_logits, text_logits = out.image_logits.split(b), out.text_logits.split(b)
+        il, tl = image_logits[0], text_logits[0]
+        if guide_image:
+            il = _guide(il, image_logits[1], guidance_scale)
+        if guide_text:
+            tl = _guide(tl, text_logits[-1], text_guidance_scale)
+        return il, tl
+
+    def _step(self, logits, t, ids, mask_id, generator, **options):
+        if isinstance(generator, list):  # one generator per sample
+            outs = [self.scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
+                                        **options) for i, g in enumerate(generator)]
+            return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs])
+        out = self.scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, **options)
+        return out.prev_sample, out.pred_original_sample
+
+    def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
+        return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
+
+    @torch.no_grad()
+    def preview_images(self, tensors: dict) -> torch.Tensor | None:
+        """The current image estimate from callback tensors, (B, 3, H, W) in [-1, 1] (for live
+        views, `mmdlm.pipelines.streaming`): `image_pred_ids` (every code filled with its
+        prediction) when given, else `image_ids` with the still-masked cells grey."""
+        if tensors.get("image_pred_ids") is not None:
+            return self._decode_images(tensors["image_pred_ids"])
+        ids = tensors.get("image_ids")
+        if ids is None:
+            return None
+        masked = ids == self.transformer.config.codebook_size
+        images = self._decode_images(ids.masked_fill(masked, 0))
+        f = self.image_size // self.grid
+        cells = masked.view(-1, 1, self.grid, self.grid).repeat_interleave(f, 2).repeat_interleave(f, 3)
+        return images.masked_fill(cells.to(images.device), 0.0)
+
+    # ---------------------------------------------------------------- the call
+    @torch.no_grad()
+    def __call__(self, prompt=None, image=None, task: str | None = None, *, mask_image=None,
+                 num_inference_steps: int = 16, guidance_scale: float = 2.0, text_guidance_scale: float = 0.0,
+                 image_temperature: float = 1.0, temperature: float | None = None, rule: str | None = None,
+                 alg_temp: float | None = None, generator=None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
+                 num_images_per_prompt: int = 1, return_history: bool = False):
+        """Run `task` (see the module docstring; None: inferred from the inputs).
+
+        `image_temperature` / `temperature`: sampling temperature of image codes / text tokens
+        (0: the most likely; `temperature` means the text's, as in `DualDiffusionPipeline`, and
+        defaults to the scheduler's config); `rule` and `alg_temp` (which masked positions each
+        step commits, both streams) default to the scheduler's config. `generator`: one torch.Generator, or a list with one
+        per sample. Returns a `MultimodalPipelineOutput` (images, texts, history).
+        """
+        task = resolve_task(prompt, image, task, mask_image=mask_image)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be one of pil, np, pt, got {output_type!r}")
+        if guidance_scale < 0 or text_guidance_scale < 0:
+            raise ValueError("guidance scales must be >= 0 (0 disables guidance)")
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or [])
+        bad = set(tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
+
+        img, txt, gen_image, gen_text = self._inputs(task, self._prompts(prompt), image, mask_image,
+                                                     num_images_per_prompt)
+        if isinstance(generator, list) and len(generator) != len(img):
+            raise ValueError(f"{len(generator)} generators for a batch of {len(img)} samples; give one, or one "
+                             "per sample")
+        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
+        options = {key: v for key, v in dict(rule=rule, alg_temp=alg_temp).items() if v is not None}
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        history = [] if return_history else None
+        with self.progress_bar(total=num_inference_steps) as bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                image_logits, text_logits = self._logits(img, txt, gen_image, gen_text, guidance_scale,
+                                                         text_guidance_scale)
+                img_pred = img
+                if gen_image:
+                    img, img_pred = self._step(image_logits, t, img, k, generator, temperature=image_temperature,
+                                               **options)
+                if gen_text:
+                    text_options = options if temperature is None else {**options, "temperature": temperature}
+                    txt, _ = self._step(text_logits, t, txt, mask_id, generator, **text_options)
+                if history is not None:
+                    history.append({"images": self._decode_images(img_pred) if gen_image else None,
+                                    "text_ids": txt.clone() if gen_text else None})
+                if callback_on_step_end is not None:
+                    state = {"image_ids": img, "text_ids": txt, "image_pred_ids": img_pred}
+                    changed = callback_on_step_end(self, i, t, {key: state[key] for key in tensor_inputs}) or {}
+                    img, txt = changed.get("image_ids", img), changed.get("text_ids", txt)
+                bar.update()
+
+        images = texts = None
+        if gen_image:
+            images = format_images(self._decode_images(img), output_type)
+        if gen_text:
+            texts = decode_captions(self.tokenizer, txt, stop_at_eos=task in ("caption", "joint"))
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, texts
+        return MultimodalPipelineOutput(images=images, texts=texts, history=history)
