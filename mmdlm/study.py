@@ -210,6 +210,22 @@ def _settings_key(c, cfg) -> dict:
                          c.gen_temperature], "seed": c.seed}
 
 
+def same_settings(stored: dict | None, key: dict) -> bool:
+    """Whether a run recorded with `stored` settings matches `key`. An mmdlm adapt key added
+    after the run was recorded matches when it holds its default (defaults keep old behaviour)."""
+    from .cli import AdaptConfig
+
+    if not stored:
+        return False
+    key = json.loads(json.dumps(key))
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(AdaptConfig)}, default=str))
+    added = set(key["adapt"]) - set(stored.get("adapt", {}))
+    if any(key["adapt"][k] != defaults.get(k) for k in added):
+        return False
+    current = {**key, "adapt": {k: v for k, v in key["adapt"].items() if k not in added}}
+    return stored == current
+
+
 def measure_dlm(dlm, c, data: dict, teacher) -> dict:
     """Final held-out metrics of a trained DLM."""
     from .eval.infill import exact_match, fill_spans_dlm
@@ -243,12 +259,12 @@ def run_one(name: str, cfg, c, data: dict, teacher, log) -> dict:
     key = _settings_key(c, cfg)
     if record_path.exists() and not c.fresh:
         rec = json.loads(record_path.read_text())
-        if rec.get("settings") == json.loads(json.dumps(key)):
+        if same_settings(rec.get("settings"), key):
             log(f"{name}: reusing the finished run in {folder}")
             return rec
     folder.mkdir(parents=True, exist_ok=True)
     settings_path = folder / "study_settings.json"
-    if c.fresh or not settings_path.exists() or json.loads(settings_path.read_text()) != json.loads(json.dumps(key)):
+    if c.fresh or not settings_path.exists() or not same_settings(json.loads(settings_path.read_text()), key):
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # never resume a run made with other settings
         atomic_write_text(settings_path, json.dumps(key))
     atomic_write_text(folder / "adapt.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))

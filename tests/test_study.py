@@ -166,3 +166,13 @@ def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
     assert [p["elbo"] for p in b["curve"]] == pytest.approx([p["elbo"] for p in a["curve"]], abs=1e-5)
     assert b["elbo"]["nll"] == pytest.approx(a["elbo"]["nll"], abs=1e-5)
     assert not (tmp_path / "b" / "study" / "scratch" / "checkpoints").exists()
+
+
+def test_runs_recorded_before_a_new_adapt_key_still_match():
+    from mmdlm.study import same_settings
+
+    key = {"adapt": {"lr": 1e-3, "lora_r": 0}, "seed": 0}
+    assert same_settings({"adapt": {"lr": 1e-3}, "seed": 0}, key)  # lora_r added later, at its default
+    assert not same_settings({"adapt": {"lr": 1e-3}, "seed": 0}, {"adapt": {"lr": 1e-3, "lora_r": 8}, "seed": 0})
+    assert not same_settings({"adapt": {"lr": 2e-3}, "seed": 0}, key)
+    assert not same_settings(None, key)
