@@ -144,7 +144,8 @@ def vq(_: dict | None = None) -> str | None:
     if not path.exists():
         return None
     r = json.loads(path.read_text())
-    rows = ["| dataset | held-out images | judge on originals % | judge on VQ reconstructions % | PSNR dB | codes used |",
+    rows = ["| dataset | held-out images | judge on originals % | judge on VQ reconstructions % | PSNR dB "
+            "| codes used |",
             "|---|---:|---:|---:|---:|---:|"]
     for name, judge in (("shapes", "parser_accuracy"), ("digits", "classifier_accuracy")):
         if name in r:

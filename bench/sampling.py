@@ -156,9 +156,10 @@ def main() -> None:
     p.add_argument("--left", type=int, default=48)
     p.add_argument("--right", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3, help="timing rounds; every round runs every configuration")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     a = p.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(a.threads)
     from mmdlm.text.base import load_tokenizer
 
     prompts, spans = held_out(load_tokenizer(a.teacher), a.prompts, a.prompt_len, a.spans, a.span, a.left, a.right)

@@ -3,8 +3,16 @@ import json
 
 import pytest
 import torch
-from discrete_fixtures import CODEBOOK, GRID, IMAGE_SIZE, TEXT_LENGTH, tiny_pipeline, tiny_tokenizer, tiny_transformer, \
-    tiny_vq
+from discrete_fixtures import (
+    CODEBOOK,
+    GRID,
+    IMAGE_SIZE,
+    TEXT_LENGTH,
+    tiny_pipeline,
+    tiny_tokenizer,
+    tiny_transformer,
+    tiny_vq,
+)
 from PIL import Image
 
 from mmdlm import cli
@@ -448,8 +456,8 @@ def test_generators_history_and_callbacks():
     def fill(pipe_, step, t, tensors):  # a callback may replace the ids, as diffusers callbacks replace latents
         return {"image_ids": torch.zeros_like(tensors["image_ids"])}
 
-    out = pipe(PROMPT, num_inference_steps=2, callback_on_step_end=fill, callback_on_step_end_tensor_inputs=["image_ids"],
-               output_type="pt").images
+    out = pipe(PROMPT, num_inference_steps=2, callback_on_step_end=fill,
+               callback_on_step_end_tensor_inputs=["image_ids"], output_type="pt").images
     zeros = pipe.image_tokenizer.decode(torch.zeros(1, GRID, GRID, dtype=torch.long))
     assert torch.allclose(out, (zeros + 1) / 2)
     with pytest.raises(ValueError, match="callback tensor inputs"):

@@ -25,7 +25,8 @@ def reconstruction_report(tokenizer, datasets=("shapes", "digits"), *, n: int = 
         recon = torch.cat([tokenizer.decode(codes[i:i + batch_size]).cpu()
                            for i in range(0, len(codes), batch_size)])
         mse = float((recon - pixels).pow(2).mean())
-        entry = {"n": len(pixels), "mse": round(mse, 5), "psnr_db": round(10 * torch.log10(torch.tensor(4.0 / mse)).item(), 2),
+        psnr = 10 * torch.log10(torch.tensor(4.0 / mse)).item()
+        entry = {"n": len(pixels), "mse": round(mse, 5), "psnr_db": round(psnr, 2),
                  "codes_used": int(codes.unique().numel())}
         originals, rebuilt = to_pil(pixels), to_pil(recon)
         if name == "shapes":

@@ -113,7 +113,8 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
         self.pos_embed = FluxPosEmbed(theta=rope_theta, axes_dim=axes)
 
         self.transformer_blocks = nn.ModuleList([
-            FluxTransformerBlock(dim=dim, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim)
+            FluxTransformerBlock(dim=dim, num_attention_heads=num_attention_heads,
+                                 attention_head_dim=attention_head_dim)
             for _ in range(num_layers)])
         self.single_transformer_blocks = nn.ModuleList([
             FluxSingleTransformerBlock(dim=dim, num_attention_heads=num_attention_heads,

@@ -11,5 +11,6 @@ from .multimodal import (
 from .text_diffusion import TextDiffusionPipeline, TextDiffusionPipelineOutput
 from .unified_discrete import UnifiedDiscretePipeline
 
-__all__ = ["TASKS", "DualDiffusionPipeline", "MultimodalPipelineOutput", "TextDiffusionPipeline", "TextDiffusionPipelineOutput",
-           "UnifiedDiscretePipeline", "format_images", "load_pipeline", "register_pipeline", "resolve_task"]
+__all__ = ["TASKS", "DualDiffusionPipeline", "MultimodalPipelineOutput", "TextDiffusionPipeline",
+           "TextDiffusionPipelineOutput", "UnifiedDiscretePipeline", "format_images", "load_pipeline",
+           "register_pipeline", "resolve_task"]

@@ -235,8 +235,8 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         `image_temperature` / `temperature`: sampling temperature of image codes / text tokens
         (0: the most likely; `temperature` means the text's, as in `DualDiffusionPipeline`, and
         defaults to the scheduler's config); `rule` and `alg_temp` (which masked positions each
-        step commits, both streams) default to the scheduler's config. `generator`: one torch.Generator, or a list with one
-        per sample. Returns a `MultimodalPipelineOutput` (images, texts, history).
+        step commits, both streams) default to the scheduler's config. `generator`: one
+        torch.Generator, or a list with one per sample. Returns a `MultimodalPipelineOutput` (images, texts, history).
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:

@@ -118,7 +118,8 @@ class VQTrainer(Trainer):
             self.ema.started.fill_(True)
         loss, flat, index = self._forward(model, pixels)
         self.ema.update(codebook, flat, index)
-        if self.restart_every and step % self.restart_every == 0 and 0 < step < self.restart_until * self.args.max_steps:
+        restarting = 0 < step < self.restart_until * self.args.max_steps
+        if self.restart_every and step % self.restart_every == 0 and restarting:
             self.restarted.append(self.ema.restart(codebook, flat, generator))
         return loss, pixels.shape[0]
 
