@@ -24,6 +24,9 @@ quickstart: install
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
 	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --output-dir outputs/quickstart-t2i
 	$(BIN)/mmdlm caption outputs/quickstart-t2i/t2i-0.png
+	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --model assets/discrete-shapes \
+		--output-dir outputs/quickstart-discrete
+	$(BIN)/mmdlm caption outputs/quickstart-discrete/t2i-0.png --model assets/discrete-shapes
 
 # Debian's Chromium for the demo's browser test (never a downloaded browser); installed with
 # apt-get when missing (as root, or through sudo). MMDLM_SKIP_BROWSER=1 skips it and the test.

@@ -43,9 +43,10 @@ RULES = ("confidence", "margin", "entropy", "random", "origin")
 MAX_SEED = 2**31 - 1
 SHOWN_IMAGE_SIDE = 256  # small model images are enlarged (nearest neighbour) to at least this side
 NO_MM_CHECKPOINT = (
-    "**No multimodal checkpoint is shipped yet.** The image tabs run any saved mmdlm multimodal pipeline "
-    "(`DualDiffusionPipeline`, `UnifiedDiscretePipeline`, e.g. the output of `mmdlm train-mm`): give its folder "
-    "in the checkpoint box, or start the demo with `--mm-model PATH`."
+    "**No multimodal checkpoint is configured.** The image tabs run any saved mmdlm multimodal pipeline "
+    "(`DualDiffusionPipeline`, `UnifiedDiscretePipeline`, e.g. the shipped `assets/mmdit-shapes` and "
+    "`assets/discrete-shapes`, or the output of `mmdlm train-mm`): give its folder in the checkpoint box, or start "
+    "the demo with `--mm-model PATH`."
 )
 TEXT_EXAMPLES = [
     "import os\n\n\ndef ",
@@ -134,7 +135,7 @@ class Demo:
                           "other folders")
         path = given or default
         if not path:
-            raise _refuse("no multimodal checkpoint: none is shipped yet; give the folder of a saved multimodal "
+            raise _refuse("no multimodal checkpoint is configured; give the folder of a saved multimodal "
                           "pipeline in the checkpoint box" if kind == "mm" else "no checkpoint given")
         return self.pipelines.get(_find(path), kind)
 

@@ -250,8 +250,9 @@ class DemoConfig:
 
     text_model: str = field(default="assets/dlm", metadata={
         "help": "text checkpoint: a mmdlm diffusion LM folder or a saved TextDiffusionPipeline"})
-    mm_model: str | None = field(default=None, metadata={
-        "help": "default checkpoint of the image tabs: a saved multimodal pipeline (none is shipped yet)"})
+    mm_model: str | None = field(default="assets/mmdit-shapes", metadata={
+        "help": "default checkpoint of the image tabs: a saved multimodal pipeline (the shipped MM-DiT, or "
+                "assets/discrete-shapes, or your own)"})
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to bind; 0.0.0.0 makes the demo reachable from other machines"})
     port: int | None = field(default=None, metadata={"help": "port; none: 7860, or the next free one"})

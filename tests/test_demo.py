@@ -127,11 +127,11 @@ def _drain(gen):
     return list(gen)
 
 
-def test_image_tabs_say_no_checkpoint_is_shipped_and_paths_are_locked_when_public():
+def test_image_tabs_say_when_no_checkpoint_is_configured_and_paths_are_locked_when_public():
     demo = demo_app.Demo(DemoConfig(mm_model=None))
     app = demo.build()
     notes = [b for b in app.blocks.values() if getattr(b, "elem_id", None) in ("t2i-note", "caption-note")]
-    assert len(notes) == 2 and all("No multimodal checkpoint is shipped yet" in n.value for n in notes)
+    assert len(notes) == 2 and all("No multimodal checkpoint is configured" in n.value for n in notes)
     with pytest.raises(gr.Error, match="no multimodal checkpoint"):
         _drain(demo.run_t2i("", SCENE, 4, 0, "confidence", 0, 0))
     public = demo_app.Demo(DemoConfig(host="0.0.0.0"))
@@ -140,6 +140,18 @@ def test_image_tabs_say_no_checkpoint_is_shipped_and_paths_are_locked_when_publi
         _drain(public.run_text("/etc", "x", 4, 4, "confidence", 0, 0, 0, 0, 0))
     with pytest.raises(ValueError, match="max_file_size"):
         demo_app.Demo(DemoConfig(max_file_size="huge"))
+
+
+
+@pytest.mark.parametrize("checkpoint", [None, "assets/discrete-shapes"])  # None: the default, the shipped MM-DiT
+def test_shipped_multimodal_checkpoints_draw_and_caption(checkpoint):
+    demo = demo_app.Demo(DemoConfig(frame_delay=0))
+    assert demo.config.mm_model == "assets/mmdit-shapes"
+    steps = _drain(demo.run_t2i(checkpoint, SCENE, 4, 1.0, "confidence", 0, 0))
+    image = steps[-1][0]
+    assert len(steps) >= 4 and np.asarray(image).ndim == 3  # a view per step, then the final image
+    *_, (_, status, text) = _drain(demo.run_caption(checkpoint, image, "", 1, 4, 0.0, "confidence", 0, 0))
+    assert text.strip() and "<|mask|>" not in text
 
 
 # ---------------------------------------------------------------- the app, served
