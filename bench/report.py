@@ -33,11 +33,36 @@ def train_throughput(r: dict | None) -> str | None:
     ])
 
 
+def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
+    """(recipe, training tokens, kind of validation loss) of a shipped checkpoint."""
+    cfg, tokens = run["config"], int(log[-1]["tokens"])
+    minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+    if folder.name == "teacher":
+        return "AR pretraining", f"{tokens:,}", "next-token CE"
+    if folder.name == "vq":
+        return (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
+                f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x {cfg['batch_size']}, "
+                f"{minutes}", f"{tokens:,} (images)", "L1 + MSE + commitment, held-out images")
+    if cfg.get("backbone") == "discrete":
+        return (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
+                f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}",
+                f"{tokens:,} (codes + caption tokens)",
+                f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, held-out scenes")
+    if cfg.get("backbone") == "mmdit":
+        return (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
+                f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
+                f"{cfg['batch_size']}", f"{tokens:,} (image patches + caption tokens)",
+                f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out scenes")
+    return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
+            "negative ELBO per token")
+
+
 def assets(_: dict | None = None) -> str:
     """The shipped checkpoints, from the run records copied beside them."""
     rows = ["| checkpoint | recipe | parameters | training tokens | final train loss | validation loss |",
             "|---|---|---:|---:|---:|---:|"]
-    for name in ("teacher", "dlm"):
+    names = ["teacher", "dlm", *sorted(p.name for p in (ROOT / "assets").glob("mmdit-*")), "vq", "discrete-shapes"]
+    for name in names:
         folder = ROOT / "assets" / name
         run_path, log_path = folder / "run.json", folder / "log.csv"
         if not run_path.exists() or not log_path.exists():
@@ -45,43 +70,11 @@ def assets(_: dict | None = None) -> str:
         run = json.loads(run_path.read_text())
         with log_path.open() as f:
             log = list(csv.DictReader(f))
-        val = [r["val_loss"] for r in log if r["val_loss"]]
-        cfg = run["config"]
-        recipe = "AR pretraining" if name == "teacher" else \
-            f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule"
-        loss_kind = "next-token CE" if name == "teacher" else "negative ELBO per token"
-        rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {int(log[-1]['tokens']):,} | "
-                    f"{float(log[-1]['loss']):.3f} | {float(val[-1]):.3f} ({loss_kind}; ppl "
-                    f"{math.exp(float(val[-1])):.1f}) |" if val else "| n/a |")
-    multimodal = sorted((ROOT / "assets").glob("mmdit-*")) + [ROOT / "assets" / n for n in ("vq", "discrete-shapes")]
-    for folder in multimodal:  # train-mm and train-vq checkpoints
-        run_path, log_path = folder / "run.json", folder / "log.csv"
-        if not run_path.exists() or not log_path.exists():
-            continue
-        run = json.loads(run_path.read_text())
-        with log_path.open() as f:
-            log = list(csv.DictReader(f))
-        val = [r["val_loss"] for r in log if r["val_loss"]]
-        cfg = run["config"]
-        minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
-        if folder.name == "vq":
-            recipe = (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
-                      f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x "
-                      f"{cfg['batch_size']}, {minutes}")
-            count, loss_kind = f"{int(log[-1]['tokens']):,} (images)", "L1 + MSE + commitment, held-out images"
-        elif cfg["backbone"] == "discrete":
-            recipe = (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
-                      f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}, {minutes}")
-            count = f"{int(log[-1]['tokens']):,} (codes + caption tokens)"
-            loss_kind = f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, held-out scenes"
-        else:
-            recipe = (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
-                      f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
-                      f"{cfg['batch_size']}, {minutes}")
-            count = f"{int(log[-1]['tokens']):,} (image patches + caption tokens)"
-            loss_kind = f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out scenes"
-        rows.append(f"| `assets/{folder.name}` | {recipe} | {run['parameters']:,} | {count} | "
-                    f"{float(log[-1]['loss']):.3f} | " + (f"{float(val[-1]):.3f} ({loss_kind}) |" if val else "n/a |"))
+        recipe, tokens, loss_kind = _describe(folder, run, log)
+        val = [float(r["val_loss"]) for r in log if r["val_loss"]]
+        ppl = f"; ppl {math.exp(val[-1]):.1f}" if val and name in ("teacher", "dlm") else ""
+        rows.append(f"| `assets/{name}` | {recipe} | {run['parameters']:,} | {tokens} | {float(log[-1]['loss']):.3f} | "
+                    + (f"{val[-1]:.3f} ({loss_kind}{ppl}) |" if val else "n/a |"))
     return "\n".join(rows)
 
 
