@@ -82,6 +82,7 @@ mmdit-digits: install
 eval-mm: install
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-digits --dataset digits --n 256
+	$(BIN)/mmdlm eval-mm --model assets/discrete-shapes --dataset shapes --n 256
 	$(BIN)/python bench/report.py
 
 # The discrete backbone: its VQ image tokenizer, then the transformer on shapes.
