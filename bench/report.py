@@ -28,7 +28,7 @@ def train_throughput(r: dict | None) -> str | None:
         "",
         f"{s['parameters']:,}-parameter model, batch {s['batch_size']} x {s['seq_len']} tokens, "
         f"{s['rounds']} alternating rounds of {s['steps_per_round']} optimizer steps, "
-        f"{s['torch_threads']} threads, torch {r['versions']['torch']}, transformers "
+        f"Torch threads: {s['torch_threads']}; torch {r['versions']['torch']}, transformers "
         f"{r['versions']['transformers']}. Command: `{r['command']}`.",
     ])
 
@@ -98,7 +98,7 @@ def sampling(r: dict | None) -> str | None:
              f"each (batch {s['batch_size']}, EOS does not stop anyone); {s['spans']} held-out infilling spans of "
              f"{s['span']} tokens with {s['left']} tokens of left and {s['right']} of right context. tokens/s is the "
              f"median of {s['rounds']} interleaved rounds in one process. Peak memory: {s['peak_mem']}. "
-             f"{s['torch_threads']} threads, torch {r['versions']['torch']}. Command: `{r['command']}`."]
+             f"Torch threads: {s['torch_threads']}; torch {r['versions']['torch']}. Command: `{r['command']}`."]
     rows += ["", *sampling_goals(recs, vanilla, ar)]
     return "\n".join(rows)
 
@@ -277,9 +277,12 @@ def adaptation_study(r: dict | None) -> str | None:
         f"tokens ({r['held_out']['left']} left, {r['held_out']['right']} right context), greedy. Samples: "
         f"{r['held_out']['prompts']} held-out prompts of {r['held_out']['prompt_len']} tokens, "
         f"{r['held_out']['gen_length']} tokens each at temperature {r['held_out']['gen_temperature']}, scored by "
-        f"the teacher (entropy: mean per-sample token entropy, nats). {r['threads']} threads, torch "
+        f"the teacher (entropy: mean per-sample token entropy, nats). Torch threads: {r['threads']}; torch "
         f"{r['versions']['torch']}, transformers {r['versions']['transformers']}; the machine was shared with other "
-        f"jobs, so tokens/s are as measured, not benchmarks. Study time {r['elapsed_s'] / 60:.0f} min. "
+        f"jobs, so tokens/s are as measured, not benchmarks. Training time summed over the runs "
+        f"{sum(x['train_seconds'] for x in recs) / 60:.0f} min, final measurements "
+        f"{sum(x['eval_seconds'] for x in recs) / 60:.0f} min (the run that wrote this file took "
+        f"{r['elapsed_s'] / 60:.1f} min, reusing the finished runs). "
         f"Command: `{r['command']}`.",
     ]
     return "\n".join(lines)
