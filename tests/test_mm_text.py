@@ -72,3 +72,12 @@ def test_any_tokenizer_gets_a_mask_and_eos(tokenizer):
     ids = encode_captions(tok, ["def f(x):<|mask:2|>"], 16)
     assert (ids == tok.mask_token_id).sum() == 2
     assert decode_captions(tok, encode_captions(tok, ["def f(x): return x"], 16)) == ["def f(x): return x"]
+
+
+def test_unknown_words_are_refused_when_asked(words):
+    text = "a tiny red circle left of a large <|mask:1|> square"
+    assert words.unk_token_id in encode_captions(words, text, 12).tolist()[0]  # training data: kept as they are
+    with pytest.raises(ValueError, match="text 0 has words this model's tokenizer does not know: 'tiny'"):
+        encode_captions(words, text, 12, refuse_unknown=True)
+    known = encode_captions(words, "a small red circle left of a large <|mask:1|> square", 12, refuse_unknown=True)
+    assert words.unk_token_id not in known.tolist()[0]

@@ -38,12 +38,14 @@ def _token_ids(tokenizer, text: str, mask_token_id: int | None) -> list[int]:
 
 
 def encode_captions(tokenizer, texts, text_length: int, *, fill: str = "eos",
-                    mask_token_id: int | None = None) -> torch.LongTensor:
+                    mask_token_id: int | None = None, refuse_unknown: bool = False) -> torch.LongTensor:
     """Token ids (B, text_length): each text's tokens, then EOS to the end of the canvas
     (`fill="pad"`: one EOS, then the tokenizer's pad token).
 
     A text with `<|mask:N|>` placeholders gets N mask tokens for each (`mask_token_id`,
-    by default the tokenizer's). A text longer than the canvas is an error.
+    by default the tokenizer's). A text longer than the canvas is an error, and so, with
+    `refuse_unknown` (what the pipelines ask for), is a word the tokenizer can only map to its
+    unknown token (a word-level caption tokenizer knows only the words it was trained on).
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -71,9 +73,21 @@ def encode_captions(tokenizer, texts, text_length: int, *, fill: str = "eos",
         if len(ids) > text_length:
             raise ValueError(f"text {i} has {len(ids)} tokens but the text length is {text_length}; "
                              f"shorten it or raise text_length ({text[:60]!r})")
+        if refuse_unknown:
+            _check_known(tokenizer, text, ids, i)
         tail = text_length - len(ids)
         rows.append(ids + ([eos] + [pad] * (tail - 1) if tail else []))
     return torch.tensor(rows, dtype=torch.long).view(len(rows), text_length)
+
+
+def _check_known(tokenizer, text: str, ids: list[int], i: int) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in ids:
+        return
+    words = [w for w in PLACEHOLDER.sub(" ", text).split()
+             if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+    raise ValueError(f"text {i} has words this model's tokenizer does not know: {', '.join(map(repr, words))} "
+                     f"({text[:60]!r}); use the words of its training captions")
 
 
 def decode_captions(tokenizer, ids: torch.Tensor, *, stop_at_eos: bool = True) -> list[str]:

@@ -111,7 +111,7 @@ class DualDiffusionPipeline(DiffusionPipeline):
         if pixels is not None and len(pixels) == 1 and n > 1:
             pixels = pixels.expand(n, -1, -1, -1)
         if prompts:
-            ids = encode_captions(tok, prompts, length, mask_token_id=mask_id).to(self.device)
+            ids = encode_captions(tok, prompts, length, mask_token_id=mask_id, refuse_unknown=True).to(self.device)
             ids = ids.expand(n, -1) if len(ids) == 1 else ids
         else:  # caption / joint / unconditional inpainting: the whole canvas is generated
             ids = torch.full((n, length), mask_id, dtype=torch.long, device=self.device)

@@ -136,7 +136,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         dev = self.device
 
         def text(ps):
-            return encode_captions(self.tokenizer, ps, length).to(dev)
+            return encode_captions(self.tokenizer, ps, length, refuse_unknown=True).to(dev)
 
         def blank_image(n):
             return torch.full((n, size), k, dtype=torch.long, device=dev)
