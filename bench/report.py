@@ -52,7 +52,8 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
         return (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
                 f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
                 f"{cfg['batch_size']}", f"{tokens:,} (image patches + caption tokens)",
-                f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out scenes")
+                f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out "
+                f"{'scenes' if cfg['dataset'] == 'shapes' else 'examples'}")
     return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
             "negative ELBO per token")
 
