@@ -127,7 +127,7 @@ class GenerateConfig:
 
 
 @dataclass
-class TrainMMConfig(TrainArgs):
+class TrainMMConfig(LoraArgs, TrainArgs):
     """Train a multimodal backbone on image-caption pairs (text-to-image, captioning, joint)."""
 
     backbone: str | None = field(default=None, metadata={

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
-from .multimodal import TRAIN_TASKS, draw_tasks, drop_captions, mm_training_data
+from .multimodal import TRAIN_TASKS, draw_tasks, drop_captions, lora_transformer, mm_training_data, savable_transformer
 from .trainer import Trainer
 
 DEFAULT_IMAGE_TOKENIZER = "assets/vq"
@@ -62,12 +62,13 @@ class DiscreteTrainer(Trainer):
         return image_loss + self.text_loss_weight * text_loss, n_tokens
 
     def save_model(self, model, path: Path) -> None:
+        transformer = savable_transformer(model, path)
         if self.pipeline_parts is None:
-            model.save_pretrained(path)
+            transformer.save_pretrained(path)
             return
         from ..pipelines.unified_discrete import UnifiedDiscretePipeline
 
-        UnifiedDiscretePipeline(transformer=model.eval(), **self.pipeline_parts).save_pretrained(path)
+        UnifiedDiscretePipeline(transformer=transformer.eval(), **self.pipeline_parts).save_pretrained(path)
         model.train()
 
 
@@ -116,6 +117,7 @@ def train_discrete(c) -> Path:
             raise ValueError(f"model_config sets {sorted(clash)}, which come from the data, the tokenizer and the "
                              "VQ model; remove them")
         model = UnifiedDiscreteTransformer(**fixed, **c.model_config)
+    model = lora_transformer(model, c)
     scheduler = MaskedDiffusionScheduler(schedule="cosine", rule="confidence")
     parts = dict(vqvae=image_tok.vqvae, tokenizer=tok, scheduler=scheduler, image_size=c.image_size,
                  vq_normalize=image_tok.normalize)

@@ -192,7 +192,7 @@ def train_mmdit(c) -> Path:
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
     from ..recipes import versions
     from ..schedulers import MaskedDiffusionScheduler
-    from .multimodal import mm_training_data
+    from .multimodal import lora_transformer, mm_training_data, savable_transformer
 
     data = mm_training_data(c)
     vae = load_vae(c.image_tokenizer) if c.image_tokenizer else None
@@ -207,6 +207,7 @@ def train_mmdit(c) -> Path:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=c.flow_shift)
     text_scheduler = MaskedDiffusionScheduler(schedule=c.text_schedule)
     pipe = DualDiffusionPipeline(model, data.tokenizer, scheduler, text_scheduler, vae=vae)
+    model = lora_transformer(model, c)
     train, evaluation = data.train, data.eval
     if vae is not None:
         train = {"latents": encode_dataset(pipe.encode_images, train["pixels"]), "text_ids": train["text_ids"]}
@@ -215,6 +216,7 @@ def train_mmdit(c) -> Path:
                           "text_ids": evaluation["text_ids"]}
 
     def save_pipeline(trained, path):
+        trained = savable_transformer(trained, path)
         DualDiffusionPipeline(trained, data.tokenizer, scheduler, text_scheduler, vae=vae).save_pretrained(path)
 
     run_info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": data.info,

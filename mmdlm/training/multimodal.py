@@ -7,6 +7,7 @@ per-sample task draw and caption dropout. Nothing here knows a model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -35,6 +36,45 @@ def _train_discrete(c):
 
 
 BACKBONES["discrete"] = _train_discrete
+
+
+def lora_transformer(model, c):
+    """With `c.lora_r` > 0, `model` with LoRA adapters (peft) and every other weight frozen.
+
+    LoRA adapts pretrained weights, so it needs `c.pretrained` (recorded as the adapter's base)."""
+    if not c.lora_r:
+        return model
+    from pathlib import Path
+
+    from .lora import apply_lora, trainable_parameters
+
+    c.validate_lora()
+    if not c.pretrained:
+        raise ValueError("lora_r > 0 adapts pretrained weights: give pretrained (a saved pipeline or transformer)")
+    base = str(Path(c.pretrained).resolve()) if Path(c.pretrained).exists() else c.pretrained
+    torch.manual_seed(c.seed)
+    model = apply_lora(model, r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout,
+                       target_modules=c.lora_target_modules, base_model_name_or_path=base)
+    n, total = trainable_parameters(model)
+    print(f"LoRA r={c.lora_r}: training {n:,} of {total:,} parameters ({100 * n / total:.2f}%)")
+    return model
+
+
+LORA_FOLDER = "lora"
+
+
+def savable_transformer(model, path):
+    """The transformer a pipeline saves: a LoRA model's adapter goes to `path/lora` (peft format,
+    loadable with `PeftModel.from_pretrained(base_transformer, path/lora)`) and a copy with the
+    adapter merged into the weights is returned; any other model as it is."""
+    import copy
+
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    model.save_pretrained(str(Path(path) / LORA_FOLDER))
+    return copy.deepcopy(model).merge_and_unload()
 
 
 def check_task_weights(weights: Mapping[str, float]) -> dict[str, float]:
