@@ -290,6 +290,11 @@ class Demo:
             yield _unmasking(frame), f"step {item.index} of {options['num_inference_steps']}", ""
 
     # ------------------------------------------------------------ layout
+    def _mm_checkpoint(self, elem_id: str) -> gr.Textbox:
+        return gr.Textbox(self.config.mm_model or "", label="checkpoint (a saved multimodal pipeline)",
+                          placeholder="path to a saved multimodal pipeline", interactive=self.allow_paths,
+                          elem_id=elem_id)
+
     def build(self) -> gr.Blocks:
         c = self.config
         with gr.Blocks(title="mmdlm demo", analytics_enabled=False) as app:
@@ -339,9 +344,7 @@ class Demo:
                     gr.Markdown(mm_note, elem_id="t2i-note")
                 with gr.Row():
                     with gr.Column():
-                        ckpt = gr.Textbox(c.mm_model or "", label="checkpoint (a saved multimodal pipeline)",
-                                          placeholder="path to a saved multimodal pipeline",
-                                          interactive=self.allow_paths, elem_id="t2i-checkpoint")
+                        ckpt = self._mm_checkpoint("t2i-checkpoint")
                         prompt = gr.Textbox(T2I_EXAMPLES[0], lines=2, max_length=c.max_prompt_chars,
                                             label="prompt", elem_id="t2i-prompt")
                         gr.Examples([[e] for e in T2I_EXAMPLES], [prompt], label="examples")
@@ -349,13 +352,8 @@ class Demo:
                             with gr.Row():
                                 steps = gr.Slider(1, c.max_steps, 16, step=1, label="steps")
                                 guidance = gr.Slider(0, 10, 2, step=0.1, label="guidance (image by text)")
-                            with gr.Row():
-                                rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule")
-                                temperature = gr.Slider(0, 2, 1, step=0.05, label="temperature")
-                                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
-                        with gr.Row():
-                            run = gr.Button("Draw", variant="primary", elem_id="t2i-run")
-                            stop = gr.Button("Stop")
+                            rule, temperature, seed = _rule_temperature_seed(temperature=1)
+                        run, stop = _run_and_stop("Draw", "t2i-run")
                     with gr.Column():
                         picture = gr.Image(label="image", type="pil", format="png", interactive=False,
                                            height=SHOWN_IMAGE_SIDE + 64, elem_id="t2i-image")
@@ -369,9 +367,7 @@ class Demo:
                     gr.Markdown(mm_note, elem_id="caption-note")
                 with gr.Row():
                     with gr.Column():
-                        ckpt = gr.Textbox(c.mm_model or "", label="checkpoint (a saved multimodal pipeline)",
-                                          placeholder="path to a saved multimodal pipeline",
-                                          interactive=self.allow_paths, elem_id="caption-checkpoint")
+                        ckpt = self._mm_checkpoint("caption-checkpoint")
                         picture = gr.Image(label="image", type="pil", sources=["upload", "clipboard"],
                                            image_mode="RGB", height=SHOWN_IMAGE_SIDE, elem_id="caption-image")
                         question = gr.Textbox("", lines=1, max_length=c.max_prompt_chars,
@@ -383,13 +379,8 @@ class Demo:
                                 answer = gr.Slider(1, 16, 1, step=1, label="answer length (tokens)")
                                 steps = gr.Slider(1, c.max_steps, 16, step=1, label="steps")
                                 guidance = gr.Slider(0, 10, 0, step=0.1, label="guidance (text by image)")
-                            with gr.Row():
-                                rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule")
-                                temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature")
-                                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
-                        with gr.Row():
-                            run = gr.Button("Caption / answer", variant="primary", elem_id="caption-run")
-                            stop = gr.Button("Stop")
+                            rule, temperature, seed = _rule_temperature_seed(temperature=0)
+                        run, stop = _run_and_stop("Caption / answer", "caption-run")
                     with gr.Column():
                         live = gr.HTML(_unmasking([]), label="unmasking", elem_id="caption-live")
                         status = gr.Markdown(label="status", elem_id="caption-status")
@@ -431,6 +422,20 @@ def _enlarge(image: Image.Image) -> Image.Image:
         return image
     factor = -(-SHOWN_IMAGE_SIDE // side)
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def _rule_temperature_seed(temperature: float):
+    """The image tabs' second row of settings."""
+    with gr.Row():
+        rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule")
+        temperature = gr.Slider(0, 2, temperature, step=0.05, label="temperature")
+        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
+    return rule, temperature, seed
+
+
+def _run_and_stop(label: str, elem_id: str):
+    with gr.Row():
+        return gr.Button(label, variant="primary", elem_id=elem_id), gr.Button("Stop")
 
 
 def build_app(config: DemoConfig) -> gr.Blocks:

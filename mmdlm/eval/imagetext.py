@@ -132,38 +132,38 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
                     **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image", "s_per_caption"):
         record[key] = None
-    judge = None
+    judge = parse_digit_caption = None
     if dataset == "digits":
-        from ..data.digits import digit_classifier
+        from ..data.digits import digit_classifier, parse_digit_caption
 
         judge = digit_classifier(image_size)
     examples: dict = {}
     grids: dict = {}
 
-    if "t2i" in tasks:
+    def run(task: str, arg: str, items: list, field: str) -> tuple[list, float]:
+        """Every item through the pipeline in batches, after an untimed warm-up: (outputs, s per item)."""
         if warmup:
-            call(0, prompt=texts[:1], task="t2i")
-        images, start = [], time.perf_counter()
-        for b, prompts in _batches(texts, batch_size):
-            images += _check(call(b, prompt=prompts, task="t2i"), len(prompts), "images", "t2i")
-        record["s_per_image"] = round((time.perf_counter() - start) / n, 4)
+            call(0, **{arg: items[:1]}, task=task)
+        outputs, start = [], time.perf_counter()
+        for b, batch in _batches(items, batch_size):
+            outputs += _check(call(b, **{arg: batch}, task=task), len(batch), field, task)
+        return outputs, round((time.perf_counter() - start) / n, 4)
+
+    if "t2i" in tasks:
+        images, record["s_per_image"] = run("t2i", "prompt", texts, "images")
         grids["t2i"] = images
         examples["t2i_prompts"] = texts[:8]
         if dataset == "shapes":
-            scores = [scene_attributes(S.parse_image(im), t) for im, t in zip(images, truths)]
+            seen = [S.parse_image(im) for im in images]
+            scores = [scene_attributes(s, t) for s, t in zip(seen, truths)]
             record["t2i_accuracy"] = _mean(s["all"] for s in scores)
             record.update({f"t2i_{a}": _mean(s[a] for s in scores) for a in ATTRIBUTES})
-            record["t2i_readable"] = _mean(S.parse_image(im) is not None for im in images)
+            record["t2i_readable"] = _mean(s is not None for s in seen)
         else:
             record["t2i_accuracy"] = _mean(p == t for p, t in zip(judge.predict(images).tolist(), truths))
 
     if "caption" in tasks:
-        if warmup:
-            call(0, image=truth_images[:1], task="caption")
-        captions, start = [], time.perf_counter()
-        for b, batch in _batches(truth_images, batch_size):
-            captions += _check(call(b, image=batch, task="caption"), len(batch), "texts", "caption")
-        record["s_per_caption"] = round((time.perf_counter() - start) / n, 4)
+        captions, record["s_per_caption"] = run("caption", "image", truth_images, "texts")
         examples["captions"] = [[t, c] for t, c in zip(texts[:8], captions)]
         record["caption_exact_match"] = _mean(c.strip() == t for c, t in zip(captions, texts))
         if dataset == "shapes":
@@ -173,8 +173,6 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
             record.update({f"caption_{a}": _mean(s[a] for s in scores) for a in ATTRIBUTES})
             record["caption_valid"] = _mean(p is not None for p in parsed)
         else:
-            from ..data.digits import parse_digit_caption
-
             parsed = [parse_digit_caption(c) for c in captions]
             record["caption_accuracy"] = _mean(p == t for p, t in zip(parsed, truths))
             record["caption_valid"] = _mean(p is not None for p in parsed)
@@ -196,8 +194,6 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
             record["joint_consistency"] = _mean(S.same_scene(a, b) for a, b in zip(seen, said))
             record["joint_image_readable"] = _mean(a is not None for a in seen)
         else:
-            from ..data.digits import parse_digit_caption
-
             said = [parse_digit_caption(c) for c in captions]
             seen = judge.predict(images).tolist()
             record["joint_consistency"] = _mean(s is not None and s == a for a, s in zip(seen, said))
