@@ -70,6 +70,8 @@ def validate(c) -> None:
                  "infill_spans", "span", "prompts", "gen_length", "threads"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+    if c.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {c.checkpoint_every}")
     if c.replicates < 2:
         raise ValueError(f"replicates must be >= 2 (the standard error needs two draws per cell), got {c.replicates}")
     if c.scratch_steps is not None and c.scratch_steps < 1:

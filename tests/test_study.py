@@ -79,6 +79,7 @@ def test_quick_overrides_and_validation(tmp_path, teacher_dir):
     assert q.adapt_steps == c.quick_overrides["adapt_steps"] and q.adapt["lr"] == c.adapt["lr"]
     assert not q.results.startswith("bench/")  # the smoke test never overwrites the committed results
     for bad, match in [({"replicates": 1}, "replicates"), ({"curve_rows": 10, "eval_rows": 5}, "curve_rows"),
+                       ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
                        ({"recipes": {"x": {"max_step": 3}}}, "unknown mmdlm adapt keys"),
                        ({"recipes": {"x": {"output_dir": "y"}}}, "study sets"),
                        ({"recipes": {}}, "recipes is empty")]:
