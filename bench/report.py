@@ -294,7 +294,7 @@ def _pct(value) -> str:
 
 
 def _attributes(r: dict, task: str) -> str:
-    values = [r.get(f"{task}_{a}") for a in ("colour", "shape", "size", "relation")]
+    values = [r.get(f"{task}_{a}") for a in ("colour", "shape", "size", "axis", "relation")]
     return "" if any(v is None for v in values) else " / ".join(f"{100 * v:.0f}" for v in values)
 
 
@@ -302,8 +302,8 @@ def imagetext(r: dict | None) -> str | None:
     """One row per (backbone, dataset) of bench/results/imagetext.json (`mmdlm eval-mm`)."""
     if r is None or not r.get("records"):
         return None
-    rows = ["| backbone | dataset | n | steps | t2i accuracy % | t2i colour / shape / size / relation % | "
-            "caption accuracy % | caption exact match % | caption colour / shape / size / relation % | "
+    rows = ["| backbone | dataset | n | steps | t2i accuracy % | t2i colour / shape / size / axis / relation % | "
+            "caption accuracy % | caption exact match % | caption colour / shape / size / axis / relation % | "
             "joint consistency % | s / image | s / caption |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
@@ -321,7 +321,8 @@ def imagetext(r: dict | None) -> str | None:
                      + f", torch {(x.get('versions') or {}).get('torch')}.")
     return "\n".join(rows + [""] + ["Shapes: held-out scenes (never in training); accuracy = every attribute right "
                                     "(t2i: read back from the image by `parse_image`; captions: parsed, either "
-                                    "phrasing of a relation counts); exact match = the dataset's own caption "
+                                    "phrasing of a relation counts; axis = the relation's axis, horizontal or "
+                                    "vertical, right whichever object comes first); exact match = the dataset's own caption "
                                     "word for word; joint = the image's reading equals the caption's. Digits: the "
                                     "test split, judged by `DigitClassifier`. Seconds per sample at the batch size "
                                     "given, after an untimed warm-up."] + [""] + notes)

@@ -138,6 +138,9 @@ class TrainMMConfig(LoraArgs, TrainArgs):
         "help": "local files: images with a metadata.jsonl/.csv, or .json(l)/.csv/.parquet"})
     image_column: str = field(default="image", metadata={"help": "column holding the images"})
     text_column: str = field(default="text", metadata={"help": "column holding the captions"})
+    caption_column: str | None = field(default=None, metadata={
+        "help": "column the captioning and joint tasks learn to write (default: text_column, which t2i always "
+                "reads); built-in shapes: 'canonical' writes every relation as 'left of' / 'above'"})
     image_size: int = field(default=32, metadata={"help": "image side in pixels (resized and centre-cropped)"})
     text_length: int = field(default=16, metadata={"help": "tokens on the caption canvas (caption, then EOS)"})
     n_train: int | None = field(default=None, metadata={

@@ -268,6 +268,7 @@ def test_train_mm_discrete_writes_a_pipeline_that_evaluates(tmp_path, capsys):
     recipe.write_text(json.dumps({
         "backbone": "discrete", "dataset": "shapes", "image_size": IMAGE_SIZE, "text_length": TEXT_LENGTH,
         "n_train": 16, "n_eval": 4, "image_tokenizer": str(tmp_path / "vq"), "max_steps": 2, "batch_size": 4,
+        "caption_column": "canonical",
         "warmup_steps": 0, "output_dir": str(tmp_path / "run"),
         "model_config": {"num_layers": 1, "num_single_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16,
                          "axes_dims_rope": [4, 6, 6], "timestep_channels": 32}}))

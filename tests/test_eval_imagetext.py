@@ -17,7 +17,7 @@ def test_oracle_scores_one_and_wrong_scores_zero_on_shapes(tmp_path):
     assert (record["backbone"], record["dataset"], record["n"], record["num_inference_steps"]) == ("oracle", "shapes",
                                                                                                   40, 3)
     for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "t2i_readable", "caption_valid",
-                *(f"{t}_{a}" for t in ("t2i", "caption") for a in ("colour", "shape", "size", "relation"))):
+                *(f"{t}_{a}" for t in ("t2i", "caption") for a in ("colour", "shape", "size", "axis", "relation"))):
         assert record[key] == 1.0, key
     # batched: 3 batches of <= 16, after one warm-up call each
     assert oracle.calls.count("t2i") == oracle.calls.count("caption") == oracle.calls.count("joint") == 4
@@ -42,13 +42,16 @@ def test_oracle_and_wrong_on_digits():
 def test_scene_attributes():
     truth = S.parse_caption("a small red circle left of a large blue square")
     same = S.parse_caption("a large blue square right of a small red circle")
-    assert scene_attributes(same, truth) == {"colour": True, "shape": True, "size": True, "relation": True, "all": True}
+    assert scene_attributes(same, truth) == {"colour": True, "shape": True, "size": True, "axis": True, "relation": True,
+                                              "all": True}
     swapped = S.parse_caption("a small red circle right of a large blue square")
-    assert scene_attributes(swapped, truth) == {"colour": True, "shape": True, "size": True, "relation": False,
-                                                "all": False}
+    assert scene_attributes(swapped, truth) == {"colour": True, "shape": True, "size": True, "axis": True,
+                                                "relation": False, "all": False}
+    below = S.parse_caption("a small red circle below a large blue square")
+    assert scene_attributes(below, truth)["axis"] is False
     other = S.parse_caption("a small red triangle left of a large green square")
-    assert scene_attributes(other, truth) == {"colour": False, "shape": False, "size": False, "relation": False,
-                                              "all": False}
+    assert scene_attributes(other, truth) == {"colour": False, "shape": False, "size": False, "axis": True,
+                                              "relation": False, "all": False}
     assert not any(scene_attributes(None, truth).values())
 
 

@@ -73,6 +73,30 @@ def test_training_data_from_shapes_and_digits(tmp_path):
         M.mm_training_data(build(cli.TrainMMConfig, {"n_train": 4, "text_length": 4}))
 
 
+def test_caption_column_is_what_captioning_writes():
+    from mmdlm.data import shapes as S
+    from mmdlm.multimodal import decode_captions
+
+    c = build(cli.TrainMMConfig, {"dataset": "shapes", "n_train": 40, "n_eval": 8, "text_length": 12,
+                                  "caption_column": "canonical"})
+    data = M.mm_training_data(c)
+    for split in (data.eval, data.train):
+        prompts = [S.parse_caption(t) for t in decode_captions(data.tokenizer, split["text_ids"])]
+        captions = [S.parse_caption(t) for t in decode_captions(data.tokenizer, split["caption_ids"])]
+        assert all(S.same_scene(p, q) for p, q in zip(prompts, captions))  # the same picture...
+        assert {q.relation for q in captions} <= {"left of", "above"}  # ...always in one phrasing
+    assert {p.relation for p in prompts} == set(S.RELATIONS)  # while prompts use all four
+    assert "caption_ids" not in M.mm_training_data(build(cli.TrainMMConfig, {"n_train": 4, "n_eval": 0,
+                                                                              "text_length": 12})).train
+    with pytest.raises(ValueError, match="text columns"):
+        M.mm_training_data(build(cli.TrainMMConfig, {"dataset": "digits", "n_train": 4, "n_eval": 0,
+                                                     "caption_column": "canonical"}))
+    # t2i reads the prompt, the other tasks the caption to write
+    batch = {"text_ids": torch.zeros(3, 2, dtype=torch.long), "caption_ids": torch.ones(3, 2, dtype=torch.long)}
+    assert M.task_texts(batch, torch.tensor([True, False, False])).tolist() == [[0, 0], [1, 1], [1, 1]]
+    assert M.task_texts({"text_ids": batch["text_ids"]}, torch.tensor([False] * 3)) is batch["text_ids"]
+
+
 def test_train_mm_dispatches_to_the_registered_backbone(tmp_path, monkeypatch, capsys):
     assert cli.main(["train-mm", "--backbone", "nope"]) == 2
     err = capsys.readouterr().err

@@ -90,11 +90,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in x]
 
 
-def _builtin(name: str, split: str, image_size: int, n: int | None, seed: int):
+BUILTIN_TEXT_COLUMNS = {"shapes": ("text", "canonical"), "digits": ("text",)}
+
+
+def _builtin(name: str, split: str, image_size: int, n: int | None, seed: int, text_column: str):
+    if text_column not in BUILTIN_TEXT_COLUMNS[name]:
+        raise ValueError(f"the built-in set {name!r} has the text columns {list(BUILTIN_TEXT_COLUMNS[name])}, "
+                         f"not {text_column!r}")
     if name == "shapes":
-        from .shapes import samples
+        from .shapes import caption, samples
 
         rows = list(samples(split, n, image_size, seed))
+        if text_column == "canonical":  # the same picture, its relation written "left of" / "above"
+            rows = [(image, caption(scene.canonical()), scene) for image, _, scene in rows]
     else:
         from .digits import samples
 
@@ -127,7 +135,9 @@ def load_image_text(dataset: str, *, split: str = "train", image_column: str = "
     """Images (N, 3, image_size, image_size) in [-1, 1] and their N texts.
 
     `dataset` is a built-in set, "shapes" (splits train/test; `n` images, one per caption
-    when None; `seed` picks the layouts) or "digits" (splits train/test; the first `n`), or
+    when None; `seed` picks the layouts; `text_column` "text", or "canonical" for the same
+    captions with every relation written "left of" / "above") or "digits" (splits
+    train/test; the first `n`), or
     any `datasets` source: a hub name, a local folder (e.g. an `imagefolder` with a
     metadata.jsonl of `file_name` and `text`), or `data_files` (images with a metadata
     file, or .json(l)/.csv/.parquet with an image column of paths or bytes).
@@ -137,7 +147,7 @@ def load_image_text(dataset: str, *, split: str = "train", image_column: str = "
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 (or None for all), got {n}")
     if dataset in BUILTINS and not data_files:
-        images, texts = _builtin(dataset, split, image_size, n, seed)
+        images, texts = _builtin(dataset, split, image_size, n, seed, text_column)
         return to_tensor(images, image_size), texts
 
     import datasets

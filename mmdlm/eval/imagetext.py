@@ -3,7 +3,8 @@
 On `shapes` (held-out scenes, never seen in training):
 - text-to-image: held-out captions -> images, read back by `parse_image`; correct when every
   attribute matches, with per-attribute accuracies (colour: both colours present; shape,
-  size: of the object with each colour; relation: between the two colours);
+  size: of the object with each colour; axis: the relation's axis, horizontal or vertical,
+  whichever object comes first; relation: axis and direction between the two colours);
 - captioning: held-out images -> captions, parsed by `parse_caption`; correct when the
   caption describes the image's scene (either phrasing: "A left of B" = "B right of A"),
   plus exact string match with the dataset's caption and per-attribute accuracies;
@@ -28,7 +29,7 @@ from ..io import atomic_write_text
 
 DATASETS = ("shapes", "digits")
 EVAL_TASKS = ("t2i", "caption", "joint")
-ATTRIBUTES = ("colour", "shape", "size", "relation")
+ATTRIBUTES = ("colour", "shape", "size", "axis", "relation")
 RESULTS = Path("bench/results/imagetext.json")
 
 
@@ -43,6 +44,7 @@ def scene_attributes(predicted: S.Scene | None, truth: S.Scene) -> dict[str, boo
         "colour": set(by_colour) == {t.first.colour, t.second.colour},
         "shape": all(q is not None and q.shape == o.shape for o, q in objects),
         "size": all(q is not None and q.size == o.size for o, q in objects),
+        "axis": p.relation == t.relation,  # canonical: "left of" (horizontal) or "above" (vertical)
         "relation": p.first.colour == t.first.colour and p.second.colour == t.second.colour
         and p.relation == t.relation,
     }

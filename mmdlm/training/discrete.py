@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
-from .multimodal import TRAIN_TASKS, draw_tasks, drop_captions, lora_transformer, mm_training_data, savable_transformer
+from .multimodal import (TRAIN_TASKS, draw_tasks, drop_captions, encode_split, lora_transformer, mm_training_data,
+                         savable_transformer, task_texts)
 from .trainer import Trainer
 
 DEFAULT_IMAGE_TOKENIZER = "assets/vq"
@@ -26,7 +27,7 @@ T2I, CAPTION, JOINT = (TRAIN_TASKS.index(t) for t in ("t2i", "caption", "joint")
 
 
 class DiscreteTrainer(Trainer):
-    """Batches are {"codes": (B, h*w), "text_ids": (B, L)}."""
+    """Batches are {"codes": (B, h*w), "text_ids": (B, L)[, "caption_ids": (B, L)]}."""
 
     def __init__(self, model, train_data, args, *, task_weights, text_loss_weight: float = 1.0,
                  caption_dropout: float = 0.1, schedule: str = "cosine", pipeline_parts: dict | None = None, **kwargs):
@@ -39,10 +40,11 @@ class DiscreteTrainer(Trainer):
         """(image loss, text loss) of one batch."""
         core = self.accelerator.unwrap_model(model)
         k, text_mask = core.config.codebook_size, core.config.text_mask_token_id
-        codes, text = batch["codes"], batch["text_ids"]
+        codes = batch["codes"]
         b, side = codes.shape[0], core.config.sample_size
         tasks = draw_tasks(b, self.task_weights, generator).to(codes.device)
         t2i, caption = tasks == T2I, tasks == CAPTION
+        text = task_texts(batch, t2i)
         text_in, _ = drop_captions(text, self.caption_dropout, text_mask, generator, rows=t2i)
         t_img = self.schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
         t_txt = self.schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
@@ -94,10 +96,12 @@ def train_discrete(c) -> Path:
     grid = image_tok.grid(c.image_size)
     data = mm_training_data(c)
     tok = data.tokenizer
-    train = {"codes": encode_images(image_tok, data.train["pixels"]), "text_ids": data.train["text_ids"]}
-    eval_data = None
-    if data.eval is not None:
-        eval_data = {"codes": encode_images(image_tok, data.eval["pixels"]), "text_ids": data.eval["text_ids"]}
+
+    def coded(split):
+        return encode_split(split, "codes", lambda pixels: encode_images(image_tok, pixels))
+
+    train = coded(data.train)
+    eval_data = None if data.eval is None else coded(data.eval)
 
     torch.manual_seed(c.seed)
     if c.pretrained:

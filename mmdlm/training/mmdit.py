@@ -17,7 +17,8 @@ count in the text loss like those of any fully masked caption); a captioning sam
 hidden with probability `image_dropout` behind pure noise at sigma = 1 (the unconditional
 pass of text guidance), with no image loss, as its image is a condition. The model is told the
 text noise level as the share of masked tokens on the canvas, exactly what it is told when
-sampling. With `ema_decay` the saved model holds an exponential moving average of the weights
+sampling. With a caption column, captioning and joint samples write `caption_ids` while t2i
+reads `text_ids` (`task_texts`). With `ema_decay` the saved model holds an exponential moving average of the weights
 (diffusers' `EMAModel`, with warmup).
 """
 from __future__ import annotations
@@ -31,14 +32,14 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
 from ..multimodal.dual_generate import mask_ratio
-from .multimodal import TRAIN_TASKS, check_task_weights, draw_tasks, drop_captions
+from .multimodal import TRAIN_TASKS, check_task_weights, draw_tasks, drop_captions, task_texts
 from .trainer import Trainer
 
 T2I, CAPTION, JOINT = (TRAIN_TASKS.index(t) for t in ("t2i", "caption", "joint"))
 
 
 class MMDiTTrainer(Trainer):
-    """The shared trainer with the D-DiT loss; data: {"pixels" or "latents", "text_ids"}."""
+    """The shared trainer with the D-DiT loss; data: {"pixels" or "latents", "text_ids"[, "caption_ids"]}."""
 
     def __init__(self, model, train_data, args, *, tokenizer, mask_token_id: int, task_weights: dict,
                  text_loss_weight: float = 1.0, caption_dropout: float = 0.1, image_dropout: float = 0.1,
@@ -62,10 +63,10 @@ class MMDiTTrainer(Trainer):
     def losses(self, model, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """{"loss", "image_loss", "text_loss"} of one batch; every draw comes from `generator`."""
         x0 = batch["latents"] if "latents" in batch else batch["pixels"]
-        ids = batch["text_ids"]
         b, device = x0.shape[0], x0.device
         tasks = draw_tasks(b, self.task_weights, generator, device)
         t2i, caption = tasks == T2I, tasks == CAPTION
+        ids = task_texts(batch, t2i)
 
         # image: noisy for t2i and joint, clean for captioning (or hidden behind pure noise)
         sigma = compute_density_for_timestep_sampling("logit_normal", b, self.logit_mean, self.logit_std,
@@ -192,7 +193,7 @@ def train_mmdit(c) -> Path:
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
     from ..recipes import versions
     from ..schedulers import MaskedDiffusionScheduler
-    from .multimodal import lora_transformer, mm_training_data, savable_transformer
+    from .multimodal import encode_split, lora_transformer, mm_training_data, savable_transformer
 
     data = mm_training_data(c)
     vae = load_vae(c.image_tokenizer) if c.image_tokenizer else None
@@ -210,10 +211,11 @@ def train_mmdit(c) -> Path:
     model = lora_transformer(model, c)
     train, evaluation = data.train, data.eval
     if vae is not None:
-        train = {"latents": encode_dataset(pipe.encode_images, train["pixels"]), "text_ids": train["text_ids"]}
-        if evaluation is not None:
-            evaluation = {"latents": encode_dataset(pipe.encode_images, evaluation["pixels"]),
-                          "text_ids": evaluation["text_ids"]}
+        def encoded(split):
+            return encode_split(split, "latents", lambda pixels: encode_dataset(pipe.encode_images, pixels))
+
+        train = encoded(train)
+        evaluation = None if evaluation is None else encoded(evaluation)
 
     def save_pipeline(trained, path):
         trained = savable_transformer(trained, path)

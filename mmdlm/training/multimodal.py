@@ -110,6 +110,20 @@ def draw_tasks(batch_size: int, weights: Mapping[str, float], generator: torch.G
     return tasks.to(device) if device is not None else tasks
 
 
+def encode_split(split: Mapping[str, torch.Tensor], key: str, encode: Callable) -> dict[str, torch.Tensor]:
+    """A split of `mm_training_data` with its pixels replaced by `key`: encode(pixels) (VAE
+    latents, VQ codes); the caption columns stay as they are."""
+    return {key: encode(split["pixels"]), **{k: v for k, v in split.items() if k != "pixels"}}
+
+
+def task_texts(batch: Mapping[str, torch.Tensor], t2i: torch.BoolTensor) -> torch.LongTensor:
+    """The caption ids each sample works on: the prompt (`text_ids`) for text-to-image, the
+    caption to write (`caption_ids`, when the data has a caption column) for the other tasks."""
+    if "caption_ids" not in batch:
+        return batch["text_ids"]
+    return torch.where(t2i[:, None].to(batch["text_ids"].device), batch["text_ids"], batch["caption_ids"])
+
+
 def drop_captions(text_ids: torch.LongTensor, p: float, mask_token_id: int, generator: torch.Generator | None = None,
                   *, rows: torch.BoolTensor | None = None) -> tuple[torch.LongTensor, torch.BoolTensor]:
     """Caption dropout for classifier-free guidance: each row (of `rows`, default all) is
@@ -125,8 +139,9 @@ def drop_captions(text_ids: torch.LongTensor, p: float, mask_token_id: int, gene
 
 @dataclass
 class MMData:
-    """Training (and evaluation) data as dicts of tensors: `pixels` (N, 3, H, W) in [-1, 1]
-    and `text_ids` (N, text_length), the format `mmdlm.training.Trainer` takes."""
+    """Training (and evaluation) data as dicts of tensors: `pixels` (N, 3, H, W) in [-1, 1],
+    `text_ids` (N, text_length) and, with a `caption_column`, `caption_ids` (N, text_length),
+    the format `mmdlm.training.Trainer` takes."""
 
     train: dict[str, torch.Tensor]
     eval: dict[str, torch.Tensor] | None
@@ -147,7 +162,9 @@ def load_caption_tokenizer(path: str | None, texts):
 
 
 def mm_training_data(c) -> MMData:
-    """Images and captions of `c.dataset` (a `TrainMMConfig`), tokenised on the caption canvas.
+    """Images and captions of `c.dataset` (a `TrainMMConfig`), tokenised on the caption canvas:
+    `text_ids` from `c.text_column` and, when `c.caption_column` names another column, the
+    captions to write from it as `caption_ids` (the word-level tokenizer learns both).
 
     Evaluation data: the built-in sets' test split (`c.n_eval` examples; for shapes, held-out
     scenes), a source's "validation" split if it has one, else none.
@@ -157,19 +174,29 @@ def mm_training_data(c) -> MMData:
 
     common = dict(image_column=c.image_column, text_column=c.text_column, image_size=c.image_size,
                   data_files=c.data_files, seed=c.seed)
-    pixels, texts = load_image_text(c.dataset, split="train", n=c.n_train, **common)
-    tokenizer = load_caption_tokenizer(c.tokenizer, texts)
-    train = {"pixels": pixels, "text_ids": encode_captions(tokenizer, texts, c.text_length)}
+
+    def load(split: str, n: int | None) -> tuple[torch.Tensor, dict[str, list[str]]]:
+        pixels, texts = load_image_text(c.dataset, split=split, n=n, **common)
+        columns = {"text_ids": texts}
+        if c.caption_column and c.caption_column != c.text_column:
+            columns["caption_ids"] = load_image_text(c.dataset, split=split, n=n,
+                                                     **{**common, "text_column": c.caption_column})[1]
+        return pixels, columns
+
+    def tokenised(pixels, columns) -> dict[str, torch.Tensor]:
+        return {"pixels": pixels, **{k: encode_captions(tokenizer, v, c.text_length) for k, v in columns.items()}}
+
+    pixels, columns = load("train", c.n_train)
+    tokenizer = load_caption_tokenizer(c.tokenizer, [t for texts in columns.values() for t in texts])
+    train = tokenised(pixels, columns)
     eval_data = None
     if c.n_eval:
         split = "test" if c.dataset in BUILTINS and not c.data_files else "validation"
         try:
-            eval_pixels, eval_texts = load_image_text(c.dataset, split=split, n=c.n_eval, **common)
+            eval_data = tokenised(*load(split, c.n_eval))
         except ValueError as err:
             if f"no {split!r} split" not in str(err):
                 raise
-        else:
-            eval_data = {"pixels": eval_pixels, "text_ids": encode_captions(tokenizer, eval_texts, c.text_length)}
-    info = {"dataset": c.dataset, "train_examples": len(texts),
+    info = {"dataset": c.dataset, "train_examples": len(pixels),
             "eval_examples": 0 if eval_data is None else len(eval_data["pixels"]), "vocab_size": len(tokenizer)}
     return MMData(train, eval_data, tokenizer, info)
