@@ -18,8 +18,8 @@ hidden with probability `image_dropout` behind pure noise at sigma = 1 (the unco
 pass of text guidance), with no image loss, as its image is a condition. The model is told the
 text noise level as the share of masked tokens on the canvas, exactly what it is told when
 sampling. With a caption column, captioning and joint samples write `caption_ids` while t2i
-reads `text_ids` (`task_texts`). With `ema_decay` the saved model holds an exponential moving average of the weights
-(diffusers' `EMAModel`, with warmup).
+reads `text_ids` (`task_texts`). With `ema_decay` the saved model holds an exponential moving
+average of the weights (diffusers' `EMAModel`, with warmup).
 """
 from __future__ import annotations
 
