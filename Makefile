@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
-	assets bench eval-mm report clean sft bench-sft study study-quick
+	discrete-digits assets bench eval-mm report clean sft bench-sft study study-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -83,9 +83,10 @@ eval-mm: install
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-digits --dataset digits --n 256
 	$(BIN)/mmdlm eval-mm --model assets/discrete-shapes --dataset shapes --n 256
+	$(BIN)/mmdlm eval-mm --model assets/discrete-digits --dataset digits --n 256
 	$(BIN)/python bench/report.py
 
-# The discrete backbone: its VQ image tokenizer, then the transformer on shapes.
+# The discrete backbone: its VQ image tokenizer, then the transformer on shapes and on digits.
 vq: install
 	$(BIN)/mmdlm train-vq --config configs/vq.yaml
 	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
@@ -97,7 +98,13 @@ discrete-shapes: install
 	cp outputs/discrete-shapes/run.json outputs/discrete-shapes/log.csv outputs/discrete-shapes/loss.png \
 		assets/discrete-shapes/
 
-assets: teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes
+discrete-digits: install
+	$(BIN)/mmdlm train-mm --config configs/discrete_digits.yaml
+	rm -rf assets/discrete-digits && cp -r outputs/discrete-digits/model assets/discrete-digits
+	cp outputs/discrete-digits/run.json outputs/discrete-digits/log.csv outputs/discrete-digits/loss.png \
+		assets/discrete-digits/
+
+assets: teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes discrete-digits
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -43,17 +43,17 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
         return (f"VQModel on {' + '.join(cfg['datasets'])}, {cfg['image_size']}x{cfg['image_size']} -> "
                 f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x {cfg['batch_size']}, "
                 f"{minutes}", f"{tokens:,} (images)", "L1 + MSE + commitment, held-out images")
+    held_out = f"held-out {'scenes' if cfg.get('dataset') == 'shapes' else 'examples'}"
     if cfg.get("backbone") == "discrete":
         return (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
                 f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}",
                 f"{tokens:,} (codes + caption tokens)",
-                f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, held-out scenes")
+                f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, {held_out}")
     if cfg.get("backbone") == "mmdit":
         return (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
                 f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
                 f"{cfg['batch_size']}", f"{tokens:,} (image patches + caption tokens)",
-                f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, held-out "
-                f"{'scenes' if cfg['dataset'] == 'shapes' else 'examples'}")
+                f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, {held_out}")
     return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
             "negative ELBO per token")
 
@@ -62,7 +62,8 @@ def assets(_: dict | None = None) -> str:
     """The shipped checkpoints, from the run records copied beside them."""
     rows = ["| checkpoint | recipe | parameters | training tokens | final train loss | validation loss |",
             "|---|---|---:|---:|---:|---:|"]
-    names = ["teacher", "dlm", *sorted(p.name for p in (ROOT / "assets").glob("mmdit-*")), "vq", "discrete-shapes"]
+    names = ["teacher", "dlm", *sorted(p.name for p in (ROOT / "assets").glob("mmdit-*")), "vq",
+             *sorted(p.name for p in (ROOT / "assets").glob("discrete-*"))]
     for name in names:
         folder = ROOT / "assets" / name
         run_path, log_path = folder / "run.json", folder / "log.csv"
