@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmdlm.data.imagetext import load_image_text, to_pil, to_tensor
+from mmdlm.data import imagetext
+from mmdlm.data.imagetext import load_image_text, load_image_texts, to_pil, to_tensor
 from mmdlm.data.tokenizer import train_word_tokenizer
 
 
@@ -107,6 +108,34 @@ def test_path_column_corrupt_and_empty(tmp_path, image_folder):
         load_image_text("local", data_files=[str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="image_size"):
         load_image_text("shapes", image_size=4)
+
+
+def test_several_text_columns_read_each_image_once(tmp_path, image_folder, monkeypatch):
+    from mmdlm.data import shapes as S
+
+    rows = [{"path": str(image_folder / f"{i}.png"), "text": f"long caption {i}", "short": f"c{i}"} for i in range(3)]
+    table = tmp_path / "pairs.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows))
+    opened = []
+    real_open = imagetext._open
+    monkeypatch.setattr(imagetext, "_open", lambda *a: opened.append(a[1]) or real_open(*a))
+    x, texts = load_image_texts("local", data_files=[str(table)], image_column="path", text_columns=["text", "short"],
+                                image_size=8)
+    assert x.shape == (3, 3, 8, 8) and opened == [0, 1, 2]  # one decode per image for both columns
+    assert texts == {"text": [r["text"] for r in rows], "short": [r["short"] for r in rows]}
+    with pytest.raises(ValueError, match="text column 'tags' not in"):
+        load_image_texts("local", data_files=[str(table)], image_column="path", text_columns=["text", "tags"])
+    table.write_text("\n".join(json.dumps({**r, "short": ""}) for r in rows))
+    with pytest.raises(ValueError, match="row 0 of column 'short' holds ''"):
+        load_image_texts("local", data_files=[str(table)], image_column="path", text_columns=["text", "short"])
+    with pytest.raises(ValueError, match="at least one text column"):
+        load_image_texts("shapes", text_columns=[])
+    # built-in shapes: the dataset's phrasing and the canonical one describe the same pictures
+    _, texts = load_image_texts("shapes", split="test", n=12, text_columns=["text", "canonical"])
+    assert all(S.same_scene(S.parse_caption(a), S.parse_caption(b)) for a, b in zip(texts["text"], texts["canonical"]))
+    assert {S.parse_caption(b).relation for b in texts["canonical"]} <= {"left of", "above"}
+    with pytest.raises(ValueError, match="has the text columns \\['text'\\], not 'canonical'"):
+        load_image_texts("digits", text_columns=["canonical"])
 
 
 def test_word_tokenizer_specials_save_and_load(tmp_path):

@@ -6,6 +6,7 @@ PIL, numpy and torch only (no torchvision).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -93,21 +94,23 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 BUILTIN_TEXT_COLUMNS = {"shapes": ("text", "canonical"), "digits": ("text",)}
 
 
-def _builtin(name: str, split: str, image_size: int, n: int | None, seed: int, text_column: str):
-    if text_column not in BUILTIN_TEXT_COLUMNS[name]:
+def _builtin(name: str, split: str, image_size: int, n: int | None, seed: int, text_columns):
+    unknown = [c for c in text_columns if c not in BUILTIN_TEXT_COLUMNS[name]]
+    if unknown:
         raise ValueError(f"the built-in set {name!r} has the text columns {list(BUILTIN_TEXT_COLUMNS[name])}, "
-                         f"not {text_column!r}")
+                         f"not {unknown[0]!r}")
     if name == "shapes":
         from .shapes import caption, samples
 
         rows = list(samples(split, n, image_size, seed))
-        if text_column == "canonical":  # the same picture, its relation written "left of" / "above"
-            rows = [(image, caption(scene.canonical()), scene) for image, _, scene in rows]
+        # "canonical": the same picture, its relation written "left of" / "above"
+        texts = {"text": [r[1] for r in rows], "canonical": [caption(r[2].canonical()) for r in rows]}
     else:
         from .digits import samples
 
         rows = list(samples(split, image_size, seed))[:n]
-    return [r[0] for r in rows], [r[1] for r in rows]
+        texts = {"text": [r[1] for r in rows]}
+    return [r[0] for r in rows], {c: texts[c] for c in text_columns}
 
 
 def _open(value, row: int, column: str) -> Image.Image:
@@ -132,12 +135,23 @@ def _open(value, row: int, column: str) -> Image.Image:
 def load_image_text(dataset: str, *, split: str = "train", image_column: str = "image", text_column: str = "text",
                     image_size: int = 32, n: int | None = None, data_files: list[str] | None = None,
                     seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """Images (N, 3, image_size, image_size) in [-1, 1] and their N texts.
+    """Images (N, 3, image_size, image_size) in [-1, 1] and their N texts (`load_image_texts`
+    with one text column)."""
+    pixels, texts = load_image_texts(dataset, split=split, image_column=image_column, text_columns=(text_column,),
+                                     image_size=image_size, n=n, data_files=data_files, seed=seed)
+    return pixels, texts[text_column]
+
+
+def load_image_texts(dataset: str, *, split: str = "train", image_column: str = "image",
+                     text_columns: Sequence[str] = ("text",), image_size: int = 32, n: int | None = None,
+                     data_files: list[str] | None = None, seed: int = 0) -> tuple[torch.Tensor, dict[str, list[str]]]:
+    """Images (N, 3, image_size, image_size) in [-1, 1] and, for each of `text_columns`, their
+    N texts: ({column: texts}), every image loaded once.
 
     `dataset` is a built-in set, "shapes" (splits train/test; `n` images, one per caption
-    when None; `seed` picks the layouts; `text_column` "text", or "canonical" for the same
+    when None; `seed` picks the layouts; text columns "text", and "canonical" for the same
     captions with every relation written "left of" / "above") or "digits" (splits
-    train/test; the first `n`), or
+    train/test; the first `n`; text column "text"), or
     any `datasets` source: a hub name, a local folder (e.g. an `imagefolder` with a
     metadata.jsonl of `file_name` and `text`), or `data_files` (images with a metadata
     file, or .json(l)/.csv/.parquet with an image column of paths or bytes).
@@ -146,8 +160,11 @@ def load_image_text(dataset: str, *, split: str = "train", image_column: str = "
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 (or None for all), got {n}")
+    text_columns = list(dict.fromkeys(text_columns))
+    if not text_columns:
+        raise ValueError("give at least one text column")
     if dataset in BUILTINS and not data_files:
-        images, texts = _builtin(dataset, split, image_size, n, seed, text_column)
+        images, texts = _builtin(dataset, split, image_size, n, seed, text_columns)
         return to_tensor(images, image_size), texts
 
     import datasets
@@ -158,7 +175,7 @@ def load_image_text(dataset: str, *, split: str = "train", image_column: str = "
     if split not in dsd:
         raise ValueError(f"dataset {dataset!r} has no {split!r} split (splits: {list(dsd)})")
     ds = dsd[split]
-    for role, column in (("image", image_column), ("text", text_column)):
+    for role, column in (("image", image_column), *(("text", c) for c in text_columns)):
         if column not in ds.column_names:
             raise ValueError(f"{role} column {column!r} not in dataset {dataset!r}; columns are "
                              f"{ds.column_names} (set {role}_column)")
@@ -168,10 +185,11 @@ def load_image_text(dataset: str, *, split: str = "train", image_column: str = "
         ds = ds.select(range(min(n, len(ds))))
     if isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
-    images, texts = [], []
-    for row, (value, text) in enumerate(zip(ds[image_column], ds[text_column])):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"row {row} of column {text_column!r} holds {text!r}, not a non-empty text")
-        images.append(_open(value, row, image_column))
-        texts.append(text)
+    texts = {}
+    for column in text_columns:
+        texts[column] = ds[column]
+        for row, text in enumerate(texts[column]):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"row {row} of column {column!r} holds {text!r}, not a non-empty text")
+    images = [_open(value, row, image_column) for row, value in enumerate(ds[image_column])]
     return to_tensor(images, image_size), texts

@@ -44,8 +44,6 @@ def lora_transformer(model, c):
     LoRA adapts pretrained weights, so it needs `c.pretrained` (recorded as the adapter's base)."""
     if not c.lora_r:
         return model
-    from pathlib import Path
-
     from .lora import apply_lora, trainable_parameters
 
     c.validate_lora()
@@ -169,19 +167,18 @@ def mm_training_data(c) -> MMData:
     Evaluation data: the built-in sets' test split (`c.n_eval` examples; for shapes, held-out
     scenes), a source's "validation" split if it has one, else none.
     """
-    from ..data.imagetext import BUILTINS, load_image_text
+    from ..data.imagetext import BUILTINS, load_image_texts
     from ..multimodal.text import encode_captions
 
-    common = dict(image_column=c.image_column, text_column=c.text_column, image_size=c.image_size,
-                  data_files=c.data_files, seed=c.seed)
+    keys = {c.text_column: "text_ids"}  # dataset column -> key of the tokenised data
+    if c.caption_column and c.caption_column != c.text_column:
+        keys[c.caption_column] = "caption_ids"
 
     def load(split: str, n: int | None) -> tuple[torch.Tensor, dict[str, list[str]]]:
-        pixels, texts = load_image_text(c.dataset, split=split, n=n, **common)
-        columns = {"text_ids": texts}
-        if c.caption_column and c.caption_column != c.text_column:
-            columns["caption_ids"] = load_image_text(c.dataset, split=split, n=n,
-                                                     **{**common, "text_column": c.caption_column})[1]
-        return pixels, columns
+        pixels, texts = load_image_texts(c.dataset, split=split, n=n, image_column=c.image_column,
+                                         text_columns=list(keys), image_size=c.image_size,
+                                         data_files=c.data_files, seed=c.seed)
+        return pixels, {keys[column]: values for column, values in texts.items()}
 
     def tokenised(pixels, columns) -> dict[str, torch.Tensor]:
         return {"pixels": pixels, **{k: encode_captions(tokenizer, v, c.text_length) for k, v in columns.items()}}
