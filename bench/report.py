@@ -305,14 +305,14 @@ def imagetext(r: dict | None) -> str | None:
         return None
     rows = ["| backbone | dataset | n | steps | t2i accuracy % | t2i colour / shape / size / axis / relation % | "
             "caption accuracy % | caption exact match % | caption colour / shape / size / axis / relation % | "
-            "joint consistency % | s / image | s / caption |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "joint consistency % | joint distinct | s / image | s / caption |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for x in r["records"]:
         rows.append(f"| {x['backbone']} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
                     f"{_pct(x.get('t2i_accuracy'))} | {_attributes(x, 't2i')} | {_pct(x.get('caption_accuracy'))} | "
                     f"{_pct(x.get('caption_exact_match'))} | {_attributes(x, 'caption')} | "
-                    f"{_pct(x.get('joint_consistency'))} | {x.get('s_per_image') or ''} | "
+                    f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | {x.get('s_per_image') or ''} | "
                     f"{x.get('s_per_caption') or ''} |")
         guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
         machine = x.get("machine") or {}
@@ -324,7 +324,8 @@ def imagetext(r: dict | None) -> str | None:
                                     "(t2i: read back from the image by `parse_image`; captions: parsed, either "
                                     "phrasing of a relation counts; axis = the relation's axis, horizontal or "
                                     "vertical, right whichever object comes first); exact match = the dataset's own caption "
-                                    "word for word; joint = the image's reading equals the caption's. Digits: the "
+                                    "word for word; joint = the image's reading equals the caption's; joint distinct = "
+                                    "how many different pictures (shapes) or digits the n joint captions name. Digits: the "
                                     "test split, judged by `DigitClassifier`. Seconds per sample at the batch size "
                                     "given, after an untimed warm-up."] + [""] + notes)
 

@@ -1,6 +1,7 @@
 """The discrete backbone: VQ image tokenizer, Flux-block transformer, training recipe, pipeline."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from discrete_fixtures import (
@@ -20,7 +21,7 @@ from mmdlm.data.shapes import all_scenes, caption, render
 from mmdlm.multimodal import VQImageTokenizer
 from mmdlm.multimodal.discrete import UnifiedDiscreteTransformer
 from mmdlm.pipelines import MultimodalPipelineOutput, UnifiedDiscretePipeline, load_pipeline
-from mmdlm.pipelines.unified_discrete import _guide
+from mmdlm.pipelines.unified_discrete import JOINT_ALG_TEMP, _guide
 from mmdlm.schedulers import MaskedDiffusionScheduler
 
 SCENES = all_scenes()[:3]
@@ -375,6 +376,19 @@ def test_every_task_runs_through_one_loop():
     assert out.images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and out.texts is None
     images, texts = pipe(image=IMAGES[0], num_inference_steps=steps, generator=gen(), return_dict=False)
     assert images is None and len(texts) == 1
+
+
+def test_joint_generation_samples_words_and_commit_order_by_default():
+    pipe = tiny_pipeline()
+    kw = dict(task="joint", num_images_per_prompt=4, num_inference_steps=3, output_type="np")
+    default = pipe(**kw, generator=gen())
+    sampled = pipe(**kw, generator=gen(), temperature=1.0, alg_temp=JOINT_ALG_TEMP)
+    greedy = pipe(**kw, generator=gen(), temperature=0.0, alg_temp=0.0)
+    assert default.texts == sampled.texts and np.array_equal(default.images, sampled.images)
+    assert default.texts != greedy.texts
+    # captioning keeps the scheduler's greedy, confidence-ordered defaults
+    assert pipe(image=IMAGES[:2], num_inference_steps=3, generator=gen()).texts == pipe(
+        image=IMAGES[:2], num_inference_steps=3, generator=gen(), temperature=0.0, alg_temp=0.0).texts
 
 
 def test_inpainting_keeps_the_known_codes_and_infilling_the_known_words():

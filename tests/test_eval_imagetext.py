@@ -5,6 +5,7 @@ from mm_oracle import OraclePipeline
 
 from mmdlm.data import shapes as S
 from mmdlm.eval import evaluate, scene_attributes, write_record
+from mmdlm.pipelines import MultimodalPipelineOutput
 
 KEYS = ("backbone", "dataset", "t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image",
         "s_per_caption", "n", "num_inference_steps", "seed")
@@ -37,6 +38,23 @@ def test_oracle_and_wrong_on_digits():
     assert record["t2i_accuracy"] >= 0.9 and record["caption_accuracy"] >= 0.9 and record["joint_consistency"] >= 0.9
     wrong = evaluate(OraclePipeline("digits", wrong=True), "digits", n=48, num_inference_steps=2)
     assert max(wrong["t2i_accuracy"], wrong["caption_accuracy"], wrong["joint_consistency"]) <= 0.1
+
+
+def test_joint_distinct_tells_a_varied_model_from_one_that_repeats_itself():
+    assert evaluate(OraclePipeline("digits"), "digits", n=48, tasks=["joint"])["joint_distinct"] == 10
+
+    class OneScene(OraclePipeline):  # every joint sample the same picture, in either phrasing
+        def __call__(self, *args, task=None, num_images_per_prompt=1, **kwargs):
+            if task != "joint":
+                return super().__call__(*args, task=task, num_images_per_prompt=num_images_per_prompt, **kwargs)
+            phrasings = ("a small red circle left of a large blue square", "a large blue square right of a small red circle")
+            texts = [phrasings[i % 2] for i in range(num_images_per_prompt)]
+            images = [S.render(S.parse_caption(t), self.image_size, i) for i, t in enumerate(texts)]
+            return MultimodalPipelineOutput(images=images, texts=texts)
+
+    varied = evaluate(OraclePipeline("shapes"), "shapes", n=40, tasks=["joint"])
+    same = evaluate(OneScene("shapes"), "shapes", n=40, tasks=["joint"])
+    assert varied["joint_distinct"] >= 38 and same["joint_consistency"] == 1.0 and same["joint_distinct"] == 1
 
 
 def test_scene_attributes():

@@ -9,7 +9,8 @@ On `shapes` (held-out scenes, never seen in training):
   caption describes the image's scene (either phrasing: "A left of B" = "B right of A"),
   plus exact string match with the dataset's caption and per-attribute accuracies;
 - joint: images and captions from nothing; consistent when the parser's reading of the
-  image equals the parsed caption.
+  image equals the parsed caption; `joint_distinct` counts the different valid captions (a
+  model that draws one scene every time is consistent and useless).
 On `digits` (the test split): text-to-image judged by `DigitClassifier`, captions by
 `parse_digit_caption`, joint consistency as the classifier's label equal to the caption's.
 
@@ -195,11 +196,14 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
             said = [S.parse_caption(c) for c in captions]
             record["joint_consistency"] = _mean(S.same_scene(a, b) for a, b in zip(seen, said))
             record["joint_image_readable"] = _mean(a is not None for a in seen)
+            pictures = {s.canonical() for s in said if s is not None}  # both phrasings: one picture
         else:
             said = [parse_digit_caption(c) for c in captions]
             seen = judge.predict(images).tolist()
             record["joint_consistency"] = _mean(s is not None and s == a for a, s in zip(seen, said))
+            pictures = {s for s in said if s is not None}
         record["joint_caption_valid"] = _mean(s is not None for s in said)
+        record["joint_distinct"] = len(pictures)
 
     record["examples"] = examples
     if samples_dir is not None:
