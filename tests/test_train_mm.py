@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -71,6 +72,24 @@ def test_training_data_from_shapes_and_digits(tmp_path):
     assert (d2.train["text_ids"] == tok.unk_token_id).any()  # digit words are unknown to a shapes tokenizer
     with pytest.raises(ValueError, match="text length is 4"):
         M.mm_training_data(build(cli.TrainMMConfig, {"n_train": 4, "text_length": 4}))
+
+
+def test_training_on_from_a_pipeline_keeps_its_tokenizer(tmp_path):
+    from mmdlm.data.tokenizer import train_word_tokenizer
+
+    # a tokenizer whose ids a fresh one learnt on shapes captions would not reproduce
+    saved = train_word_tokenizer(["the digit seven"] * 3 + ["a small red circle left of a large blue square"])
+    folder = tmp_path / "pipe"
+    saved.save_pretrained(folder / "tokenizer")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DualDiffusionPipeline"}))
+    config = {"dataset": "shapes", "n_train": 24, "n_eval": 0, "text_length": 12}
+    fresh = M.mm_training_data(build(cli.TrainMMConfig, config)).tokenizer
+    assert fresh.get_vocab() != saved.get_vocab()
+    kept = M.mm_training_data(build(cli.TrainMMConfig, {**config, "pretrained": str(folder)})).tokenizer
+    assert kept.get_vocab() == saved.get_vocab()
+    # a folder that is not an mmdlm pipeline (an SD3 one, with its CLIP tokenizer) is not used
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    assert M.pipeline_tokenizer(str(folder)) is None and M.pipeline_tokenizer(None) is None
 
 
 def test_caption_column_is_what_captioning_writes():

@@ -159,13 +159,34 @@ def load_caption_tokenizer(path: str | None, texts):
     return train_word_tokenizer(texts)
 
 
+def pipeline_tokenizer(path: str | None) -> str | None:
+    """The `tokenizer/` folder of the mmdlm pipeline saved at `path`, if it is one. Training on
+    from a pipeline keeps its token ids: a word-level tokenizer learnt afresh orders words by
+    their counts in the new data (a second stage on shapes swapped "red" and "cyan"). Other
+    folders (an SD3 pipeline with its CLIP tokenizer) give None."""
+    import json
+
+    from .. import pipelines  # noqa: F401  (registers every mmdlm pipeline)
+    from ..pipelines.multimodal import PIPELINES
+
+    index = Path(path or "") / "model_index.json"
+    if not path or not index.is_file() or not (index.parent / "tokenizer").is_dir():
+        return None
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return str(index.parent / "tokenizer") if name in PIPELINES else None
+
+
 def mm_training_data(c) -> MMData:
     """Images and captions of `c.dataset` (a `TrainMMConfig`), tokenised on the caption canvas:
     `text_ids` from `c.text_column` and, when `c.caption_column` names another column, the
     captions to write from it as `caption_ids` (the word-level tokenizer learns both).
 
     Evaluation data: the built-in sets' test split (`c.n_eval` examples; for shapes, held-out
-    scenes), a source's "validation" split if it has one, else none.
+    scenes), a source's "validation" split if it has one, else none. The tokenizer: `c.tokenizer`,
+    else the one of the pipeline `c.pretrained` names, else one learnt on the training captions.
     """
     from ..data.imagetext import BUILTINS, load_image_texts
     from ..multimodal.text import encode_captions
@@ -184,7 +205,8 @@ def mm_training_data(c) -> MMData:
         return {"pixels": pixels, **{k: encode_captions(tokenizer, v, c.text_length) for k, v in columns.items()}}
 
     pixels, columns = load("train", c.n_train)
-    tokenizer = load_caption_tokenizer(c.tokenizer, [t for texts in columns.values() for t in texts])
+    tokenizer = load_caption_tokenizer(c.tokenizer or pipeline_tokenizer(c.pretrained),
+                                       [t for texts in columns.values() for t in texts])
     train = tokenised(pixels, columns)
     eval_data = None
     if c.n_eval:
