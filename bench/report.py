@@ -37,6 +37,12 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     """(recipe, training tokens, kind of validation loss) of a shipped checkpoint."""
     cfg, tokens = run["config"], int(log[-1]["tokens"])
     minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+    steps = str(cfg.get("max_steps"))
+    first = folder / "stage1"  # a model trained in two stages keeps stage 1's records here
+    if (first / "run.json").exists() and (first / "log.csv").exists():
+        with (first / "log.csv").open() as f:
+            tokens += int(list(csv.DictReader(f))[-1]["tokens"])
+        steps = f"{json.loads((first / 'run.json').read_text())['config']['max_steps']} + {steps}"
     if folder.name == "teacher":
         return "AR pretraining", f"{tokens:,}", "next-token CE"
     if folder.name == "vq":
@@ -46,12 +52,12 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     held_out = f"held-out {'scenes' if cfg.get('dataset') == 'shapes' else 'examples'}"
     if cfg.get("backbone") == "discrete":
         return (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
-                f"{cfg['text_length']} caption tokens, {cfg['max_steps']} steps x {cfg['batch_size']}",
+                f"{cfg['text_length']} caption tokens, {steps} steps x {cfg['batch_size']}",
                 f"{tokens:,} (codes + caption tokens)",
                 f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, {held_out}")
     if cfg.get("backbone") == "mmdit":
         return (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
-                f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {cfg['max_steps']} steps x "
+                f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {steps} steps x "
                 f"{cfg['batch_size']}", f"{tokens:,} (image patches + caption tokens)",
                 f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, {held_out}")
     return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
