@@ -2,8 +2,9 @@
 
 Every field is a key in the YAML recipe (`--config configs/x.yaml`) and a flag
 (`--field-name`), or a positional argument when its metadata says `positional`; what is
-given on the command line overrides the file. Unknown keys are an
-error, with the nearest valid key suggested.
+given on the command line overrides the file. A recipe may start from another (`base:
+other.yaml`) and change only some keys. Unknown keys are an error, with the nearest valid key
+suggested.
 """
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(_flag(f.name), type=tp, **kw)
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, _including: tuple[Path, ...] = ()) -> dict:
+    """The recipe at `path`. A `base: other.yaml` key (relative to this file) starts from that
+    recipe: this file's keys replace the base's, whole (a `model_config` given here replaces the
+    base's `model_config`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -67,7 +71,17 @@ def load_yaml(path: str | Path) -> dict:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"base in {path} must be the path of another YAML recipe, got {base!r}")
+    chain = (*_including, path.resolve())
+    base_path = (path.parent / base).resolve()
+    if base_path in chain:
+        raise ValueError(f"{path}: recipes name each other as base ({' -> '.join(p.name for p in chain)} -> "
+                         f"{base_path.name})")
+    return {**load_yaml(base_path, chain), **data}
 
 
 def build(cls, values: dict, source: str = "config"):

@@ -41,6 +41,28 @@ def test_unknown_key_and_bad_type(tmp_path, capsys):
     assert _main("adapt", "--config", str(tmp_path / "missing.yaml")) == 2
 
 
+def test_a_recipe_starts_from_its_base(tmp_path):
+    from mmdlm.config import load_yaml, resolve
+
+    (tmp_path / "stage1.yaml").write_text("backbone: mmdit\nmax_steps: 100\nlr: 1.0e-3\nmodel_config: {num_layers: 2}\n")
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "stage2.yaml").write_text("base: ../stage1.yaml\nmax_steps: 30\nmodel_config: {patch_size: 4}\n")
+    assert load_yaml(tmp_path / "more" / "stage2.yaml") == {"backbone": "mmdit", "max_steps": 30, "lr": 1.0e-3,
+                                                            "model_config": {"patch_size": 4}}
+    c = resolve(cli.TrainMMConfig, cli.parser().parse_args(
+        ["train-mm", "--config", str(tmp_path / "more" / "stage2.yaml"), "--lr", "0.5"]))
+    assert (c.backbone, c.max_steps, c.lr) == ("mmdit", 30, 0.5)
+    (tmp_path / "stage1.yaml").write_text("base: more/stage2.yaml\n")
+    with pytest.raises(ValueError, match="name each other as base"):
+        load_yaml(tmp_path / "more" / "stage2.yaml")
+    (tmp_path / "stage1.yaml").write_text("base: [a, b]\n")
+    with pytest.raises(ValueError, match="must be the path of another YAML recipe"):
+        load_yaml(tmp_path / "stage1.yaml")
+    (tmp_path / "stage1.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match="gone.yaml"):
+        load_yaml(tmp_path / "stage1.yaml")
+
+
 @pytest.fixture
 def causal_dir(tmp_path, tokenizer):
     model = tiny_causal_lm("gpt2", tokenizer)
