@@ -9,12 +9,14 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # $(call ship,NAME): a two-stage multimodal model into assets/NAME: stage 2's pipeline and its
-# run.json, log.csv and loss.png, with stage 1's beside them in assets/NAME/stage1.
+# run.json, log.csv and loss.png, with stage 1's beside them in assets/NAME/stage1. Assembled
+# in assets/NAME.new, which replaces assets/NAME only once every file is there.
 define ship
-	rm -rf assets/$(1) && cp -r outputs/$(1)-stage2/model assets/$(1)
-	cp outputs/$(1)-stage2/run.json outputs/$(1)-stage2/log.csv outputs/$(1)-stage2/loss.png assets/$(1)/
-	mkdir -p assets/$(1)/stage1
-	cp outputs/$(1)/run.json outputs/$(1)/log.csv outputs/$(1)/loss.png assets/$(1)/stage1/
+	rm -rf assets/$(1).new && cp -r outputs/$(1)-stage2/model assets/$(1).new
+	cp outputs/$(1)-stage2/run.json outputs/$(1)-stage2/log.csv outputs/$(1)-stage2/loss.png assets/$(1).new/
+	mkdir -p assets/$(1).new/stage1
+	cp outputs/$(1)/run.json outputs/$(1)/log.csv outputs/$(1)/loss.png assets/$(1).new/stage1/
+	rm -rf assets/$(1) && mv assets/$(1).new assets/$(1)
 endef
 
 .PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \

@@ -90,6 +90,9 @@ def test_training_on_from_a_pipeline_keeps_its_tokenizer(tmp_path):
     # a folder that is not an mmdlm pipeline (an SD3 one, with its CLIP tokenizer) is not used
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
     assert M.pipeline_tokenizer(str(folder)) is None and M.pipeline_tokenizer(None) is None
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid model_index.json"):
+        M.pipeline_tokenizer(str(folder))
 
 
 def test_caption_column_is_what_captioning_writes():

@@ -205,6 +205,19 @@ def register_pipeline(cls: type) -> type:
 register_pipeline(TextDiffusionPipeline)
 
 
+def saved_pipeline_class(path: str | Path) -> str | None:
+    """The `_class_name` in the `model_index.json` of the pipeline folder `path` (any diffusers
+    pipeline); None when the folder has no `model_index.json`. A file that is not a valid
+    index is refused."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
+
+
 def load_pipeline(path: str | Path, **kwargs):
     """Load a saved mmdlm pipeline of any kind: reads `_class_name` in `model_index.json` and
     calls that class's `from_pretrained(path, **kwargs)` (diffusers cannot resolve mmdlm's
@@ -214,16 +227,12 @@ def load_pipeline(path: str | Path, **kwargs):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no pipeline at {path}")
-    index = path / "model_index.json"
-    if not index.is_file():
+    if not (path / "model_index.json").is_file():
         hint = ""
         if (path / "mmdlm.json").is_file():
             hint = "; it is a mmdlm diffusion LM folder: load it with TextDiffusionPipeline.from_dlm"
         raise ValueError(f"{path} is not a saved pipeline (no model_index.json){hint}")
-    try:
-        name = json.loads(index.read_text()).get("_class_name")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
+    name = saved_pipeline_class(path)
     if name not in PIPELINES:
         raise ValueError(f"{path} holds a {name or 'unnamed'} pipeline, not a mmdlm pipeline "
                          f"(mmdlm pipelines: {', '.join(sorted(PIPELINES))})")

@@ -164,19 +164,12 @@ def pipeline_tokenizer(path: str | None) -> str | None:
     from a pipeline keeps its token ids: a word-level tokenizer learnt afresh orders words by
     their counts in the new data (a second stage on shapes swapped "red" and "cyan"). Other
     folders (an SD3 pipeline with its CLIP tokenizer) give None."""
-    import json
-
     from .. import pipelines  # noqa: F401  (registers every mmdlm pipeline)
-    from ..pipelines.multimodal import PIPELINES
+    from ..pipelines.multimodal import PIPELINES, saved_pipeline_class
 
-    index = Path(path or "") / "model_index.json"
-    if not path or not index.is_file() or not (index.parent / "tokenizer").is_dir():
+    if not path or not (Path(path) / "tokenizer").is_dir() or saved_pipeline_class(path) not in PIPELINES:
         return None
-    try:
-        name = json.loads(index.read_text()).get("_class_name")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return str(index.parent / "tokenizer") if name in PIPELINES else None
+    return str(Path(path) / "tokenizer")
 
 
 def mm_training_data(c) -> MMData:
