@@ -8,14 +8,17 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# $(call ship,NAME): a two-stage multimodal model into assets/NAME: stage 2's pipeline and its
-# run.json, log.csv and loss.png, with stage 1's beside them in assets/NAME/stage1. Assembled
-# in assets/NAME.new, which replaces assets/NAME only once every file is there.
+# $(call ship,NAME,STAGES): a multimodal model trained in stages (output folders, in order) into
+# assets/NAME: the last stage's pipeline and its run.json, log.csv and loss.png, with each
+# earlier stage's records in assets/NAME/stage1, stage2, ... Assembled in assets/NAME.new,
+# which replaces assets/NAME only once every file is there.
 define ship
-	rm -rf assets/$(1).new && cp -r outputs/$(1)-stage2/model assets/$(1).new
-	cp outputs/$(1)-stage2/run.json outputs/$(1)-stage2/log.csv outputs/$(1)-stage2/loss.png assets/$(1).new/
-	mkdir -p assets/$(1).new/stage1
-	cp outputs/$(1)/run.json outputs/$(1)/log.csv outputs/$(1)/loss.png assets/$(1).new/stage1/
+	rm -rf assets/$(1).new && cp -r outputs/$(lastword $(2))/model assets/$(1).new
+	cp $(addprefix outputs/$(lastword $(2))/,run.json log.csv loss.png) assets/$(1).new/
+	k=1; for out in $(filter-out $(lastword $(2)),$(2)); do \
+	  mkdir -p assets/$(1).new/stage$$k && \
+	  cp outputs/$$out/run.json outputs/$$out/log.csv outputs/$$out/loss.png assets/$(1).new/stage$$k/ || exit 1; \
+	  k=$$((k + 1)); done
 	rm -rf assets/$(1) && mv assets/$(1).new assets/$(1)
 endef
 
@@ -77,11 +80,12 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-# The MM-DiT on shapes, in two stages (stage 2 starts from stage 1's weights; about 1.5 hours on one core).
+# The MM-DiT on shapes, in three stages (each starts from the last one's weights; about 2.5 hours on one core).
 mmdit-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage2.yaml
-	$(call ship,mmdit-shapes)
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage3.yaml
+	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3)
 
 # The MM-DiT on digits (about 25 minutes on one core).
 mmdit-digits: install
@@ -103,11 +107,12 @@ vq: install
 	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
 	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
 
-# The discrete backbone on shapes, in two stages like the MM-DiT (about 2.5 hours on one core).
+# The discrete backbone on shapes, in three stages like the MM-DiT (about 4 hours on one core).
 discrete-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage2.yaml
-	$(call ship,discrete-shapes)
+	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage3.yaml
+	$(call ship,discrete-shapes,discrete-shapes discrete-shapes-stage2 discrete-shapes-stage3)
 
 discrete-digits: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_digits.yaml

@@ -38,11 +38,13 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     cfg, tokens = run["config"], int(log[-1]["tokens"])
     minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
     steps = str(cfg.get("max_steps"))
-    first = folder / "stage1"  # a model trained in two stages keeps stage 1's records here
-    if (first / "run.json").exists() and (first / "log.csv").exists():
-        with (first / "log.csv").open() as f:
-            tokens += int(list(csv.DictReader(f))[-1]["tokens"])
-        steps = f"{json.loads((first / 'run.json').read_text())['config']['max_steps']} + {steps}"
+    # a model trained in stages keeps the earlier stages' records in stage1/, stage2/, ...
+    earlier = sorted(folder.glob("stage[0-9]*/"), key=lambda p: int(p.name[5:]), reverse=True)
+    for stage in earlier:
+        if (stage / "run.json").exists() and (stage / "log.csv").exists():
+            with (stage / "log.csv").open() as f:
+                tokens += int(list(csv.DictReader(f))[-1]["tokens"])
+            steps = f"{json.loads((stage / 'run.json').read_text())['config']['max_steps']} + {steps}"
     if folder.name == "teacher":
         return "AR pretraining", f"{tokens:,}", "next-token CE"
     if folder.name == "vq":
