@@ -80,12 +80,13 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-# The MM-DiT on shapes, in three stages (each starts from the last one's weights; about 2.5 hours on one core).
+# The MM-DiT on shapes, in four stages (each starts from the last one's weights; about 3 hours on one core).
 mmdit-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage2.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage3.yaml
-	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3)
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage4.yaml
+	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3 mmdit-shapes-stage4)
 
 # The MM-DiT on digits (about 25 minutes on one core).
 mmdit-digits: install
