@@ -80,7 +80,7 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-# The MM-DiT on shapes, in four stages (each starts from the last one's weights; about 3 hours on one core).
+# The MM-DiT on shapes, in four stages (each starts from the last one's weights; about 3.5 hours on one core).
 mmdit-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage2.yaml

@@ -39,7 +39,8 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
     steps = str(cfg.get("max_steps"))
     # a model trained in stages keeps the earlier stages' records in stage1/, stage2/, ...
-    earlier = sorted(folder.glob("stage[0-9]*/"), key=lambda p: int(p.name[5:]), reverse=True)
+    earlier = sorted((p for p in folder.glob("stage*") if p.is_dir() and p.name[5:].isdigit()),
+                     key=lambda p: int(p.name[5:]), reverse=True)
     for stage in earlier:
         if (stage / "run.json").exists() and (stage / "log.csv").exists():
             with (stage / "log.csv").open() as f:
