@@ -42,10 +42,11 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     earlier = sorted((p for p in folder.glob("stage*") if p.is_dir() and p.name[5:].isdigit()),
                      key=lambda p: int(p.name[5:]), reverse=True)
     for stage in earlier:
-        if (stage / "run.json").exists() and (stage / "log.csv").exists():
-            with (stage / "log.csv").open() as f:
-                tokens += int(list(csv.DictReader(f))[-1]["tokens"])
-            steps = f"{json.loads((stage / 'run.json').read_text())['config']['max_steps']} + {steps}"
+        if not ((stage / "run.json").is_file() and (stage / "log.csv").is_file()):
+            raise FileNotFoundError(f"{stage} lacks run.json or log.csv: the table would leave that stage out")
+        with (stage / "log.csv").open() as f:
+            tokens += int(list(csv.DictReader(f))[-1]["tokens"])
+        steps = f"{json.loads((stage / 'run.json').read_text())['config']['max_steps']} + {steps}"
     if folder.name == "teacher":
         return "AR pretraining", f"{tokens:,}", "next-token CE"
     if folder.name == "vq":
