@@ -80,13 +80,15 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-# The MM-DiT on shapes, in four stages (each starts from the last one's weights; about 3.5 hours on one core).
+# The MM-DiT on shapes, in six stages (each starts from the last one's weights; about 5 hours on one core).
 mmdit-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage2.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage3.yaml
 	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage4.yaml
-	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3 mmdit-shapes-stage4)
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage5.yaml
+	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage6.yaml
+	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3 mmdit-shapes-stage4 mmdit-shapes-stage5 mmdit-shapes-stage6)
 
 # The MM-DiT on digits (about 25 minutes on one core).
 mmdit-digits: install
@@ -108,12 +110,13 @@ vq: install
 	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
 	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
 
-# The discrete backbone on shapes, in three stages like the MM-DiT (about 4 hours on one core).
+# The discrete backbone on shapes, in four stages like the MM-DiT (about 5 hours on one core).
 discrete-shapes: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_shapes.yaml
 	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage2.yaml
 	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage3.yaml
-	$(call ship,discrete-shapes,discrete-shapes discrete-shapes-stage2 discrete-shapes-stage3)
+	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage4.yaml
+	$(call ship,discrete-shapes,discrete-shapes discrete-shapes-stage2 discrete-shapes-stage3 discrete-shapes-stage4)
 
 discrete-digits: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_digits.yaml

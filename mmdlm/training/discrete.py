@@ -131,4 +131,6 @@ def train_discrete(c) -> Path:
     trainer = DiscreteTrainer(model, train, c, eval_data=eval_data, run_info=run_info, task_weights=c.task_weights,
                               text_loss_weight=c.text_loss_weight, caption_dropout=c.caption_dropout,
                               pipeline_parts=parts)
-    return trainer.train()
+    final = trainer.train()
+    print(f"UnifiedDiscretePipeline saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    return final
