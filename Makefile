@@ -8,10 +8,15 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# $(call ship,NAME,STAGES): a multimodal model trained in stages (output folders, in order) into
-# assets/NAME: the last stage's pipeline and its run.json, log.csv and loss.png, with each
-# earlier stage's records in assets/NAME/stage1, stage2, ... Assembled in assets/NAME.new,
+# $(call staged,NAME,STAGES): train a multimodal model in stages, then ship it to assets/NAME.
+# STAGES are config names in order (configs/STAGE.yaml, each writing outputs/STAGE with "_" as
+# "-"). assets/NAME gets the last stage's pipeline and its run.json, log.csv and loss.png, with
+# each earlier stage's records in assets/NAME/stage1, stage2, ... Assembled in assets/NAME.new,
 # which replaces assets/NAME only once every file is there.
+define staged
+	for stage in $(2); do $(BIN)/mmdlm train-mm --config configs/$$stage.yaml || exit 1; done
+	$(call ship,$(1),$(subst _,-,$(2)))
+endef
 define ship
 	rm -rf assets/$(1).new && cp -r outputs/$(lastword $(2))/model assets/$(1).new
 	cp $(addprefix outputs/$(lastword $(2))/,run.json log.csv loss.png) assets/$(1).new/
@@ -82,13 +87,7 @@ dlm: install
 
 # The MM-DiT on shapes, in six stages (each starts from the last one's weights; about 5 hours on one core).
 mmdit-shapes: install
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes.yaml
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage2.yaml
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage3.yaml
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage4.yaml
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage5.yaml
-	$(BIN)/mmdlm train-mm --config configs/mmdit_shapes_stage6.yaml
-	$(call ship,mmdit-shapes,mmdit-shapes mmdit-shapes-stage2 mmdit-shapes-stage3 mmdit-shapes-stage4 mmdit-shapes-stage5 mmdit-shapes-stage6)
+	$(call staged,mmdit-shapes,mmdit_shapes $(addprefix mmdit_shapes_stage,2 3 4 5 6))
 
 # The MM-DiT on digits (about 25 minutes on one core).
 mmdit-digits: install
@@ -112,11 +111,7 @@ vq: install
 
 # The discrete backbone on shapes, in four stages like the MM-DiT (about 5 hours on one core).
 discrete-shapes: install
-	$(BIN)/mmdlm train-mm --config configs/discrete_shapes.yaml
-	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage2.yaml
-	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage3.yaml
-	$(BIN)/mmdlm train-mm --config configs/discrete_shapes_stage4.yaml
-	$(call ship,discrete-shapes,discrete-shapes discrete-shapes-stage2 discrete-shapes-stage3 discrete-shapes-stage4)
+	$(call staged,discrete-shapes,discrete_shapes $(addprefix discrete_shapes_stage,2 3 4))
 
 discrete-digits: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_digits.yaml

@@ -90,7 +90,7 @@ def pretrain(c) -> None:
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
                               run_info=_run_info(c, info, model, len(train_ids)))
     final = trainer.train()
-    state.print(f"teacher saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    trainer.announce("teacher", final)
 
 
 INITS = ("pretrained", "random")
@@ -134,7 +134,7 @@ def adapt(c, *, data=None, trainer_cls=None, **trainer_options):
         run_info=_run_info(c, info, dlm, len(train_ids)), **trainer_options)
     final = trainer.train()
     what = "LoRA adapter" if c.lora_r else "diffusion LM"
-    state.print(f"{what} saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    trainer.announce(what, final)
     return trainer
 
 
@@ -190,7 +190,7 @@ def sft(c) -> None:
                                loss_normalize=c.loss_normalize, run_info=info)
     final = trainer.train()
     what = "LoRA adapter" if c.lora_r else "fine-tuned diffusion LM"
-    state.print(f"{what} saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    trainer.announce(what, final)
 
 
 def merge_lora(c) -> None:

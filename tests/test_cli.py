@@ -63,6 +63,26 @@ def test_a_recipe_starts_from_its_base(tmp_path):
         load_yaml(tmp_path / "stage1.yaml")
 
 
+@pytest.mark.parametrize("model", ["mmdit_shapes", "discrete_shapes"])
+def test_shipped_stages_chain(model):
+    # `make` trains configs/NAME.yaml, NAME_stage2.yaml, ... and ships outputs/NAME (with "-" for
+    # "_"): each stage must write there and start from the stage before it
+    from pathlib import Path
+
+    from mmdlm.config import load_yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    later = sorted(configs.glob(f"{model}_stage*.yaml"), key=lambda p: int(p.stem.rsplit("stage", 1)[1]))
+    stages = [configs / f"{model}.yaml"] + later
+    outputs = [f"outputs/{p.stem.replace('_', '-')}" for p in stages]
+    recipes = [load_yaml(p) for p in stages]
+    assert [r["output_dir"] for r in recipes] == outputs
+    assert [r.get("pretrained") for r in recipes] == [None] + [f"{out}/model" for out in outputs[:-1]]
+    numbers = " ".join(str(k) for k in range(2, len(stages) + 1))
+    target = f"$(call staged,{model.replace('_', '-')},{model} $(addprefix {model}_stage,{numbers}))"
+    assert target in (configs.parent / "Makefile").read_text()
+
+
 @pytest.fixture
 def causal_dir(tmp_path, tokenizer):
     model = tiny_causal_lm("gpt2", tokenizer)

@@ -132,5 +132,5 @@ def train_discrete(c) -> Path:
                               text_loss_weight=c.text_loss_weight, caption_dropout=c.caption_dropout,
                               pipeline_parts=parts)
     final = trainer.train()
-    print(f"UnifiedDiscretePipeline saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    trainer.announce("UnifiedDiscretePipeline", final)
     return final

@@ -229,5 +229,5 @@ def train_mmdit(c) -> Path:
                            image_dropout=c.image_dropout, text_schedule=c.text_schedule, logit_mean=c.logit_mean,
                            logit_std=c.logit_std, ema_decay=c.ema_decay, save_pipeline=save_pipeline)
     final = trainer.train()
-    print(f"DualDiffusionPipeline saved to {final}; log {trainer.out / 'log.csv'}, curve {trainer.out / 'loss.png'}")
+    trainer.announce("DualDiffusionPipeline", final)
     return final

@@ -350,6 +350,10 @@ class Trainer:
         a.wait_for_everyone()
         return final
 
+    def announce(self, what: str, final: Path) -> None:
+        """Say (once, on the main process) where `train` saved `what`, its log and its loss curve."""
+        self.accelerator.print(f"{what} saved to {final}; log {self.out / 'log.csv'}, curve {self.out / 'loss.png'}")
+
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     import matplotlib
