@@ -340,9 +340,44 @@ def imagetext(r: dict | None) -> str | None:
                                     "given, after an untimed warm-up."] + [""] + notes)
 
 
+def _stage(record: dict) -> int:
+    label = record.get("label") or ""
+    if not label.startswith("stage ") or not label[6:].isdigit():
+        raise ValueError(f"a stage record needs a label 'stage N', got {label!r} ({record.get('model')})")
+    return int(label[6:])
+
+
+def imagetext_stages(r: dict | None) -> str | None:
+    """Accuracy after each training stage, from bench/results/imagetext_stages.json
+    (`mmdlm eval-mm --label "stage N" --output bench/results/imagetext_stages.json`)."""
+    if r is None or not r.get("records"):
+        return None
+    names = {"mmdit": "MM-DiT", "discrete": "discrete"}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for x in r["records"]:
+        groups.setdefault((x["dataset"], x["backbone"]), []).append(x)
+    rows = ["| held-out, per stage | n | text-to-image % | captioning % | joint % |", "|---|---:|---:|---:|---:|"]
+    commands = []
+    for (dataset, backbone), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "mmdit")):
+        records.sort(key=_stage)
+        if len({x["n"] for x in records}) != 1:
+            raise ValueError(f"{backbone} / {dataset}: stages evaluated on different n, not comparable")
+
+        def cells(field: str) -> str:
+            values = [_pct(x.get(field)) for x in records]
+            return " / ".join(values[:-1] + [f"**{values[-1]}**"])
+
+        stages = " / ".join(str(_stage(x)) for x in records)
+        rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
+                    f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
+        commands.append(f"`{records[-1]['command']}`")
+    return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, at the pipeline's default steps; "
+                                 "the last stage's is the shipped model. Commands of the form " + commands[0] + "."])
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
-             "vq": vq}
+             "imagetext_stages": imagetext_stages, "vq": vq}
 
 
 def main() -> int:

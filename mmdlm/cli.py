@@ -241,6 +241,8 @@ class EvalMMConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
     output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})
+    label: str | None = field(default=None, metadata={
+        "help": "name the record (e.g. 'stage 3'): a file keeps one record per backbone, dataset and label"})
     samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
 
 

@@ -32,7 +32,7 @@ def _check_positions(model, seq_len: int) -> None:
 
 
 def _run_info(c, info, model, n_train) -> dict:
-    return {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "corpus": info.to_dict(),
+    return {"command": command_line(), "config": asdict(c), "corpus": info.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()), "train_sequences": n_train,
             "versions": versions()}
 
@@ -43,6 +43,13 @@ def machine() -> dict:
 
     return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def command_line() -> str:
+    """The running `mmdlm` command, quoted so that a shell runs it again as it was."""
+    import shlex
+
+    return shlex.join(["mmdlm", *sys.argv[1:]])
 
 
 def versions() -> dict:
@@ -181,7 +188,7 @@ def sft(c) -> None:
     state.print(f"SFT data: {len(train['input_ids'])} training and {val_stats.kept} validation examples; dropped as "
                 f"longer than seq_len {c.seq_len} (prompt + response + one EOS): {train_stats.dropped_too_long} "
                 f"training, {val_stats.dropped_too_long} validation")
-    info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": source,
+    info = {"command": command_line(), "config": asdict(c), "data": source,
             "train_stats": train_stats.to_dict(), "validation_stats": val_stats.to_dict(),
             "parameters": sum(p.numel() for p in dlm.parameters()),
             "trainable_parameters": sum(p.numel() for p in dlm.parameters() if p.requires_grad),
@@ -280,7 +287,9 @@ def eval_mm(c) -> dict:
     pipe.set_progress_bar_config(disable=True)
     record = evaluate(pipe, c.dataset, n=c.n, num_inference_steps=c.steps, seed=c.seed, batch_size=c.batch_size,
                       tasks=c.tasks, samples_dir=c.samples_dir, **kwargs)
-    record = {**record, "model": c.model, "command": " ".join(["mmdlm"] + sys.argv[1:])}
+    record = {**record, "model": c.model, "command": command_line()}
+    if c.label:
+        record["label"] = c.label
     write_record(c.output, record)
     shown = {k: record[k] for k in ("backbone", "dataset", "n", "t2i_accuracy", "caption_accuracy",
                                     "joint_consistency", "s_per_image", "s_per_caption")}

@@ -27,7 +27,6 @@ import csv
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -381,7 +380,7 @@ def run_study(c, command: str | None = None) -> dict:
     from .eval.infill import exact_match, fill_spans_ar, held_out
     from .eval.likelihood import ar_nll, continuation_nll
     from .eval.samples import sample_ar, token_entropy
-    from .recipes import machine, versions
+    from .recipes import command_line, machine, versions
     from .text.base import load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
@@ -474,7 +473,7 @@ def run_study(c, command: str | None = None) -> dict:
         "threads": c.threads,
         "machine": machine(),
         "versions": versions(),
-        "command": command or " ".join(["mmdlm", *sys.argv[1:]]),
+        "command": command or command_line(),
         "config": {k: v for k, v in asdict(c).items() if k != "quick_overrides"},
         "elapsed_s": time.perf_counter() - started,
     }

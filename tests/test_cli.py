@@ -65,8 +65,8 @@ def test_a_recipe_starts_from_its_base(tmp_path):
 
 @pytest.mark.parametrize("model", ["mmdit_shapes", "discrete_shapes"])
 def test_shipped_stages_chain(model):
-    # `make` trains configs/NAME.yaml, NAME_stage2.yaml, ... and ships outputs/NAME (with "-" for
-    # "_"): each stage must write there and start from the stage before it
+    # `make` trains configs/NAME.yaml, NAME_stage2.yaml, ..., evaluates and ships outputs/NAME (with
+    # "-" for "_"): each stage must write there and start from the stage before it
     from pathlib import Path
 
     from mmdlm.config import load_yaml
@@ -79,7 +79,7 @@ def test_shipped_stages_chain(model):
     assert [r["output_dir"] for r in recipes] == outputs
     assert [r.get("pretrained") for r in recipes] == [None] + [f"{out}/model" for out in outputs[:-1]]
     numbers = " ".join(str(k) for k in range(2, len(stages) + 1))
-    target = f"$(call staged,{model.replace('_', '-')},{model} $(addprefix {model}_stage,{numbers}))"
+    target = f"$(call staged,{model.replace('_', '-')},shapes,{model} $(addprefix {model}_stage,{numbers}))"
     assert target in (configs.parent / "Makefile").read_text()
 
 

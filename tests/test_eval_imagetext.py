@@ -101,6 +101,11 @@ def test_write_record_replaces_by_backbone_and_dataset(tmp_path):
     assert data["benchmark"] == "imagetext" and "torch" in data["versions"] and "diffusers" in data["versions"]
     assert "platform" in data["machine"] and all("machine" in r for r in data["records"])
     assert [p.name for p in path.parent.iterdir()] == ["imagetext.json"]  # no temporary files left
+    # a label (e.g. a training stage) is part of the key
+    write_record(path, {"backbone": "a", "dataset": "shapes", "label": "stage 2", "t2i_accuracy": 0.5})
+    data = write_record(path, {"backbone": "a", "dataset": "shapes", "label": "stage 1", "t2i_accuracy": 0.4})
+    assert [(r["dataset"], r.get("label"), r["t2i_accuracy"]) for r in data["records"] if r["backbone"] == "a"] == [
+        ("digits", None, 0.3), ("shapes", None, 0.9), ("shapes", "stage 1", 0.4), ("shapes", "stage 2", 0.5)]
     with pytest.raises(ValueError, match="needs a 'backbone'"):
         write_record(path, {"dataset": "shapes"})
     path.write_text("{not json")

@@ -216,8 +216,9 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
 
 def write_record(path: str | Path, record: dict) -> dict:
     """Insert `record` into the results file at `path`, replacing the one with the same
-    (backbone, dataset); atomic. The file holds the records plus the versions and machine of
-    the last writer; each record also keeps its own. Returns the file's content."""
+    (backbone, dataset, label), the label being optional (e.g. "stage 3"); atomic. The file
+    holds the records plus the versions and machine of the last writer; each record also keeps
+    its own. Returns the file's content."""
     from importlib.metadata import version
 
     from ..recipes import machine, versions
@@ -236,8 +237,11 @@ def write_record(path: str | Path, record: dict) -> dict:
             raise ValueError(f"{path} is not an image-text results file (no list of records)")
     env = {"versions": {**versions(), "diffusers": version("diffusers")}, "machine": machine()}
     record = {**record, **{k: record.get(k) or v for k, v in env.items()}}
-    key = (record["backbone"], record["dataset"])
-    records = [r for r in data["records"] if (r.get("backbone"), r.get("dataset")) != key] + [record]
-    data.update(env, records=sorted(records, key=lambda r: (r.get("dataset", ""), r.get("backbone", ""))))
+
+    def slot(r: dict) -> tuple[str, str, str]:
+        return r.get("dataset", ""), r.get("backbone", ""), r.get("label") or ""
+
+    records = [r for r in data["records"] if slot(r) != slot(record)] + [record]
+    data.update(env, records=sorted(records, key=slot))
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return data

@@ -11,7 +11,6 @@ Muddit; `masked_diffusion_loss(normalize="masked", elbo_weight=False)`).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def train_discrete(c) -> Path:
     transformer, save OUTPUT_DIR/model as a `UnifiedDiscretePipeline`."""
     from ..multimodal.discrete import UnifiedDiscreteTransformer
     from ..multimodal.tokenizers import VQImageTokenizer
-    from ..recipes import versions
+    from ..recipes import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import check_task_weights
 
@@ -125,7 +124,7 @@ def train_discrete(c) -> Path:
     scheduler = MaskedDiffusionScheduler(schedule="cosine", rule="confidence")
     parts = dict(vqvae=image_tok.vqvae, tokenizer=tok, scheduler=scheduler, image_size=c.image_size,
                  vq_normalize=image_tok.normalize)
-    run_info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": data.info,
+    run_info = {"command": command_line(), "config": asdict(c), "data": data.info,
                 "image_tokenizer": c.image_tokenizer or DEFAULT_IMAGE_TOKENIZER, "code_grid": [grid, grid],
                 "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
     trainer = DiscreteTrainer(model, train, c, eval_data=eval_data, run_info=run_info, task_weights=c.task_weights,

@@ -23,7 +23,6 @@ average of the weights (diffusers' `EMAModel`, with warmup).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def train_mmdit(c) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
-    from ..recipes import versions
+    from ..recipes import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import encode_split, lora_transformer, mm_training_data, savable_transformer
 
@@ -221,7 +220,7 @@ def train_mmdit(c) -> Path:
         trained = savable_transformer(trained, path)
         DualDiffusionPipeline(trained, data.tokenizer, scheduler, text_scheduler, vae=vae).save_pretrained(path)
 
-    run_info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": data.info,
+    run_info = {"command": command_line(), "config": asdict(c), "data": data.info,
                 "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
     trainer = MMDiTTrainer(model, train, c, eval_data=evaluation, run_info=run_info, tokenizer=data.tokenizer,
                            mask_token_id=data.tokenizer.mask_token_id, task_weights=c.task_weights,

@@ -16,7 +16,6 @@ resumed run is the uninterrupted one.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -152,7 +151,7 @@ def train_vq(c) -> Path:
     from ..eval.vq import reconstruction_report
     from ..io import atomic_write_text
     from ..multimodal.tokenizers import VQImageTokenizer
-    from ..recipes import versions
+    from ..recipes import command_line, versions
 
     c.validate()
     if not c.datasets:
@@ -162,7 +161,7 @@ def train_vq(c) -> Path:
     tok = VQImageTokenizer(vqvae)
     grid = tok.grid(c.image_size)
     train, eval_data, info = vq_training_images(c)
-    run_info = {"command": " ".join(["mmdlm"] + sys.argv[1:]), "config": asdict(c), "data": info,
+    run_info = {"command": command_line(), "config": asdict(c), "data": info,
                 "parameters": sum(p.numel() for p in vqvae.parameters()), "code_grid": [grid, grid],
                 "versions": versions()}
     trainer = VQTrainer(vqvae, {"pixels": train}, c, eval_data=None if eval_data is None else {"pixels": eval_data},
