@@ -319,14 +319,15 @@ def imagetext(r: dict | None) -> str | None:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for x in r["records"]:
-        rows.append(f"| {x['backbone']} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
+        name = x["backbone"] + (f" ({x['label']})" if x.get("label") else "")
+        rows.append(f"| {name} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
                     f"{_pct(x.get('t2i_accuracy'))} | {_attributes(x, 't2i')} | {_pct(x.get('caption_accuracy'))} | "
                     f"{_pct(x.get('caption_exact_match'))} | {_attributes(x, 'caption')} | "
                     f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | {x.get('s_per_image') or ''} | "
                     f"{x.get('s_per_caption') or ''} |")
         guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
         machine = x.get("machine") or {}
-        notes.append(f"{x['backbone']} / {x['dataset']}: `{x.get('command', '')}`"
+        notes.append(f"{name} / {x['dataset']}: `{x.get('command', '')}`"
                      + (f" ({guidance})" if guidance else "")
                      + f"; batch {x.get('batch_size')}, device {x.get('device')}, {machine.get('cpus')} CPUs"
                      + f", torch {(x.get('versions') or {}).get('torch')}.")
@@ -357,7 +358,6 @@ def imagetext_stages(r: dict | None) -> str | None:
     for x in r["records"]:
         groups.setdefault((x["dataset"], x["backbone"]), []).append(x)
     rows = ["| held-out, per stage | n | text-to-image % | captioning % | joint % |", "|---|---:|---:|---:|---:|"]
-    commands = []
     for (dataset, backbone), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "mmdit")):
         records.sort(key=_stage)
         if len({x["n"] for x in records}) != 1:
@@ -370,9 +370,9 @@ def imagetext_stages(r: dict | None) -> str | None:
         stages = " / ".join(str(_stage(x)) for x in records)
         rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
-        commands.append(f"`{records[-1]['command']}`")
-    return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, at the pipeline's default steps; "
-                                 "the last stage's is the shipped model. Commands of the form " + commands[0] + "."])
+    return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, at the pipeline's default "
+                                 "steps; the last stage's is the shipped model. Commands of the form "
+                                 f"`{records[-1]['command']}`."])
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
@@ -380,14 +380,19 @@ RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling":
              "imagetext_stages": imagetext_stages, "vq": vq}
 
 
-def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def blocks():
+    """(name, table) of every README block that bench/results/NAME.json (or assets/) has data for."""
     for name, render in RENDERERS.items():
         path = RESULTS / f"{name}.json"
         block = render(json.loads(path.read_text()) if path.exists() else None)
-        if block is None:
-            continue
+        if block is not None:
+            yield name, block
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, block in blocks():
         pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)
