@@ -100,12 +100,15 @@ mmdit-digits: install
 	rm -rf assets/mmdit-digits && cp -r outputs/mmdit-digits/model assets/mmdit-digits
 	cp outputs/mmdit-digits/run.json outputs/mmdit-digits/log.csv outputs/mmdit-digits/loss.png assets/mmdit-digits/
 
-# Image-text evaluation of the shipped multimodal checkpoints (bench/results/imagetext.json, README table).
+# Image-text evaluation of the shipped multimodal checkpoints (bench/results/imagetext.json, README table),
+# at the default steps and, for shapes, at twice as many.
 eval-mm: install
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-digits --dataset digits --n 256
 	$(BIN)/mmdlm eval-mm --model assets/discrete-shapes --dataset shapes --n 256
 	$(BIN)/mmdlm eval-mm --model assets/discrete-digits --dataset digits --n 256
+	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 256 --steps 40 --label "40 steps"
+	$(BIN)/mmdlm eval-mm --model assets/discrete-shapes --dataset shapes --n 256 --steps 32 --label "32 steps"
 	$(BIN)/python bench/report.py
 
 # The discrete backbone: its VQ image tokenizer, then the transformer on shapes and on digits.

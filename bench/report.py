@@ -309,6 +309,16 @@ def _attributes(r: dict, task: str) -> str:
     return "" if any(v is None for v in values) else " / ".join(f"{100 * v:.0f}" for v in values)
 
 
+def _sampler(record: dict) -> str:
+    """The image sampler of an eval-mm record, in a few words."""
+    sched = record.get("scheduler") or {}
+    if sched.get("class") == "FlowMatchEulerDiscreteScheduler":
+        return f"{'stochastic sampling' if sched.get('stochastic_sampling') else 'Euler steps'}, shift {sched['shift']}"
+    if sched.get("class") == "MaskedDiffusionScheduler":
+        return (f"remasking, alg_temp {sched['alg_temp']}" if sched.get("remasking") else f"rule {sched['rule']}")
+    return sched.get("class", "unrecorded")
+
+
 def imagetext(r: dict | None) -> str | None:
     """One row per (backbone, dataset) of bench/results/imagetext.json (`mmdlm eval-mm`)."""
     if r is None or not r.get("records"):
@@ -328,7 +338,7 @@ def imagetext(r: dict | None) -> str | None:
         guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
         machine = x.get("machine") or {}
         notes.append(f"{name} / {x['dataset']}: `{x.get('command', '')}`"
-                     + (f" ({guidance})" if guidance else "")
+                     + (f" ({guidance})" if guidance else "") + f"; sampler: {_sampler(x)}"
                      + f"; batch {x.get('batch_size')}, device {x.get('device')}, {machine.get('cpus')} CPUs"
                      + f", torch {(x.get('versions') or {}).get('torch')}.")
     return "\n".join(rows + [""] + ["Shapes: held-out scenes (never in training); accuracy = every attribute right "
@@ -371,7 +381,10 @@ def imagetext_stages(r: dict | None) -> str | None:
         rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
     return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, at the pipeline's default "
-                                 "steps; the last stage's is the shipped model. Commands of the form "
+                                 "steps and with the sampler its recipe saves (" + "; ".join(sorted(
+                                     {f"{names.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
+                                      for group in groups.values() for x in group})) + "); the last stage's is the "
+                                 "shipped model. Commands of the form "
                                  f"`{records[-1]['command']}`."])
 
 

@@ -118,6 +118,8 @@ class GenerateConfig:
     top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
     alg_temp: float = field(default=0.0, metadata={"help": "randomness in choosing which tokens to commit (Dream)"})
+    remasking: bool = field(default=False, metadata={
+        "help": "committed tokens can be taken back when new predictions outrank them (rule confidence)"})
     guidance_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance (the prompt masked)"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop once EOS is generated"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -169,6 +171,10 @@ class TrainMMConfig(LoraArgs, TrainArgs):
     flow_shift: float = field(default=1.0, metadata={
         "help": "shift of the saved FlowMatchEulerDiscreteScheduler (SD3: 3.0): > 1 spends more sampling steps at "
                 "high noise (mmdit)"})
+    sampler: dict = field(default_factory=dict, metadata={
+        "help": "settings of the saved sampling scheduler: FlowMatchEulerDiscreteScheduler's (mmdit; e.g. "
+                "{stochastic_sampling: true}) or MaskedDiffusionScheduler's (discrete; e.g. {remasking: true, "
+                "alg_temp: 2.0})"})
 
     def validate(self) -> None:
         from .training.multimodal import check_task_weights

@@ -248,7 +248,7 @@ def generate(c) -> dict:
     if c.history not in (None, "terminal") and not c.history.endswith((".gif", ".html")):
         raise ValueError(f"history must be 'terminal' or a path ending in .gif or .html, got {c.history!r}")
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
-                    threshold=c.threshold)
+                    threshold=c.threshold, remasking=c.remasking)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
     pipe = load_text_pipeline(c.model, **sampling)
     pipe.set_progress_bar_config(disable=True)

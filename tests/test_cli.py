@@ -101,12 +101,13 @@ def test_adapt_then_generate_end_to_end(tmp_path, causal_dir, text_files, capsys
     run = json.loads((out / "run.json").read_text())
     assert run["args"]["max_steps"] == 2  # the flag overrode the recipe
     res = tmp_path / "gen.json"
-    code = _main("generate", "--model", str(out / "model"), "--prompt", "def add(a, b):",
-                 "--infill", "x = <|mask:3|>\n", "--gen-length", "8", "--steps", "4", "--output", str(res))
-    assert code == 0, capsys.readouterr().err
-    data = json.loads(res.read_text())
-    assert "<|mask" not in data["infill"]["output"] and data["infill"]["output"].startswith("x = ")
-    assert data["continuation"]["input"] == "def add(a, b):"
+    for flags in ([], ["--remasking", "--alg-temp", "1"]):
+        code = _main("generate", "--model", str(out / "model"), "--prompt", "def add(a, b):",
+                     "--infill", "x = <|mask:3|>\n", "--gen-length", "8", "--steps", "4", "--output", str(res), *flags)
+        assert code == 0, capsys.readouterr().err
+        data = json.loads(res.read_text())
+        assert "<|mask" not in data["infill"]["output"] and data["infill"]["output"].startswith("x = ")
+        assert data["continuation"]["input"] == "def add(a, b):" and data["settings"]["remasking"] == bool(flags)
 
 
 def test_adapt_bad_inputs(tmp_path, causal_dir, text_files, capsys):
@@ -136,6 +137,8 @@ def test_generate_bad_inputs(tmp_path, causal_dir, tokenizer, capsys):
     assert "unknown rule" in capsys.readouterr().err
     assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--threshold", "0") == 2
     assert "threshold must be in (0, 1]" in capsys.readouterr().err
+    assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--remasking", "--rule", "margin") == 2
+    assert "remasking ranks by confidence" in capsys.readouterr().err
     assert _main("generate", "--model", str(tmp_path / "dlm"), "--prompt", "x", "--history", "out.png") == 2
     assert "history" in capsys.readouterr().err
 

@@ -269,7 +269,7 @@ def test_train_mm_discrete_writes_a_pipeline_that_evaluates(tmp_path, capsys):
     recipe.write_text(json.dumps({
         "backbone": "discrete", "dataset": "shapes", "image_size": IMAGE_SIZE, "text_length": TEXT_LENGTH,
         "n_train": 16, "n_eval": 4, "image_tokenizer": str(tmp_path / "vq"), "max_steps": 2, "batch_size": 4,
-        "caption_column": "canonical",
+        "caption_column": "canonical", "sampler": {"remasking": True, "alg_temp": 2.0},
         "warmup_steps": 0, "output_dir": str(tmp_path / "run"),
         "model_config": {"num_layers": 1, "num_single_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16,
                          "axes_dims_rope": [4, 6, 6], "timestep_channels": 32}}))
@@ -283,6 +283,8 @@ def test_train_mm_discrete_writes_a_pipeline_that_evaluates(tmp_path, capsys):
     record = json.loads(out.read_text())["records"][0]
     assert record["backbone"] == "discrete" and record["pipeline"] == "UnifiedDiscretePipeline"
     assert record["s_per_image"] > 0 and record["s_per_caption"] > 0 and record["joint_consistency"] is not None
+    assert record["scheduler"]["class"] == "MaskedDiffusionScheduler" and record["scheduler"]["remasking"]
+    assert pipe.scheduler.config.alg_temp == 2.0  # the recipe's sampler, saved with the pipeline
     # clear errors: the data decides codebook, vocabulary and grid
     recipe.write_text(recipe.read_text().replace('"timestep_channels": 32', '"timestep_channels": 32, '
                                                                             '"codebook_size": 8'))
@@ -290,6 +292,8 @@ def test_train_mm_discrete_writes_a_pipeline_that_evaluates(tmp_path, capsys):
     assert "come from the data" in capsys.readouterr().err
     assert cli.main(["train-mm", "--config", str(recipe), "--image-size", "18"]) == 2
     assert "cannot be tiled" in capsys.readouterr().err
+    assert cli.main(["train-mm", "--config", str(recipe), "--sampler", '{"remasking": true, "rule": "margin"}']) == 2
+    assert "remasking ranks by confidence" in capsys.readouterr().err
 
 
 def test_train_vq_command(tmp_path, capsys):
@@ -391,8 +395,10 @@ def test_joint_generation_samples_words_and_commit_order_by_default():
         image=IMAGES[:2], num_inference_steps=3, generator=gen(), temperature=0.0, alg_temp=0.0).texts
 
 
-def test_inpainting_keeps_the_known_codes_and_infilling_the_known_words():
+@pytest.mark.parametrize("remasking", [False, True])
+def test_inpainting_keeps_the_known_codes_and_infilling_the_known_words(remasking):
     pipe = tiny_pipeline()
+    pipe.scheduler = MaskedDiffusionScheduler.from_config(pipe.scheduler.config, remasking=remasking, alg_temp=2.0)
     seen = {}
 
     def keep(pipe_, step, t, tensors):
@@ -424,6 +430,27 @@ def test_inpainting_keeps_the_known_codes_and_infilling_the_known_words():
     assert holes.sum() == 2
     assert torch.equal(seen["last"]["text_ids"][~holes], start[~holes])
     assert (seen["last"]["text_ids"] != pipe.tokenizer.mask_token_id).all()
+
+
+def test_remasking_takes_codes_back_and_follows_the_generator():
+    pipe = tiny_pipeline()
+    pipe.scheduler = MaskedDiffusionScheduler.from_config(pipe.scheduler.config, remasking=True, alg_temp=2.0)
+    steps = []
+
+    def record(pipe_, step, t, tensors):
+        steps.append(tensors["image_ids"].clone())
+        return {}
+
+    a = pipe([PROMPT] * 4, num_inference_steps=6, generator=gen(5), output_type="pt", callback_on_step_end=record,
+             callback_on_step_end_tensor_inputs=["image_ids"]).images
+    masked = [ids == CODEBOOK for ids in steps]
+    assert any((~before & after).any() for before, after in zip(masked, masked[1:]))  # a code was taken back
+    assert [int(m.sum()) for m in masked] == sorted((int(m.sum()) for m in masked), reverse=True)  # the schedule
+    assert not masked[-1].any()
+    assert torch.equal(a, pipe([PROMPT] * 4, num_inference_steps=6, generator=gen(5), output_type="pt").images)
+    listed = pipe([PROMPT] * 2, num_inference_steps=6, generator=[gen(5), gen(6)], output_type="pt").images
+    alone = pipe(PROMPT, num_inference_steps=6, generator=gen(6), output_type="pt").images
+    assert torch.allclose(listed[1:], alone, atol=1e-5)
 
 
 def test_guidance_passes_and_math():

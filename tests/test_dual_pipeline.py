@@ -95,6 +95,21 @@ def test_generator_fixes_everything_and_output_types(pipe):
     assert torch.allclose(per_sample[1], alone[0], atol=1e-5)
 
 
+def test_stochastic_sampling_draws_from_the_generator(pipe):
+    """diffusers' stochastic_sampling re-noises every step: the fresh noise comes from `generator`
+    (per sample for a list), not from torch's global generator."""
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(pipe([PROMPT, PROMPT], num_inference_steps=3, generator=[gen(1), gen(2)], output_type="pt").images)
+    assert torch.equal(runs[0], runs[1])
+    alone = pipe(PROMPT, num_inference_steps=3, generator=gen(2), output_type="pt").images
+    assert torch.allclose(runs[0][1], alone[0], atol=1e-5)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the Euler step: another image
+    assert not torch.allclose(pipe(PROMPT, num_inference_steps=3, generator=gen(2), output_type="pt").images, alone)
+
+
 def test_guidance_in_both_directions(pipe, monkeypatch):
     seen = []
     forward = pipe.transformer.forward
@@ -135,6 +150,28 @@ def test_history_and_callbacks(pipe):
     assert torch.allclose(out.images, torch.full_like(out.images, 0.5))  # the callback's edit is the result
     with pytest.raises(ValueError, match="callback tensor inputs"):
         pipe(PROMPT, num_inference_steps=2, callback_on_step_end_tensor_inputs=["noise"])
+
+
+def test_shapes_probe_swaps_the_scheduler_per_setting(pipe, tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    probe = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "shapes_probe.py"))
+    settings = ['{}', '{"scheduler": {"stochastic_sampling": true}}', '{"num_inference_steps": 2}']
+    assert probe["main"]([str(tmp_path / "pipe"), *settings, "--n", "4", "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [[json.loads(field) for field in line.split("\t")] for line in lines]
+    assert [setting for setting, _ in rows] == [json.loads(s) for s in settings]
+    assert all(set(shares) == {"colour", "shape", "size", "axis", "relation", "all"} for _, shares in rows)
+    with pytest.raises(SystemExit):
+        probe["main"]([str(tmp_path / "pipe"), "[1]"])
+    # a scheduler saved before a setting existed: the override still holds
+    path = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "stochastic_sampling"}))
+    old = load_pipeline(tmp_path / "pipe")
+    probe["swap_scheduler"](old, old.scheduler, {"stochastic_sampling": True})
+    assert old.scheduler.config.stochastic_sampling
 
 
 def test_inpainting_keeps_the_known_region(pipe):
@@ -299,12 +336,14 @@ def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
         "backbone: mmdit\ndataset: shapes\nimage_size: 16\ntext_length: 12\nn_train: 16\nn_eval: 8\n"
         "model_config: {num_layers: 1, attention_head_dim: 8, num_attention_heads: 2, joint_attention_dim: 16,\n"
         "  caption_projection_dim: 16, pooled_projection_dim: 16}\n"
-        f"max_steps: 3\nbatch_size: 4\nwarmup_steps: 1\nflow_shift: 2.5\noutput_dir: {tmp_path / 'run'}\n")
+        "max_steps: 3\nbatch_size: 4\nwarmup_steps: 1\nflow_shift: 2.5\nsampler: {stochastic_sampling: true}\n"
+        f"output_dir: {tmp_path / 'run'}\n")
     assert cli.main(["train-mm", "--config", str(recipe)]) == 0, capsys.readouterr().err
     pipe = load_pipeline(tmp_path / "run" / "model")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, DualDiffusionPipeline) and pipe.image_size == 16 and pipe.text_length == 12
-    assert pipe.scheduler.config.shift == 2.5 and pipe.transformer.config.prediction_type == "velocity"
+    assert pipe.scheduler.config.shift == 2.5 and pipe.scheduler.config.stochastic_sampling
+    assert pipe.transformer.config.prediction_type == "velocity"
     assert len(pipe(image=shapes_image(), num_inference_steps=2).texts) == 1
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["backbone"] == "mmdit" and run["parameters"] > 0
@@ -317,7 +356,8 @@ def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
                                   "not an AutoencoderKL"),
                                  ("--pretrained", str(tmp_path), "holds no diffusers model"),
                                  ("--text-schedule", "cubic", "unknown schedule"),
-                                 ("--flow-shift", "0", "flow_shift=0.0")]:
+                                 ("--flow-shift", "0", "flow_shift=0.0"),
+                                 ("--sampler", '{"stochastic": true}', "has no setting(s) ['stochastic']")]:
         assert cli.main(["train-mm", "--config", str(recipe), flag, value]) == 2
         assert message in capsys.readouterr().err
 

@@ -19,12 +19,14 @@ def test_block_ranges():
         block_ranges(0, 4, 0)
 
 
-@pytest.mark.parametrize("mode", ["bidirectional", "block"])
-def test_generate_fills_only_masks(tokenizer, mode):
+@pytest.mark.parametrize("mode,remasking", [("bidirectional", False), ("block", False), ("block", True)])
+def test_generate_fills_only_masks(tokenizer, mode, remasking):
     dlm = _dlm(tokenizer, attention=mode, block_size=4 if mode == "block" else None)
     m = dlm.mask_token_id
     x = torch.tensor([[5, 6, m, m, 7, m, m, m, m, 8]])
-    out = generate(dlm, x, MaskedDiffusionScheduler(), steps=3, blocks=[(2, 5), (5, 9)]).sequences
+    scheduler = MaskedDiffusionScheduler(remasking=remasking, alg_temp=2.0)  # remasking: confidences carried
+    out = generate(dlm, x, scheduler, steps=6, blocks=[(2, 5), (5, 9)],
+                   generator=torch.Generator().manual_seed(0)).sequences
     assert not (out == m).any()
     keep = x != m
     assert torch.equal(out[keep], x[keep])

@@ -24,8 +24,13 @@ def test_stage_table(tmp_path):
         for k, value in reversed(list(enumerate(t2i, 1))):
             data = write_record(path, {"backbone": backbone, "dataset": "shapes", "n": 8, "label": f"stage {k}",
                                        "t2i_accuracy": value, "caption_accuracy": 1.0, "joint_consistency": 0.5,
-                                       "command": f"mmdlm eval-mm --label 'stage {k}'"})
+                                       "command": f"mmdlm eval-mm --label 'stage {k}'",
+                                       "scheduler": {"class": "MaskedDiffusionScheduler", "remasking": True,
+                                                     "alg_temp": 2.0} if backbone == "discrete" else
+                                       {"class": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": False,
+                                        "shift": 3.0}})
     rows = report.imagetext_stages(data).splitlines()
+    assert "(MM-DiT: Euler steps, shift 3.0; discrete: remasking, alg_temp 2.0)" in rows[-1]
     assert rows[2] == ("| MM-DiT on shapes, stage 1 / 2 / 3 | 8 | 10.0 / 30.0 / **70.0** | "
                        "100.0 / 100.0 / **100.0** | 50.0 / 50.0 / **50.0** |")
     assert rows[3].startswith("| discrete on shapes, stage 1 / 2 | 8 | 20.0 / **50.0** |")

@@ -75,3 +75,45 @@ def test_alg_temp_and_sampling_are_seeded():
     assert torch.equal(a, b) and ((a != M).sum(-1) == 4).all()
     with pytest.raises(TypeError, match="unexpected"):
         s.step(_probs(16, b=2), 1.0, x, mask_token_id=M, speed="fast")
+
+
+def test_remasking_takes_back_a_token_outranked_by_new_predictions():
+    """4 positions, 4 steps: step 1 commits one token (confidence 0.6); in step 2 two masked
+    positions become sure (0.99), and the schedule keeps two tokens: the first one goes back."""
+    first = torch.zeros(1, 4, 10)
+    first[0, 0, 1] = 3.0  # position 0: token 1 with p ~ 0.69, the others flat
+    sure = torch.zeros(1, 4, 10)
+    sure[0, 1:3, 2] = 12.0
+    x = torch.full((1, 4), M)
+    for remasking, expected in ((True, [M, 2, 2, M]), (False, [1, 2, M, M])):
+        s = MaskedDiffusionScheduler(num_inference_steps=4, remasking=remasking)
+        out = s.step(first, s.timesteps[0], x, mask_token_id=M)
+        assert out.prev_sample.tolist() == [[1, M, M, M]]
+        out = s.step(sure, s.timesteps[1], out.prev_sample, mask_token_id=M, confidence=out.confidence)
+        assert out.prev_sample.tolist() == [expected]
+        assert (out.confidence is not None) == remasking
+
+
+def test_remasking_never_touches_given_tokens_and_ends_unmasked():
+    s = MaskedDiffusionScheduler(num_inference_steps=5, remasking=True, alg_temp=2.0, temperature=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([[4, M, M, M, 5, M, M, M]] * 3)
+    conf = None
+    for i, t in enumerate(s.timesteps):
+        out = s.step(_probs(8, b=3, seed=i), t, x, mask_token_id=M, confidence=conf, generator=g)
+        x, conf = out.prev_sample, out.confidence
+        assert (x[:, 0] == 4).all() and (x[:, 4] == 5).all()
+    assert not (x == M).any()
+
+
+def test_remasking_errors():
+    with pytest.raises(ValueError, match="needs rule 'confidence'"):
+        MaskedDiffusionScheduler(remasking=True, rule="margin")
+    with pytest.raises(ValueError, match="no threshold"):
+        MaskedDiffusionScheduler(remasking=True, threshold=0.9)
+    s = MaskedDiffusionScheduler(num_inference_steps=4, remasking=True)
+    x = torch.full((1, 4), M)
+    with pytest.raises(ValueError, match="confidence=out.confidence"):
+        s.step(_probs(4), s.timesteps[1], x, mask_token_id=M)
+    with pytest.raises(ValueError, match="shape of sample"):
+        s.step(_probs(4), s.timesteps[1], x, mask_token_id=M, confidence=torch.zeros(1, 3))

@@ -133,6 +133,10 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
                     "dataset": dataset, "n": n, "num_inference_steps": steps, "seed": seed,
                     "image_size": image_size, "batch_size": batch_size, "device": str(getattr(pipe, "device", "cpu")),
                     **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    scheduler = getattr(pipe, "scheduler", None)
+    if scheduler is not None:  # the sampler the images come from (its config decides e.g. stochastic steps)
+        record["scheduler"] = {"class": type(scheduler).__name__,
+                               **{k: v for k, v in scheduler.config.items() if not k.startswith("_")}}
     for key in ("t2i_accuracy", "caption_accuracy", "joint_consistency", "s_per_image", "s_per_caption"):
         record[key] = None
     judge = parse_digit_caption = None

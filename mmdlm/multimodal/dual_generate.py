@@ -2,7 +2,8 @@
 
 The image (pixels or VAE latents) follows flow matching: x_t = (1 - sigma) x_0 + sigma noise,
 the model predicts the velocity noise - x_0 and diffusers' `FlowMatchEulerDiscreteScheduler`
-takes the Euler step. The caption is a canvas of token ids with [MASK] where text is to be
+takes the Euler step (or, with its `stochastic_sampling`, draws x_s = (1 - s) x_0_hat + s noise with
+fresh noise from `generator`). The caption is a canvas of token ids with [MASK] where text is to be
 generated; `MaskedDiffusionScheduler` commits some masked tokens per step. A modality given
 clean (the image when captioning, the caption for text-to-image) stays fixed at noise level 0.
 
@@ -90,6 +91,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     text_generator = generator[0] if isinstance(generator, (list, tuple)) else generator
     history: list[dict] = []
     nfe = 0
+    confidence = None  # the text's, carried from step to step by a remasking scheduler
     for i in range(num_inference_steps):
         t_image = image_steps[i] if image_noisy else torch.zeros((), device=device)
         ratio = mask_ratio(text_ids, mask_token_id, text_attention_mask)
@@ -117,13 +119,14 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
         if image_noisy:
             sigma = float(t_image) / image_scheduler.config.num_train_timesteps
             estimate = velocity_to_x0(latents, velocity, sigma)
-            latents = image_scheduler.step(velocity, t_image, latents, return_dict=False)[0]
+            latents = image_scheduler.step(velocity, t_image, latents, generator=generator, return_dict=False)[0]
             if keep is not None:
                 s_next = float(image_scheduler.sigmas[min(i + 1, len(image_scheduler.sigmas) - 1)])
                 latents = keep * ((1 - s_next) * known_image + s_next * noise) + (1 - keep) * latents
         if text_noisy:
-            text_ids = text_scheduler.step(logits, text_scheduler.timesteps[i], text_ids, mask_token_id=mask_token_id,
-                                           generator=text_generator).prev_sample
+            out_text = text_scheduler.step(logits, text_scheduler.timesteps[i], text_ids, mask_token_id=mask_token_id,
+                                           confidence=confidence, generator=text_generator)
+            text_ids, confidence = out_text.prev_sample, out_text.confidence
         if callback is not None:
             changed = callback(i, t_image, {"latents": latents, "text_ids": text_ids}) or {}
             latents = changed.get("latents", latents)

@@ -202,13 +202,17 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             tl = _guide(tl, text_logits[-1], text_guidance_scale)
         return il, tl
 
-    def _step(self, logits, t, ids, mask_id, generator, **options):
+    def _step(self, logits, t, ids, mask_id, generator, confidence=None, **options):
+        """One scheduler step: (ids, every masked position predicted, confidences for the next step)."""
         if isinstance(generator, list):  # one generator per sample
             outs = [self.scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
-                                        **options) for i, g in enumerate(generator)]
-            return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs])
-        out = self.scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, **options)
-        return out.prev_sample, out.pred_original_sample
+                                        confidence=None if confidence is None else confidence[i:i + 1], **options)
+                    for i, g in enumerate(generator)]
+            conf = None if outs[0].confidence is None else torch.cat([o.confidence for o in outs])
+            return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs]), conf
+        out = self.scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, confidence=confidence,
+                                  **options)
+        return out.prev_sample, out.pred_original_sample, out.confidence
 
     def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
         return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
@@ -273,17 +277,18 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         options = {key: v for key, v in dict(rule=rule, alg_temp=alg_temp).items() if v is not None}
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         history = [] if return_history else None
+        img_conf = txt_conf = None  # what a remasking scheduler carries from step to step
         with self.progress_bar(total=num_inference_steps) as bar:
             for i, t in enumerate(self.scheduler.timesteps):
                 image_logits, text_logits = self._logits(img, txt, gen_image, gen_text, guidance_scale,
                                                          text_guidance_scale)
                 img_pred = img
                 if gen_image:
-                    img, img_pred = self._step(image_logits, t, img, k, generator, temperature=image_temperature,
-                                               **options)
+                    img, img_pred, img_conf = self._step(image_logits, t, img, k, generator, img_conf,
+                                                         temperature=image_temperature, **options)
                 if gen_text:
                     text_options = options if temperature is None else {**options, "temperature": temperature}
-                    txt, _ = self._step(text_logits, t, txt, mask_id, generator, **text_options)
+                    txt, _, txt_conf = self._step(text_logits, t, txt, mask_id, generator, txt_conf, **text_options)
                 if history is not None:
                     history.append({"images": self._decode_images(img_pred) if gen_image else None,
                                     "text_ids": txt.clone() if gen_text else None})

@@ -14,6 +14,14 @@ How many tokens are committed in a step from t to s:
 Which tokens: the highest scores under the rule ("confidence" = max probability,
 "margin" = top1 - top2, "entropy" = negative entropy, "random"), or, with `alg_temp` > 0,
 a draw without replacement from softmax(score / alg_temp) (Dream).
+
+With `remasking`, a committed token can be taken back: each step ranks every generated position,
+the masked ones by the confidence of their new prediction and the committed ones by the
+confidence they were committed with, and keeps the best (the schedule's count, so as many stay
+masked as without remasking); the rest are masked again and predicted anew. The ranking is
+log-confidence plus Gumbel noise of scale `alg_temp` x t (MaskGIT's annealed choice temperature).
+The caller carries the confidences from step to step (`confidence=out.confidence`); tokens that
+were never masked (prompts, known image codes) are never taken back.
 """
 from __future__ import annotations
 
@@ -32,11 +40,13 @@ RULES = ("confidence", "margin", "entropy", "random", "origin")
 @dataclass
 class MaskedDiffusionSchedulerOutput(BaseOutput):
     """prev_sample: ids after the step; pred_original_sample: every masked position filled with
-    its prediction; committed: the positions committed by this step."""
+    its prediction; committed: the positions committed by this step; confidence (with remasking): what
+    the next step needs, the confidence of each generated token (inf where a token was given)."""
 
     prev_sample: torch.LongTensor
     pred_original_sample: torch.LongTensor
     committed: torch.BoolTensor
+    confidence: torch.Tensor | None = None
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -45,14 +55,18 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_inference_steps: int = 64, schedule: str = "linear", eps: float = 1e-3,
                  rule: str = "confidence", temperature: float = 0.0, top_k: int | None = None,
-                 top_p: float | None = None, alg_temp: float = 0.0, threshold: float | None = None):
+                 top_p: float | None = None, alg_temp: float = 0.0, threshold: float | None = None,
+                 remasking: bool = False):
         get_schedule(schedule, eps)
         self._check(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p, alg_temp=alg_temp,
-                    threshold=threshold)
+                    threshold=threshold, remasking=remasking)
         self.set_timesteps(num_inference_steps)
 
     @staticmethod
-    def _check(*, rule, temperature, top_k, top_p, alg_temp, threshold):
+    def _check(*, rule, temperature, top_k, top_p, alg_temp, threshold, remasking):
+        if remasking and (rule != "confidence" or threshold is not None):
+            raise ValueError(f"remasking ranks by confidence on the commit schedule: it needs rule 'confidence' "
+                             f"and no threshold, got rule={rule!r}, threshold={threshold}")
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
         if temperature < 0 or alg_temp < 0:
@@ -79,15 +93,17 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return max(t - 1.0 / self.num_inference_steps, 0.0)
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.LongTensor, *,
-             mask_token_id: int, editable: torch.BoolTensor | None = None,
+             mask_token_id: int, editable: torch.BoolTensor | None = None, confidence: torch.Tensor | None = None,
              generator: torch.Generator | None = None, return_dict: bool = True, **overrides):
         """One reverse step. `model_output` (B, L, V) are logits aligned with `sample` (B, L).
 
-        Only masked positions that are `editable` (default: all) can be committed. Any config
-        value (rule, temperature, top_k, top_p, alg_temp, threshold) can be overridden per call.
+        Only masked positions that are `editable` (default: all) can be committed (or, with
+        remasking, taken back). `confidence`: the previous step's `out.confidence` (remasking
+        only; None at the first step). Any config value (rule, temperature, top_k, top_p,
+        alg_temp, threshold, remasking) can be overridden per call.
         """
         c = {k: overrides.pop(k, self.config[k]) for k in
-             ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold")}
+             ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold", "remasking")}
         if overrides:
             raise TypeError(f"unexpected arguments: {', '.join(overrides)}")
         self._check(**c)
@@ -105,6 +121,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         tokens, probs = predict(logits, temperature=c["temperature"], top_k=c["top_k"], top_p=c["top_p"],
                                 generator=generator)
 
+        if c["remasking"]:
+            return self._remasking_step(sample, tokens, probs, masked, candidates, editable, confidence, t, s,
+                                        c["alg_temp"], mask_token_id, generator, return_dict)
         n_cand = candidates.sum(-1)
         if c["rule"] == "origin":
             m = self.noise_schedule.mask_prob
@@ -127,6 +146,32 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev, pred, commit
         return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=pred, committed=commit)
+
+    def _remasking_step(self, sample, tokens, probs, masked, candidates, editable, confidence, t, s, alg_temp,
+                        mask_token_id, generator, return_dict):
+        if confidence is None:
+            if t < float(self.timesteps[0]):
+                raise ValueError("remasking needs the confidences of the previous step: pass "
+                                 "confidence=out.confidence from the step before")
+            confidence = torch.full(sample.shape, float("inf"), device=sample.device)  # all but [MASK] given
+        elif confidence.shape != sample.shape:
+            raise ValueError(f"confidence must have the shape of sample {tuple(sample.shape)}, "
+                             f"got {tuple(confidence.shape)}")
+        committed = ~masked & torch.isfinite(confidence)
+        pool = candidates | (committed if editable is None else committed & editable)
+        new_conf = probs.gather(-1, tokens[..., None])[..., 0]
+        score = torch.where(masked, new_conf, confidence).clamp_min(1e-30).log()
+        n_cand = candidates.sum(-1)  # as many stay masked as the schedule leaves without remasking
+        stay_masked = n_cand - (tokens_to_commit(n_cand, t, s, self.noise_schedule) if s > 0 else n_cand)
+        keep = select_top(score, pool.sum(-1) - stay_masked, pool, alg_temp=alg_temp * t, generator=generator)
+        filled = torch.where(masked, tokens, sample)
+        prev = torch.where(pool, torch.where(keep, filled, torch.full_like(sample, mask_token_id)), sample)
+        conf = torch.where(pool, torch.where(keep, torch.where(masked, new_conf, confidence), 0.0), confidence)
+        commit = keep & masked
+        if not return_dict:
+            return prev, filled, commit
+        return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=filled, committed=commit,
+                                              confidence=conf)
 
     def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,
                   generator: torch.Generator | None = None, protect: torch.BoolTensor | None = None):

@@ -141,6 +141,7 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
+        confidence = None  # carried from step to step by a remasking scheduler
         for k, t in enumerate(scheduler.timesteps):  # the last step commits whatever is left
             if not (x[:, lo:hi] == mask_id).any():
                 break
@@ -152,8 +153,9 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 logits = runner.full(x, lo, hi, cache)
             else:
                 logits = runner.window(x, lo, hi, cache)
-            out = scheduler.step(logits, t, x[:, lo:hi], mask_token_id=mask_id, generator=generator, **step_options)
-            x[:, lo:hi] = out.prev_sample
+            out = scheduler.step(logits, t, x[:, lo:hi], mask_token_id=mask_id, confidence=confidence,
+                                 generator=generator, **step_options)
+            x[:, lo:hi], confidence = out.prev_sample, out.confidence
             step_index += 1
             if record_history:
                 history.append(x.clone())

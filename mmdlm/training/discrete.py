@@ -87,9 +87,10 @@ def train_discrete(c) -> Path:
     from ..multimodal.tokenizers import VQImageTokenizer
     from ..recipes import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
-    from .multimodal import check_task_weights
+    from .multimodal import check_task_weights, sampling_scheduler
 
     check_task_weights(c.task_weights)
+    scheduler = sampling_scheduler(MaskedDiffusionScheduler, c.sampler, schedule="cosine", rule="confidence")
     image_tok = VQImageTokenizer.from_pretrained(c.image_tokenizer or DEFAULT_IMAGE_TOKENIZER)
     image_tok.vqvae.requires_grad_(False)
     grid = image_tok.grid(c.image_size)
@@ -121,7 +122,6 @@ def train_discrete(c) -> Path:
                              "VQ model; remove them")
         model = UnifiedDiscreteTransformer(**fixed, **c.model_config)
     model = lora_transformer(model, c)
-    scheduler = MaskedDiffusionScheduler(schedule="cosine", rule="confidence")
     parts = dict(vqvae=image_tok.vqvae, tokenizer=tok, scheduler=scheduler, image_size=c.image_size,
                  vq_normalize=image_tok.normalize)
     run_info = {"command": command_line(), "config": asdict(c), "data": data.info,

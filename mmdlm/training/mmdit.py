@@ -192,8 +192,9 @@ def train_mmdit(c) -> Path:
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
     from ..recipes import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
-    from .multimodal import encode_split, lora_transformer, mm_training_data, savable_transformer
+    from .multimodal import encode_split, lora_transformer, mm_training_data, sampling_scheduler, savable_transformer
 
+    scheduler = sampling_scheduler(FlowMatchEulerDiscreteScheduler, c.sampler, shift=c.flow_shift)
     data = mm_training_data(c)
     vae = load_vae(c.image_tokenizer) if c.image_tokenizer else None
     factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
@@ -204,7 +205,6 @@ def train_mmdit(c) -> Path:
     if (c.image_size // factor) % model.config.patch_size:
         raise ValueError(f"the {'latent' if vae else 'image'} side {c.image_size // factor} is not a multiple of "
                          f"patch_size {model.config.patch_size}")
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=c.flow_shift)
     text_scheduler = MaskedDiffusionScheduler(schedule=c.text_schedule)
     pipe = DualDiffusionPipeline(model, data.tokenizer, scheduler, text_scheduler, vae=vae)
     model = lora_transformer(model, c)

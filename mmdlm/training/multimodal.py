@@ -75,6 +75,21 @@ def savable_transformer(model, path):
     return copy.deepcopy(model).merge_and_unload()
 
 
+def sampling_scheduler(cls, settings: Mapping, **defaults):
+    """The scheduler a trained pipeline is saved with: `cls(**defaults)` with the recipe's `sampler`
+    settings on top; an unknown setting is an error (diffusers' configs would drop it silently)."""
+    import inspect
+
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"sampler must map {cls.__name__} settings to values, got {settings!r}")
+    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"sampler: {cls.__name__} has no setting(s) {sorted(unknown)}; it takes "
+                         f"{', '.join(sorted(known))}")
+    return cls(**{**defaults, **settings})
+
+
 def check_task_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """The weights of `TRAIN_TASKS` (missing ones 0), checked: known names, >= 0, some > 0."""
     if not isinstance(weights, Mapping):
