@@ -1,6 +1,8 @@
 """DualDiffusionPipeline: every task through one loop, guidance, history, callbacks, save/load,
 VAE latents, bad input; the mmdit training recipe; the t2i / caption commands."""
 import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,9 +155,6 @@ def test_history_and_callbacks(pipe):
 
 
 def test_shapes_probe_swaps_the_scheduler_per_setting(pipe, tmp_path, capsys):
-    import runpy
-    from pathlib import Path
-
     pipe.save_pretrained(tmp_path / "pipe")
     probe = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "shapes_probe.py"))
     settings = ['{}', '{"scheduler": {"stochastic_sampling": true}}', '{"num_inference_steps": 2}']
