@@ -136,7 +136,7 @@ class DualDiffusionPipeline(DiffusionPipeline):
         text_scheduler = self.text_scheduler
         overrides = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
         if overrides:
-            text_scheduler = MaskedDiffusionScheduler.from_config({**self.text_scheduler.config, **overrides})
+            text_scheduler = MaskedDiffusionScheduler.from_config(self.text_scheduler.config, **overrides)
         bar = self.progress_bar(total=num_inference_steps)
         names = callback_on_step_end_tensor_inputs or []
 

@@ -159,14 +159,14 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                              f"got {tuple(confidence.shape)}")
         committed = ~masked & torch.isfinite(confidence)
         pool = candidates | (committed if editable is None else committed & editable)
-        new_conf = probs.gather(-1, tokens[..., None])[..., 0]
-        score = torch.where(masked, new_conf, confidence).clamp_min(1e-30).log()
+        ranked = torch.where(masked, probs.gather(-1, tokens[..., None])[..., 0], confidence)
         n_cand = candidates.sum(-1)  # as many stay masked as the schedule leaves without remasking
-        stay_masked = n_cand - (tokens_to_commit(n_cand, t, s, self.noise_schedule) if s > 0 else n_cand)
-        keep = select_top(score, pool.sum(-1) - stay_masked, pool, alg_temp=alg_temp * t, generator=generator)
+        stay_masked = n_cand - tokens_to_commit(n_cand, t, s, self.noise_schedule)
+        keep = select_top(ranked.clamp_min(1e-30).log(), pool.sum(-1) - stay_masked, pool, alg_temp=alg_temp * t,
+                          generator=generator)
         filled = torch.where(masked, tokens, sample)
         prev = torch.where(pool, torch.where(keep, filled, torch.full_like(sample, mask_token_id)), sample)
-        conf = torch.where(pool, torch.where(keep, torch.where(masked, new_conf, confidence), 0.0), confidence)
+        conf = torch.where(pool, torch.where(keep, ranked, 0.0), confidence)
         commit = keep & masked
         if not return_dict:
             return prev, filled, commit
