@@ -380,8 +380,8 @@ def imagetext_stages(r: dict | None) -> str | None:
         stages = " / ".join(str(_stage(x)) for x in records)
         rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
-    return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, at the pipeline's default "
-                                 "steps and with the sampler its recipe saves (" + "; ".join(sorted(
+    return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, with the pipeline's call "
+                                 "defaults (steps, guidance, temperatures) and the sampler its recipe saves (" + "; ".join(sorted(
                                      {f"{names.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
                                       for group in groups.values() for x in group})) + "); the last stage's is the "
                                  "shipped model. Commands of the form "

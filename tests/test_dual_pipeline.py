@@ -129,6 +129,11 @@ def test_guidance_in_both_directions(pipe, monkeypatch):
     x, ids, t, r = seen[0][:4]
     assert t.tolist() == [0.0, 1000.0] and not torch.allclose(x[0], x[1])  # unconditional: the image is noise
     assert torch.allclose(x[0], pipe._pixels(shapes_image())[0])
+    seen.clear()  # joint: the image is guided by the words committed so far, from the second step on
+    pipe(task="joint", num_inference_steps=3, guidance_scale=2.0, generator=gen())
+    assert [len(a[0]) for a in seen] == [1, 2, 2]
+    ids, r = seen[1][1], seen[1][3]
+    assert (ids[0] != mask).any() and (ids[1] == mask).all() and r[1] == 1.0
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         pipe(PROMPT, num_inference_steps=2, guidance_scale=-1.0)
 

@@ -92,6 +92,11 @@ def test_remasking_takes_back_a_token_outranked_by_new_predictions():
         out = s.step(sure, s.timesteps[1], out.prev_sample, mask_token_id=M, confidence=out.confidence)
         assert out.prev_sample.tolist() == [expected]
         assert (out.confidence is not None) == remasking
+        s.set_timesteps(4)  # the tuple form: the output's fields, the confidences included when there are any
+        tup = s.step(first, s.timesteps[0], x, mask_token_id=M, return_dict=False)
+        assert len(tup) == 3 + remasking and tup[0].tolist() == [[1, M, M, M]]
+        if remasking:
+            assert torch.equal(tup[3], s.step(first, s.timesteps[0], x, mask_token_id=M).confidence)
 
 
 def test_remasking_never_touches_given_tokens_and_ends_unmasked():

@@ -8,8 +8,9 @@ generated; `MaskedDiffusionScheduler` commits some masked tokens per step. A mod
 clean (the image when captioning, the caption for text-to-image) stays fixed at noise level 0.
 
 Classifier-free guidance, u + (1 + w)(c - u) in both directions, from one batched pass:
-- the image guided by the text (`guidance_scale`, when the caption is given): the unconditional
-  pass sees the caption fully masked (the "no caption" of caption dropout in training);
+- the image guided by the text (`guidance_scale`, whenever the caption holds a known token: the
+  given prompt, or in joint generation the words committed so far): the unconditional pass sees
+  the caption fully masked (the "no caption" of caption dropout in training);
 - the text guided by the image (`text_guidance_scale`, when the image is given): the
   unconditional pass sees pure noise at sigma = 1 instead of the image.
 """
@@ -83,8 +84,9 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
         image_steps = image_scheduler.timesteps
     if text_noisy:
         text_scheduler.set_timesteps(num_inference_steps, device=device)
-    # guidance applies to a modality generated from the other one given clean
-    guide_image = image_noisy and not text_noisy and guidance_scale > 0
+    # the text guides the image once it has words (from the start in t2i, as they are committed in
+    # joint generation); the image guides the text only when given clean
+    may_guide_image = image_noisy and guidance_scale > 0
     guide_text = text_noisy and not image_noisy and text_guidance_scale > 0
     if guide_text:
         hidden = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
@@ -95,6 +97,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     for i in range(num_inference_steps):
         t_image = image_steps[i] if image_noisy else torch.zeros((), device=device)
         ratio = mask_ratio(text_ids, mask_token_id, text_attention_mask)
+        guide_image = may_guide_image and bool((text_ids != mask_token_id).any())
         x, ids, ts, rs, att = latents, text_ids, t_image.expand(b), ratio, text_attention_mask
         if guide_image:  # unconditional: the caption fully masked
             x, ts = torch.cat([x, x]), torch.cat([ts, ts])

@@ -143,9 +143,8 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             commit = candidates
         prev = torch.where(commit, tokens, sample)
         pred = torch.where(masked, tokens, sample)
-        if not return_dict:
-            return prev, pred, commit
-        return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=pred, committed=commit)
+        out = MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=pred, committed=commit)
+        return out if return_dict else out.to_tuple()
 
     def _remasking_step(self, sample, tokens, probs, masked, candidates, editable, confidence, t, s, alg_temp,
                         mask_token_id, generator, return_dict):
@@ -168,10 +167,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         prev = torch.where(pool, torch.where(keep, filled, torch.full_like(sample, mask_token_id)), sample)
         conf = torch.where(pool, torch.where(keep, ranked, 0.0), confidence)
         commit = keep & masked
-        if not return_dict:
-            return prev, filled, commit
-        return MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=filled, committed=commit,
-                                              confidence=conf)
+        out = MaskedDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=filled, committed=commit,
+                                             confidence=conf)
+        return out if return_dict else out.to_tuple()  # with the confidences, which the next step needs
 
     def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,
                   generator: torch.Generator | None = None, protect: torch.BoolTensor | None = None):
