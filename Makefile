@@ -14,13 +14,14 @@ export TOKENIZERS_PARALLELISM := false
 # outputs/STAGE with "_" as "-"). assets/NAME gets the last stage's pipeline and its run.json,
 # log.csv and loss.png, with each earlier stage's records in assets/NAME/stage1, stage2, ...
 # Assembled in assets/NAME.new, which replaces assets/NAME only once every file is there.
+outputs_of = $(subst _,-,$(1))
 define staged
-	k=1; for stage in $(3); do \
-	  $(BIN)/mmdlm train-mm --config configs/$$stage.yaml && \
-	  $(BIN)/mmdlm eval-mm --model outputs/$$(echo $$stage | tr _ -)/model --dataset $(2) --n 256 \
+	k=1; for pair in $(join $(addsuffix :,$(3)),$(call outputs_of,$(3))); do \
+	  $(BIN)/mmdlm train-mm --config configs/$${pair%%:*}.yaml && \
+	  $(BIN)/mmdlm eval-mm --model outputs/$${pair#*:}/model --dataset $(2) --n 256 \
 	    --label "stage $$k" --output bench/results/imagetext_stages.json || exit 1; \
 	  k=$$((k + 1)); done
-	$(call ship,$(1),$(subst _,-,$(3)))
+	$(call ship,$(1),$(call outputs_of,$(3)))
 endef
 define ship
 	rm -rf assets/$(1).new && cp -r outputs/$(lastword $(2))/model assets/$(1).new

@@ -351,8 +351,10 @@ class Demo:
                         with gr.Accordion("settings", open=True):
                             with gr.Row():
                                 steps = gr.Slider(1, c.max_steps, 16, step=1, label="steps")
-                                guidance = gr.Slider(0, 10, 2, step=0.1, label="guidance (image by text)")
-                            rule, temperature, seed = _rule_temperature_seed(temperature=1)
+                                # UnifiedDiscretePipeline's defaults; the MM-DiT draws as well at guidance 1
+                                # as at its 2 (README), and temperature is its text's, unused here
+                                guidance = gr.Slider(0, 10, 1, step=0.1, label="guidance (image by text)")
+                            rule, temperature, seed = _rule_temperature_seed(temperature=0.3)
                         run, stop = _run_and_stop("Draw", "t2i-run")
                     with gr.Column():
                         picture = gr.Image(label="image", type="pil", format="png", interactive=False,
