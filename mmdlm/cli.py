@@ -150,7 +150,8 @@ class TrainMMConfig(LoraArgs, TrainArgs):
     n_eval: int = field(default=256, metadata={"help": "evaluation examples for the validation loss (0: none)"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "caption tokenizer (folder or hub id); default: a word-level tokenizer trained on the captions"})
-    model_config: dict = field(default_factory=dict, metadata={"help": "arguments of the backbone's model"})
+    model_config: dict = field(default_factory=dict, metadata={
+        "help": "arguments of the backbone's model (with pretrained, the checkpoint's: any key given must agree)"})
     pretrained: str | None = field(default=None, metadata={"help": "pretrained backbone weights to start from"})
     text_loss_weight: float = field(default=1.0, metadata={"help": "loss = image loss + w x text loss"})
     task_weights: dict = field(default_factory=lambda: {"t2i": 0.4, "caption": 0.4, "joint": 0.2}, metadata={
@@ -244,6 +245,8 @@ class EvalMMConfig:
     guidance_scale: float | None = field(default=None, metadata={"help": "image guidance (default: the pipeline's)"})
     text_guidance_scale: float | None = field(default=None, metadata={
         "help": "text guidance (default: the pipeline's)"})
+    text_steps: int | None = field(default=None, metadata={
+        "help": "steps the text is generated in, of --steps (default: the pipeline's: all, half in joint)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
     output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})

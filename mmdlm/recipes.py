@@ -282,7 +282,8 @@ def eval_mm(c) -> dict:
 
     if not c.model:
         raise ValueError("give the pipeline to evaluate: --model PATH")
-    kwargs = {k: getattr(c, k) for k in ("guidance_scale", "text_guidance_scale") if getattr(c, k) is not None}
+    kwargs = {k: getattr(c, k) for k in ("guidance_scale", "text_guidance_scale", "text_steps")
+              if getattr(c, k) is not None}
     pipe = load_pipeline(c.model).to(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.set_progress_bar_config(disable=True)
     record = evaluate(pipe, c.dataset, n=c.n, num_inference_steps=c.steps, seed=c.seed, batch_size=c.batch_size,

@@ -279,12 +279,16 @@ def test_train_mm_discrete_writes_a_pipeline_that_evaluates(tmp_path, capsys):
     assert pipe.transformer.config.codebook_size == CODEBOOK
     out = tmp_path / "it.json"
     assert cli.main(["eval-mm", "--model", str(tmp_path / "run" / "model"), "--n", "2", "--steps", "2",
-                     "--output", str(out)]) == 0, capsys.readouterr().err
+                     "--text-steps", "1", "--output", str(out)]) == 0, capsys.readouterr().err
     record = json.loads(out.read_text())["records"][0]
+    assert record["text_steps"] == 1  # a call option: passed to the pipeline and recorded
     assert record["backbone"] == "discrete" and record["pipeline"] == "UnifiedDiscretePipeline"
     assert record["s_per_image"] > 0 and record["s_per_caption"] > 0 and record["joint_consistency"] is not None
     assert record["scheduler"]["class"] == "MaskedDiffusionScheduler" and record["scheduler"]["remasking"]
     assert pipe.scheduler.config.alg_temp == 2.0  # the recipe's sampler, saved with the pipeline
+    assert cli.main(["train-mm", "--config", str(recipe), "--pretrained", str(tmp_path / "run" / "model"),
+                     "--model-config", '{"num_single_layers": 3}', "--output-dir", str(tmp_path / "run2")]) == 2
+    assert "num_single_layers=3 (the checkpoint has 1), but a pretrained model" in capsys.readouterr().err
     # clear errors: the data decides codebook, vocabulary and grid
     recipe.write_text(recipe.read_text().replace('"timestep_channels": 32', '"timestep_channels": 32, '
                                                                             '"codebook_size": 8'))
@@ -467,7 +471,9 @@ def test_guidance_passes_and_math():
     assert sizes == [2, 2]
     sizes.clear()
     pipe(task="joint", num_inference_steps=3, guidance_scale=1.0, text_guidance_scale=1.0, generator=gen())
-    assert sizes == [1, 3, 3]  # nothing known at the first step; then each stream guides the other
+    # nothing known at the first step; then each stream guides the other until the caption is done
+    # (after 2 of 3 steps, joint's default text_steps), and the last step guides the image alone
+    assert sizes == [1, 3, 2]
     hook.remove()
     c, u = torch.tensor([1.0, 2.0, float("-inf")]), torch.tensor([0.0, 3.0, float("-inf")])
     assert torch.equal(_guide(c, u, 1.0), torch.tensor([2.0, 1.0, float("-inf")]))
@@ -504,6 +510,31 @@ def test_generators_history_and_callbacks():
     assert torch.allclose(out, (zeros + 1) / 2)
     with pytest.raises(ValueError, match="callback tensor inputs"):
         pipe(PROMPT, callback_on_step_end=fill, callback_on_step_end_tensor_inputs=["latents"])
+
+
+def test_text_steps_finish_the_caption_sooner():
+    """The text on a schedule of its own: done after text_steps of N while the image takes all N
+    (by default half of N in joint generation, N otherwise)."""
+    pipe = tiny_pipeline()
+    mask, k = pipe.tokenizer.mask_token_id, CODEBOOK
+    out = pipe(task="joint", num_inference_steps=6, text_steps=2, generator=gen(), return_history=True)
+    masked = [int((h["text_ids"] == mask).sum()) for h in out.history]
+    assert len(out.history) == 6 and masked[0] > 0 and masked[1:] == [0] * 5
+    seen = []
+    pipe(task="joint", num_inference_steps=6, text_steps=2, generator=gen(),
+         callback_on_step_end=lambda p, i, t, kw: seen.append(int((kw["image_ids"] == k).sum())),
+         callback_on_step_end_tensor_inputs=["image_ids"])
+    assert seen[1] > 0 and seen[-1] == 0  # the image codes follow their own 6-step schedule
+    default = pipe(task="joint", num_inference_steps=6, generator=gen(), output_type="pt")
+    half = pipe(task="joint", num_inference_steps=6, text_steps=3, generator=gen(), output_type="pt")
+    every = pipe(task="joint", num_inference_steps=6, text_steps=6, generator=gen(), output_type="pt")
+    assert torch.equal(default.images, half.images) and default.texts == half.texts
+    assert not torch.equal(default.images, every.images)
+    caption = pipe(image=IMAGES[0], num_inference_steps=6, return_history=True).history
+    assert len(caption) == 6 and caption[3]["text_ids"].eq(mask).any()
+    assert len(pipe(image=IMAGES[0], num_inference_steps=6, text_steps=2, return_history=True).history) == 2
+    with pytest.raises(ValueError, match="text_steps must be an integer from 1 to num_inference_steps"):
+        pipe(task="joint", num_inference_steps=6, text_steps=7)
 
 
 def test_live_previews_through_streaming():

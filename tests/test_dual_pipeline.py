@@ -138,6 +138,29 @@ def test_guidance_in_both_directions(pipe, monkeypatch):
         pipe(PROMPT, num_inference_steps=2, guidance_scale=-1.0)
 
 
+def test_text_steps_finish_the_caption_sooner(pipe):
+    """With text_steps k of N the caption is complete after step k and the image takes all N;
+    the default is half of N in joint generation (N otherwise); a caption generated alone is done
+    after k steps."""
+    mask = pipe.tokenizer.mask_token_id
+    out = pipe(task="joint", num_inference_steps=5, text_steps=2, generator=gen(), return_history=True,
+               output_type="pt")
+    masked = [int((h["text_ids"] == mask).sum()) for h in out.history]
+    assert len(out.history) == 5 and masked[0] > 0 and masked[1:] == [0, 0, 0, 0]
+    assert not torch.allclose(out.history[2]["images"], out.history[4]["images"])  # the image goes on
+    default = pipe(task="joint", num_inference_steps=5, generator=gen(), output_type="pt")
+    half = pipe(task="joint", num_inference_steps=5, text_steps=3, generator=gen(), output_type="pt")
+    every = pipe(task="joint", num_inference_steps=5, text_steps=5, generator=gen(), output_type="pt")
+    assert torch.equal(default.images, half.images) and default.texts == half.texts
+    assert not torch.equal(default.images, every.images)
+    caption = pipe(image=shapes_image(), num_inference_steps=5, return_history=True).history
+    assert len(caption) == 5 and caption[3]["text_ids"].eq(mask).any()
+    assert len(pipe(image=shapes_image(), num_inference_steps=5, text_steps=2, return_history=True).history) == 2
+    for bad in (0, 6, 2.5):
+        with pytest.raises(ValueError, match="text_steps must be an integer from 1 to num_inference_steps"):
+            pipe(task="joint", num_inference_steps=5, text_steps=bad)
+
+
 def test_history_and_callbacks(pipe):
     out = pipe(task="joint", num_inference_steps=4, generator=gen(), return_history=True, num_images_per_prompt=2)
     assert len(out.history) == 4
@@ -354,6 +377,9 @@ def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
     # continue from the trained pipeline folder (its transformer/ subfolder)
     assert cli.main(["train-mm", "--config", str(recipe), "--pretrained", str(tmp_path / "run" / "model"),
                      "--output-dir", str(tmp_path / "run2"), "--max-steps", "1"]) == 0, capsys.readouterr().err
+    assert cli.main(["train-mm", "--config", str(recipe), "--pretrained", str(tmp_path / "run" / "model"),
+                     "--model-config", '{"num_layers": 2}', "--output-dir", str(tmp_path / "run3")]) == 2
+    assert "num_layers=2 (the checkpoint has 1), but a pretrained model" in capsys.readouterr().err
     for flag, value, message in [("--model-config", '{"vocab_size": 3}', "follow from the data"),
                                  ("--model-config", '{"depth": 3}', "model_config: "),
                                  ("--image-tokenizer", str(tmp_path / "run" / "model" / "transformer"),

@@ -4,8 +4,10 @@ The image (pixels or VAE latents) follows flow matching: x_t = (1 - sigma) x_0 +
 the model predicts the velocity noise - x_0 and diffusers' `FlowMatchEulerDiscreteScheduler`
 takes the Euler step (or, with its `stochastic_sampling`, draws x_s = (1 - s) x_0_hat + s noise with
 fresh noise from `generator`). The caption is a canvas of token ids with [MASK] where text is to be
-generated; `MaskedDiffusionScheduler` commits some masked tokens per step. A modality given
-clean (the image when captioning, the caption for text-to-image) stays fixed at noise level 0.
+generated; `MaskedDiffusionScheduler` commits some masked tokens per step, on a schedule that
+spans the first `text_steps` steps (all of them by default; fewer finish the caption sooner, so
+that in joint generation the image has more steps left to follow it). A modality given clean
+(the image when captioning, the caption for text-to-image) stays fixed at noise level 0.
 
 Classifier-free guidance, u + (1 + w)(c - u) in both directions, from one batched pass:
 - the image guided by the text (`guidance_scale`, whenever the caption holds a known token: the
@@ -40,6 +42,16 @@ def mask_ratio(text_ids: torch.LongTensor, mask_token_id: int, attention_mask: t
     return (masked * real).sum(1) / real.sum(1).clamp_min(1)
 
 
+def check_text_steps(text_steps: int | None, num_inference_steps: int) -> int:
+    """The number of steps the caption is generated in: `text_steps`, or all of them when None."""
+    if text_steps is None:
+        return num_inference_steps
+    if not isinstance(text_steps, int) or not 1 <= text_steps <= num_inference_steps:
+        raise ValueError(f"text_steps must be an integer from 1 to num_inference_steps ({num_inference_steps}), "
+                         f"got {text_steps!r}")
+    return text_steps
+
+
 def velocity_to_x0(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
     """The clean-image estimate of flow matching: x_0 = x_t - sigma v."""
     return latents - sigma * velocity
@@ -52,14 +64,15 @@ def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tens
 @torch.no_grad()
 def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, image_noisy: bool,
                   mask_token_id: int, image_scheduler, text_scheduler, num_inference_steps: int,
-                  guidance_scale: float = 0.0, text_guidance_scale: float = 0.0,
+                  guidance_scale: float = 0.0, text_guidance_scale: float = 0.0, text_steps: int | None = None,
                   text_attention_mask: torch.Tensor | None = None, known_image: torch.Tensor | None = None,
                   keep: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, callback: Callable | None = None,
                   record_history: bool = False, to_image: Callable | None = None) -> DualGenerateOutput:
     """Denoise `latents` (B, C, h, w) when `image_noisy` (they start as pure noise; otherwise
     they are the clean image) and the [MASK] positions of `text_ids` (B, L), together, in
-    `num_inference_steps` steps.
+    `num_inference_steps` steps, the caption within the first `text_steps` (default: all; a caption
+    generated alone is then done after `text_steps` steps).
 
     Inpainting: `known_image` (clean latents) and `keep` (B, 1, h, w), 1 where the known image
     stays: after each step the kept region is reset to the known image at the new noise level,
@@ -70,6 +83,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    text_steps = check_text_steps(text_steps, num_inference_steps)
     for name, w in (("guidance_scale", guidance_scale), ("text_guidance_scale", text_guidance_scale)):
         if w < 0:
             raise ValueError(f"{name} must be >= 0 (0 disables guidance), got {w}")
@@ -83,7 +97,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
         image_scheduler.set_timesteps(num_inference_steps, device=device)
         image_steps = image_scheduler.timesteps
     if text_noisy:
-        text_scheduler.set_timesteps(num_inference_steps, device=device)
+        text_scheduler.set_timesteps(text_steps, device=device)
     # the text guides the image once it has words (from the start in t2i, as they are committed in
     # joint generation); the image guides the text only when given clean
     may_guide_image = image_noisy and guidance_scale > 0
@@ -94,7 +108,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     history: list[dict] = []
     nfe = 0
     confidence = None  # the text's, carried from step to step by a remasking scheduler
-    for i in range(num_inference_steps):
+    for i in range(num_inference_steps if image_noisy else text_steps):
         t_image = image_steps[i] if image_noisy else torch.zeros((), device=device)
         ratio = mask_ratio(text_ids, mask_token_id, text_attention_mask)
         guide_image = may_guide_image and bool((text_ids != mask_token_id).any())
@@ -126,7 +140,7 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
             if keep is not None:
                 s_next = float(image_scheduler.sigmas[min(i + 1, len(image_scheduler.sigmas) - 1)])
                 latents = keep * ((1 - s_next) * known_image + s_next * noise) + (1 - keep) * latents
-        if text_noisy:
+        if text_noisy and i < text_steps:
             out_text = text_scheduler.step(logits, text_scheduler.timesteps[i], text_ids, mask_token_id=mask_token_id,
                                            confidence=confidence, generator=text_generator)
             text_ids, confidence = out_text.prev_sample, out_text.confidence

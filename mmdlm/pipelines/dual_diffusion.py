@@ -17,7 +17,14 @@ from ..multimodal.dual_generate import dual_generate
 from ..multimodal.mmdit import DualDiffusionTransformer2DModel
 from ..multimodal.text import attention_mask, decode_captions, encode_captions
 from ..schedulers import MaskedDiffusionScheduler
-from .multimodal import MultimodalPipelineOutput, count_images, format_images, register_pipeline, resolve_task
+from .multimodal import (
+    MultimodalPipelineOutput,
+    count_images,
+    format_images,
+    register_pipeline,
+    resolve_task,
+    resolve_text_steps,
+)
 
 
 @register_pipeline
@@ -90,11 +97,13 @@ class DualDiffusionPipeline(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
                  return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None, num_images_per_prompt: int = 1,
-                 return_history: bool = False, rule: str | None = None, temperature: float | None = None):
+                 return_history: bool = False, rule: str | None = None, temperature: float | None = None,
+                 text_steps: int | None = None):
         """Run `task` (inferred from the inputs when None): see `mmdlm.pipelines.multimodal`.
 
         `rule` and `temperature` override the text scheduler's choice of tokens (e.g.
-        temperature 1.0 for varied captions); `generator` may be a list, one per sample.
+        temperature 1.0 for varied captions); `text_steps`: the caption is generated in the first
+        `text_steps` steps (default: all, half in `joint`); `generator` may be a list, one per sample.
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
         if num_images_per_prompt < 1:
@@ -137,7 +146,8 @@ class DualDiffusionPipeline(DiffusionPipeline):
         overrides = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
         if overrides:
             text_scheduler = MaskedDiffusionScheduler.from_config(self.text_scheduler.config, **overrides)
-        bar = self.progress_bar(total=num_inference_steps)
+        text_steps = resolve_text_steps(text_steps, num_inference_steps, task)
+        bar = self.progress_bar(total=num_inference_steps if image_noisy else text_steps)
         names = callback_on_step_end_tensor_inputs or []
 
         def on_step(i, t, state):
@@ -148,8 +158,9 @@ class DualDiffusionPipeline(DiffusionPipeline):
 
         out = dual_generate(self.transformer, latents, ids, image_noisy=image_noisy, mask_token_id=mask_id,
                             image_scheduler=self.scheduler, text_scheduler=text_scheduler,
-                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                            text_guidance_scale=text_guidance_scale, text_attention_mask=text_mask,
+                            num_inference_steps=num_inference_steps, text_steps=text_steps,
+                            guidance_scale=guidance_scale, text_guidance_scale=text_guidance_scale,
+                            text_attention_mask=text_mask,
                             known_image=known, keep=keep, noise=noise, generator=generator, callback=on_step,
                             record_history=return_history, to_image=self.decode_latents if return_history else None)
         bar.close()

@@ -9,7 +9,7 @@ name::
          guidance_scale=..., text_guidance_scale=..., generator=None, output_type="pil",
          return_dict=True, callback_on_step_end=None,
          callback_on_step_end_tensor_inputs=None, num_images_per_prompt=1,
-         return_history=False, ...) -> MultimodalPipelineOutput
+         return_history=False, text_steps=None, ...) -> MultimodalPipelineOutput
 
 - `prompt`: a string or a list; `<|mask:N|>` placeholders mark N text tokens to generate.
 - `image`: PIL image(s) (any mode and size: converted to RGB, resized and centre-cropped to
@@ -32,6 +32,11 @@ name::
   masks the caption); `text_guidance_scale`: guidance of the text by the image (the
   unconditional pass hides the image). 0 disables either; both use u + (1 + w)(c - u) as the
   text path does.
+- `text_steps`: the text is generated in the first `text_steps` of the `num_inference_steps`
+  steps (default: all of them, but half in `joint`, `JOINT_TEXT_SHARE`: the image then has the
+  other half to follow its finished caption; on 384 joint samples of the shapes models this
+  raised consistency from 79.2% to 83.3% (MM-DiT, 20 steps) and from 44.8% to 54.7% (discrete,
+  16 steps)).
 - `generator`: a torch.Generator (or a list, one per sample) fixes every random draw.
 - `output_type`: "pil" (a list of PIL images), "np" ((B, H, W, 3) float in [0, 1]) or "pt"
   ((B, 3, H, W) float in [0, 1]), as in diffusers (`format_images`).
@@ -45,6 +50,7 @@ Each pipeline also exposes `backbone` (a short name for benchmark records, e.g. 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +60,12 @@ import torch
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from ..multimodal.dual_generate import check_text_steps
 from ..text.generate import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
 TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
+JOINT_TEXT_SHARE = 0.5
 OUTPUT_TYPES = ("pil", "pt", "np")
 
 
@@ -177,6 +185,14 @@ def resolve_task(prompt=None, image=None, task: str | None = None, *, mask_image
                              "task='infill'/'vqa'")
         _check_batch(len(prompts), n_images, task)
     return task
+
+
+def resolve_text_steps(text_steps: int | None, num_inference_steps: int, task: str) -> int:
+    """How many of the steps generate the text: `text_steps`, else all of them, but the first
+    `JOINT_TEXT_SHARE` of them in joint generation (see the module docstring)."""
+    if text_steps is None and task == "joint":
+        return math.ceil(JOINT_TEXT_SHARE * num_inference_steps)
+    return check_text_steps(text_steps, num_inference_steps)
 
 
 def format_images(images: torch.Tensor, output_type: str = "pil"):

@@ -45,7 +45,7 @@ from ..multimodal.discrete import UnifiedDiscreteTransformer
 from ..multimodal.text import decode_captions, encode_captions
 from ..multimodal.tokenizers import VQImageTokenizer
 from ..schedulers import MaskedDiffusionScheduler
-from .multimodal import MultimodalPipelineOutput, format_images, register_pipeline, resolve_task
+from .multimodal import MultimodalPipelineOutput, format_images, register_pipeline, resolve_task, resolve_text_steps
 
 JOINT_TEMPERATURE = JOINT_ALG_TEMP = 1.0
 
@@ -206,15 +206,16 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             tl = _guide(tl, text_logits[-1], text_guidance_scale)
         return il, tl
 
-    def _step(self, logits, t, ids, mask_id, generator, confidence=None, **options):
+    @staticmethod
+    def _step(scheduler, logits, t, ids, mask_id, generator, confidence=None, **options):
         """One scheduler step: (ids, every masked position predicted, confidences for the next step)."""
         if isinstance(generator, list):  # one generator per sample
-            outs = [self.scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
+            outs = [scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
                                         confidence=None if confidence is None else confidence[i:i + 1], **options)
                     for i, g in enumerate(generator)]
             conf = None if outs[0].confidence is None else torch.cat([o.confidence for o in outs])
             return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs]), conf
-        out = self.scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, confidence=confidence,
+        out = scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, confidence=confidence,
                                   **options)
         return out.prev_sample, out.pred_original_sample, out.confidence
 
@@ -242,7 +243,8 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
     def __call__(self, prompt=None, image=None, task: str | None = None, *, mask_image=None,
                  num_inference_steps: int = 16, guidance_scale: float = 1.0, text_guidance_scale: float = 0.0,
                  image_temperature: float = 0.3, temperature: float | None = None, rule: str | None = None,
-                 alg_temp: float | None = None, generator=None, output_type: str = "pil", return_dict: bool = True,
+                 alg_temp: float | None = None, text_steps: int | None = None, generator=None,
+                 output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
                  num_images_per_prompt: int = 1, return_history: bool = False):
         """Run `task` (see the module docstring; None: inferred from the inputs).
@@ -252,6 +254,8 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         defaults to the scheduler's config); `rule` and `alg_temp` (which masked positions each
         step commits, both streams) default to the scheduler's config. In `joint` generation the
         text temperature defaults to `JOINT_TEMPERATURE` and `alg_temp` to `JOINT_ALG_TEMP`.
+        `text_steps`: the text is generated in the first `text_steps` steps on a schedule of its own
+        (default: all, half in `joint`).
         `generator`: one torch.Generator, or a list with one per sample. Returns a
         `MultimodalPipelineOutput` (images, texts, history).
         """
@@ -279,20 +283,28 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             temperature = JOINT_TEMPERATURE if temperature is None else temperature
             alg_temp = JOINT_ALG_TEMP if alg_temp is None else alg_temp
         options = {key: v for key, v in dict(rule=rule, alg_temp=alg_temp).items() if v is not None}
+        text_steps = resolve_text_steps(text_steps, num_inference_steps, task)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        text_scheduler = self.scheduler
+        if text_steps != num_inference_steps:
+            text_scheduler = MaskedDiffusionScheduler.from_config(self.scheduler.config)
+            text_scheduler.set_timesteps(text_steps, device=self.device)
+        text_options = options if temperature is None else {**options, "temperature": temperature}
         history = [] if return_history else None
         img_conf = txt_conf = None  # what a remasking scheduler carries from step to step
-        with self.progress_bar(total=num_inference_steps) as bar:
-            for i, t in enumerate(self.scheduler.timesteps):
-                image_logits, text_logits = self._logits(img, txt, gen_image, gen_text, guidance_scale,
-                                                         text_guidance_scale)
+        total = num_inference_steps if gen_image else text_steps
+        with self.progress_bar(total=total) as bar:
+            for i in range(total):
+                t = self.scheduler.timesteps[i] if gen_image else text_scheduler.timesteps[i]
+                image_logits, text_logits = self._logits(img, txt, gen_image, gen_text and i < text_steps,
+                                                         guidance_scale, text_guidance_scale)
                 img_pred = img
                 if gen_image:
-                    img, img_pred, img_conf = self._step(image_logits, t, img, k, generator, img_conf,
-                                                         temperature=image_temperature, **options)
-                if gen_text:
-                    text_options = options if temperature is None else {**options, "temperature": temperature}
-                    txt, _, txt_conf = self._step(text_logits, t, txt, mask_id, generator, txt_conf, **text_options)
+                    img, img_pred, img_conf = self._step(self.scheduler, image_logits, t, img, k, generator,
+                                                         img_conf, temperature=image_temperature, **options)
+                if gen_text and i < text_steps:
+                    txt, _, txt_conf = self._step(text_scheduler, text_logits, text_scheduler.timesteps[i], txt,
+                                                  mask_id, generator, txt_conf, **text_options)
                 if history is not None:
                     history.append({"images": self._decode_images(img_pred) if gen_image else None,
                                     "text_ids": txt.clone() if gen_text else None})

@@ -17,8 +17,16 @@ from pathlib import Path
 import torch
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
-from .multimodal import (TRAIN_TASKS, draw_tasks, drop_captions, encode_split, lora_transformer, mm_training_data,
-                         savable_transformer, task_texts)
+from .multimodal import (
+    TRAIN_TASKS,
+    draw_tasks,
+    drop_captions,
+    encode_split,
+    lora_transformer,
+    mm_training_data,
+    savable_transformer,
+    task_texts,
+)
 from .trainer import Trainer
 
 DEFAULT_IMAGE_TOKENIZER = "assets/vq"
@@ -87,7 +95,7 @@ def train_discrete(c) -> Path:
     from ..multimodal.tokenizers import VQImageTokenizer
     from ..recipes import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
-    from .multimodal import check_task_weights, sampling_scheduler
+    from .multimodal import check_pretrained_architecture, check_task_weights, sampling_scheduler
 
     check_task_weights(c.task_weights)
     scheduler = sampling_scheduler(MaskedDiffusionScheduler, c.sampler, schedule="cosine", rule="confidence")
@@ -107,6 +115,7 @@ def train_discrete(c) -> Path:
     if c.pretrained:
         model = UnifiedDiscreteTransformer.from_pretrained(c.pretrained, subfolder="transformer"
                                                            if (Path(c.pretrained) / "transformer").is_dir() else None)
+        check_pretrained_architecture(model.config, c.model_config, c.pretrained)
         mc = model.config
         if (mc.codebook_size, mc.vocab_size, mc.text_mask_token_id, mc.sample_size) != \
                 (image_tok.codebook_size, len(tok), tok.mask_token_id, grid):

@@ -31,7 +31,14 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
 from ..multimodal.dual_generate import mask_ratio
-from .multimodal import TRAIN_TASKS, check_task_weights, draw_tasks, drop_captions, task_texts
+from .multimodal import (
+    TRAIN_TASKS,
+    check_pretrained_architecture,
+    check_task_weights,
+    draw_tasks,
+    drop_captions,
+    task_texts,
+)
 from .trainer import Trainer
 
 T2I, CAPTION, JOINT = (TRAIN_TASKS.index(t) for t in ("t2i", "caption", "joint"))
@@ -168,6 +175,7 @@ def build_transformer(c, vocab_size: int, sample_size: int, channels: int):
             raise ValueError(f"pretrained: {c.pretrained} holds no diffusers model ({err})") from err
         text = {"vocab_size": vocab_size, "text_length": c.text_length} if is_sd3 else {}
         model = DualDiffusionTransformer2DModel.from_pretrained(c.pretrained, **sub, **text)
+        check_pretrained_architecture(model.config, c.model_config, c.pretrained)
         for key, want in fixed.items():
             have = model.config[key]
             if key == "sample_size" or (key == "text_length" and have >= want):

@@ -38,6 +38,20 @@ def _train_discrete(c):
 BACKBONES["discrete"] = _train_discrete
 
 
+def check_pretrained_architecture(config: Mapping, model_config: Mapping, source: str) -> None:
+    """With `pretrained` the architecture is the checkpoint's `config`: a recipe's `model_config`
+    (a later stage inherits its first stage's) must agree with it, so that a change is refused, not
+    silently dropped."""
+    def norm(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    clash = [f"{key}={value!r} (the checkpoint has " + (f"{config[key]!r})" if key in config else "no such setting)")
+             for key, value in model_config.items() if key not in config or norm(config[key]) != norm(value)]
+    if clash:
+        raise ValueError(f"model_config sets {', '.join(clash)}, but a pretrained model ({source}) keeps its own "
+                         "architecture: remove those keys, or train from scratch without pretrained")
+
+
 def lora_transformer(model, c):
     """With `c.lora_r` > 0, `model` with LoRA adapters (peft) and every other weight frozen.
 
