@@ -199,8 +199,8 @@ class Demo:
             log.exception("generation failed")
             raise _refuse(f"generation failed ({type(err).__name__}); the server log has the details") from err
 
-    def run_text(self, checkpoint, prompt, gen_length, steps, rule, block_length, threshold, temperature,
-                 guidance, seed):
+    def run_text(self, checkpoint, prompt, gen_length, steps, rule, block_length, threshold, remasking,
+                 temperature, guidance, seed):
         """Continue and/or infill `prompt`; yields (live view, status, text) after every step."""
         prompt = self._text("prompt", prompt)
         gen_length = self._int("generation length", gen_length, 0, self.config.max_gen_length)
@@ -216,7 +216,8 @@ class Demo:
         start = int(tok.bos_token_id is not None)
         prev, began = None, time.perf_counter()
         for item in self._steps(pipe, lock, prompt, gen_length=gen_length, block_length=block_length or None,
-                                threshold=threshold or None, guidance_scale=guidance, preview=False, **options):
+                                threshold=threshold or None, remasking=bool(remasking), guidance_scale=guidance,
+                                preview=False, **options):
             if isinstance(item, Done):
                 out = item.output
                 ids = out.sequences[0, start:].tolist()
@@ -322,6 +323,8 @@ class Demo:
                                                   label="block length (0: one block)")
                                 threshold = gr.Slider(0, 1, 0, step=0.05,
                                                       label="parallel threshold (0: off)")
+                            remasking = gr.Checkbox(False, label="remasking", info="committed tokens can be taken "
+                                                    "back (commit rule confidence, no threshold)")
                             with gr.Row():
                                 temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature (0: greedy)")
                                 guidance = gr.Slider(0, 5, 0, step=0.1, label="guidance")
@@ -334,7 +337,7 @@ class Demo:
                         status = gr.Markdown(label="status", elem_id="text-status")
                         result = gr.Textbox(label="result", lines=8, buttons=["copy"], elem_id="text-output")
                 event = run.click(self.run_text, [ckpt, prompt, gen_length, steps, rule, block, threshold,
-                                                  temperature, guidance, seed], [live, status, result],
+                                                  remasking, temperature, guidance, seed], [live, status, result],
                                   api_name="text")
                 stop.click(None, cancels=[event])
 

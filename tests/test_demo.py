@@ -137,7 +137,7 @@ def test_image_tabs_say_when_no_checkpoint_is_configured_and_paths_are_locked_wh
     public = demo_app.Demo(DemoConfig(host="0.0.0.0"))
     assert not public.allow_paths and demo.allow_paths
     with pytest.raises(gr.Error, match="serves only its configured checkpoints"):
-        _drain(public.run_text("/etc", "x", 4, 4, "confidence", 0, 0, 0, 0, 0))
+        _drain(public.run_text("/etc", "x", 4, 4, "confidence", 0, 0, False, 0, 0, 0))
     with pytest.raises(ValueError, match="max_file_size"):
         demo_app.Demo(DemoConfig(max_file_size="huge"))
 
@@ -190,8 +190,8 @@ def client(server):
     return Client(server[0], verbose=False)
 
 
-TEXT_ARGS = dict(gen_length=16, steps=16, rule="confidence", block_length=8, threshold=0, temperature=0,
-                 guidance=0, seed=0)
+TEXT_ARGS = dict(gen_length=16, steps=16, rule="confidence", block_length=8, threshold=0, remasking=False,
+                 temperature=0, guidance=0, seed=0)
 
 
 def _text(client, prompt, checkpoint="", **changes):
@@ -214,6 +214,7 @@ def test_api_text_streams_the_unmasking_and_infills(client):
     filled = _text(client, infill, gen_length=0).result()[2]
     assert filled.startswith("def main():\n    path = os.path.join(") and filled.endswith(")\n    return path\n")
     assert "<|mask" not in filled
+    assert _text(client, "def ", remasking=True).result()[1].startswith("done")
 
 
 def test_api_bad_inputs_get_clear_messages(client, server):
@@ -224,6 +225,7 @@ def test_api_bad_inputs_get_clear_messages(client, server):
              (dict(prompt="def f():", gen_length=0), "nothing to generate"),
              (dict(prompt="x", steps=0), "less than minimum value 1"),  # Gradio checks the slider's range
              (dict(prompt="x", rule="loudest"), "loudest"),
+             (dict(prompt="x", remasking=True, threshold=0.5), "remasking ranks by confidence"),
              (dict(prompt="x " * 300), "the model's context is 256"),
              (dict(prompt="x", checkpoint=str(server[1] / "nowhere")), "no checkpoint folder at"),
              (dict(prompt="x", checkpoint=str(server[1] / "oracle")), "an image-text pipeline"),

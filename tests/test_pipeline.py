@@ -77,6 +77,14 @@ def test_infill_and_bad_inputs(pipe):
         pipe("x", gen_length=4, num_inference_steps=0)
 
 
+def test_remasking_is_a_call_option(pipe):
+    out = pipe("a", gen_length=6, num_inference_steps=6, remasking=True, output_type="ids")
+    assert not (out.sequences == pipe.config.mask_token_id).any()
+    assert pipe.scheduler.config.remasking is False  # a call option, not a change to the scheduler
+    with pytest.raises(ValueError, match="remasking ranks by confidence"):  # it reaches the scheduler
+        pipe("a", gen_length=6, remasking=True, threshold=0.5)
+
+
 def test_history_writers(tmp_path, pipe):
     out = pipe("a", gen_length=3, num_inference_steps=3, return_history=True)
     frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)

@@ -88,13 +88,15 @@ class TextDiffusionPipeline(DiffusionPipeline):
     def __call__(self, prompt: str | list[str], *, gen_length: int = 64, block_length: int | None = None,
                  num_inference_steps: int = 64, rule: str | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
-                 threshold: float | None = None, cache: str = "none", guidance_scale: float = 0.0,
+                 threshold: float | None = None, remasking: bool | None = None, cache: str = "none",
+                 guidance_scale: float = 0.0,
                  stop_at_eos: bool = True, generator: torch.Generator | None = None, output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
 
-        Sampling options left as None take the scheduler's config. `output_type` is "text"
+        Sampling options left as None take the scheduler's config (`remasking`: a committed token
+        can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
         (decoded texts) or "ids" (sequences only).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -109,7 +111,8 @@ class TextDiffusionPipeline(DiffusionPipeline):
         if block_length is not None and block_length < 1:
             raise ValueError(f"block_length must be >= 1, got {block_length}")
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
-                                           alg_temp=alg_temp, threshold=threshold).items() if v is not None}
+                                           alg_temp=alg_temp, threshold=threshold,
+                                           remasking=remasking).items() if v is not None}
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
         blocks = None  # pure infilling: one block over the masked region
