@@ -8,23 +8,27 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# $(call staged,NAME,DATASET,STAGES): train a multimodal model in stages, evaluate each stage on
-# DATASET (bench/results/imagetext_stages.json, labels "stage 1", "stage 2", ...), then ship the
-# last to assets/NAME. STAGES are config names in order (configs/STAGE.yaml, each writing
-# outputs/STAGE with "_" as "-"). assets/NAME gets the last stage's pipeline and its run.json,
-# log.csv and loss.png, with each earlier stage's records in assets/NAME/stage1, stage2, ...
-# Assembled in assets/NAME.new, which replaces assets/NAME only once every file is there.
+# $(call staged,NAME,DATASET,STAGES[,AVERAGED]): train a multimodal model in stages, evaluate each
+# stage on DATASET (bench/results/imagetext_stages.json, labels "stage 1", "stage 2", ...), then
+# ship the last to assets/NAME, or with AVERAGED (some of the STAGES) the average of their weights
+# (mmdlm average, into outputs/NAME-average). STAGES are config names in order (configs/STAGE.yaml,
+# each writing outputs/STAGE with "_" as "-"). assets/NAME gets the pipeline and the last stage's
+# run.json, log.csv and loss.png, with each earlier stage's records in assets/NAME/stage1, stage2,
+# ... Assembled in assets/NAME.new, which replaces assets/NAME only once every file is there.
 outputs_of = $(subst _,-,$(1))
+averaged = outputs/$(1)-average
 define staged
 	k=1; for pair in $(join $(addsuffix :,$(3)),$(call outputs_of,$(3))); do \
 	  $(BIN)/mmdlm train-mm --config configs/$${pair%%:*}.yaml && \
 	  $(BIN)/mmdlm eval-mm --model outputs/$${pair#*:}/model --dataset $(2) --n 256 \
 	    --label "stage $$k" --output bench/results/imagetext_stages.json || exit 1; \
 	  k=$$((k + 1)); done
-	$(call ship,$(1),$(call outputs_of,$(3)))
+	$(if $(4),$(BIN)/mmdlm average --models $(patsubst %,outputs/%/model,$(call outputs_of,$(4))) --output $(call averaged,$(1)))
+	$(call ship,$(1),$(call outputs_of,$(3)),$(if $(4),$(call averaged,$(1)),outputs/$(lastword $(call outputs_of,$(3)))/model))
 endef
+# $(call ship,NAME,STAGE_OUTPUTS,PIPELINE)
 define ship
-	rm -rf assets/$(1).new && cp -r outputs/$(lastword $(2))/model assets/$(1).new
+	rm -rf assets/$(1).new && cp -r $(3) assets/$(1).new
 	cp $(addprefix outputs/$(lastword $(2))/,run.json log.csv loss.png) assets/$(1).new/
 	k=1; for out in $(filter-out $(lastword $(2)),$(2)); do \
 	  mkdir -p assets/$(1).new/stage$$k && \
@@ -91,9 +95,10 @@ dlm: install
 	rm -rf assets/dlm && cp -r outputs/dlm/model assets/dlm
 	cp outputs/dlm/run.json outputs/dlm/log.csv outputs/dlm/loss.png assets/dlm/
 
-# The MM-DiT on shapes, in seven stages (each starts from the last one's weights; about 6.5 hours on one core).
+# The MM-DiT on shapes, in eight stages (each starts from the last one's weights; about 7 hours on one
+# core); the shipped model averages the weights of the last two.
 mmdit-shapes: install
-	$(call staged,mmdit-shapes,shapes,mmdit_shapes $(addprefix mmdit_shapes_stage,2 3 4 5 6 7))
+	$(call staged,mmdit-shapes,shapes,mmdit_shapes $(addprefix mmdit_shapes_stage,2 3 4 5 6 7 8),mmdit_shapes_stage7 mmdit_shapes_stage8)
 
 # The MM-DiT on digits (about 25 minutes on one core).
 mmdit-digits: install
@@ -118,7 +123,7 @@ vq: install
 	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
 	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
 
-# The discrete backbone on shapes, in five stages like the MM-DiT (about 6.5 hours on one core).
+# The discrete backbone on shapes, in five stages (about 6.5 hours on one core).
 discrete-shapes: install
 	$(call staged,discrete-shapes,shapes,discrete_shapes $(addprefix discrete_shapes_stage,2 3 4 5))
 

@@ -33,6 +33,21 @@ def train_throughput(r: dict | None) -> str | None:
     ])
 
 
+def averaged_stages(folder: Path) -> list[int] | None:
+    """The stages (1, 2, ...) whose weights the shipped pipeline in `folder` averages (its
+    average.json, written by `mmdlm average`), or None when it is one stage's."""
+    record = folder / "average.json"
+    if not record.is_file():
+        return None
+    runs = sorted(folder.glob("stage*/run.json"), key=lambda p: int(p.parent.name[5:])) + [folder / "run.json"]
+    stage_of = {f"{json.loads(r.read_text())['config']['output_dir']}/model": k for k, r in enumerate(runs, 1)}
+    models = json.loads(record.read_text())["models"]
+    unknown = [m for m in models if m not in stage_of]
+    if unknown:
+        raise ValueError(f"{record} averages {unknown}, which are not stages recorded in {folder}")
+    return [stage_of[m] for m in models]
+
+
 def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     """(recipe, training tokens, kind of validation loss) of a shipped checkpoint."""
     cfg, tokens = run["config"], int(log[-1]["tokens"])
@@ -54,15 +69,17 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
                 f"{run['code_grid'][0]}x{run['code_grid'][1]} codes, {cfg['max_steps']} steps x {cfg['batch_size']}, "
                 f"{minutes}", f"{tokens:,} (images)", "L1 + MSE + commitment, held-out images")
     held_out = f"held-out {'scenes' if cfg.get('dataset') == 'shapes' else 'examples'}"
+    averaged = averaged_stages(folder)
+    soup = f", the weights of stages {' and '.join(map(str, averaged))} averaged" if averaged else ""
     if cfg.get("backbone") == "discrete":
         return (f"discrete backbone on {cfg['dataset']}, {run['code_grid'][0]}x{run['code_grid'][1]} VQ codes + "
-                f"{cfg['text_length']} caption tokens, {steps} steps x {cfg['batch_size']}",
+                f"{cfg['text_length']} caption tokens, {steps} steps x {cfg['batch_size']}{soup}",
                 f"{tokens:,} (codes + caption tokens)",
                 f"image CE + {cfg['text_loss_weight']} x text CE over masked tokens, {held_out}")
     if cfg.get("backbone") == "mmdit":
         return (f"MM-DiT (D-DiT) on {cfg['dataset']}, {cfg['image_size']}x{cfg['image_size']} "
                 f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {steps} steps x "
-                f"{cfg['batch_size']}", f"{tokens:,} (image patches + caption tokens)",
+                f"{cfg['batch_size']}{soup}", f"{tokens:,} (image patches + caption tokens)",
                 f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, {held_out}")
     return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
             "negative ELBO per token")
@@ -358,9 +375,10 @@ def _stage(record: dict) -> int:
     return int(label[6:])
 
 
-def imagetext_stages(r: dict | None) -> str | None:
+def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | None:
     """Accuracy after each training stage, from bench/results/imagetext_stages.json
-    (`mmdlm eval-mm --label "stage N" --output bench/results/imagetext_stages.json`)."""
+    (`mmdlm eval-mm --label "stage N" --output bench/results/imagetext_stages.json`); the shipped
+    models in `assets` (BACKBONE-DATASET) say whether one averages stages."""
     if r is None or not r.get("records"):
         return None
     names = {"mmdit": "MM-DiT", "discrete": "discrete"}
@@ -368,14 +386,20 @@ def imagetext_stages(r: dict | None) -> str | None:
     for x in r["records"]:
         groups.setdefault((x["dataset"], x["backbone"]), []).append(x)
     rows = ["| held-out, per stage | n | text-to-image % | captioning % | joint % |", "|---|---:|---:|---:|---:|"]
+    soups = []  # the shipped models that average stages rather than being the last one
     for (dataset, backbone), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "mmdit")):
         records.sort(key=_stage)
         if len({x["n"] for x in records}) != 1:
             raise ValueError(f"{backbone} / {dataset}: stages evaluated on different n, not comparable")
+        shipped = assets / f"{backbone}-{dataset}"
+        averaged = averaged_stages(shipped) if shipped.is_dir() else None
+        if averaged:
+            soups.append(f"the {names.get(backbone, backbone)} on {dataset} ships the average of stages "
+                         f"{' and '.join(map(str, averaged))}, whose figures are in the table above")
 
         def cells(field: str) -> str:
             values = [_pct(x.get(field)) for x in records]
-            return " / ".join(values[:-1] + [f"**{values[-1]}**"])
+            return " / ".join(values[:-1] + [values[-1] if averaged else f"**{values[-1]}**"])
 
         stages = " / ".join(str(_stage(x)) for x in records)
         rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
@@ -384,8 +408,8 @@ def imagetext_stages(r: dict | None) -> str | None:
                                  "defaults (steps, guidance, temperatures) and the sampler its recipe saves (" + "; ".join(sorted(
                                      {f"{names.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
                                       for group in groups.values() for x in group})) + "); the last stage's is the "
-                                 "shipped model. Commands of the form "
-                                 f"`{records[-1]['command']}`."])
+                                 "shipped model" + "".join(f", except that {s}" for s in soups) + ". Commands of "
+                                 f"the form `{records[-1]['command']}`."])
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,

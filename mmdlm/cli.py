@@ -255,6 +255,17 @@ class EvalMMConfig:
     samples_dir: str | None = field(default=None, metadata={"help": "also write grids of generated images here"})
 
 
+@dataclass
+class AverageConfig:
+    """Average the transformer weights of saved pipelines of one model (a model soup) into a new pipeline."""
+
+    models: list[str] = field(default_factory=list, metadata={
+        "help": "saved pipeline folders: two or more, with the same transformer architecture and tokenizer"})
+    output: str | None = field(default=None, metadata={"help": "folder for the averaged pipeline"})
+    weights: list[float] | None = field(default=None, metadata={
+        "help": "one weight per model, normalised to sum 1 (default: equal)"})
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -470,6 +481,12 @@ def _run_eval_mm(c: EvalMMConfig) -> None:
     eval_mm(c)
 
 
+def _run_average(c: AverageConfig) -> None:
+    from .recipes import average
+
+    average(c)
+
+
 def _run_demo(c: DemoConfig) -> None:
     import importlib.util
     from pathlib import Path
@@ -500,6 +517,7 @@ COMMANDS = {
     "train-mm": (TrainMMConfig, _run_train_mm),
     "train-vq": (TrainVQConfig, _run_train_vq),
     "eval-mm": (EvalMMConfig, _run_eval_mm),
+    "average": (AverageConfig, _run_average),
     "demo": (DemoConfig, _run_demo),
     "study": (StudyConfig, _run_study),
     "t2i": (T2IConfig, _run_t2i),

@@ -299,6 +299,26 @@ def eval_mm(c) -> dict:
     return record
 
 
+def average(c) -> None:
+    """Average saved pipelines' transformer weights; save the result with `average.json` (the
+    sources and weights) inside it, atomically."""
+    from .io import atomic_dir
+    from .pipelines.averaging import average_pipelines, normalised_weights
+
+    if not c.models or not c.output:
+        raise ValueError("give --models (two or more saved pipelines) and --output")
+    if any(Path(m).resolve() == Path(c.output).resolve() for m in c.models):
+        raise ValueError("--output must differ from every --models folder")
+    pipe = average_pipelines(c.models, c.weights)
+    record = {"models": c.models, "weights": normalised_weights(c.weights, len(c.models)),
+              "command": command_line(), "versions": versions()}
+    with atomic_dir(c.output) as tmp:
+        pipe.save_pretrained(tmp)
+        (Path(tmp) / "average.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{type(pipe).__name__} with the transformer weights of {len(c.models)} pipelines averaged saved to "
+          f"{c.output}")
+
+
 def _unescape(text: str) -> str:
     """Let shell users write newlines and tabs as \\n and \\t."""
     return text.replace("\\n", "\n").replace("\\t", "\t")

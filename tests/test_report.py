@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -29,11 +30,23 @@ def test_stage_table(tmp_path):
                                                      "alg_temp": 2.0} if backbone == "discrete" else
                                        {"class": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": False,
                                         "shift": 3.0}})
-    rows = report.imagetext_stages(data).splitlines()
+    rows = report.imagetext_stages(data, tmp_path / "assets").splitlines()
     assert "(MM-DiT: Euler steps, shift 3.0; discrete: remasking, alg_temp 2.0)" in rows[-1]
     assert rows[2] == ("| MM-DiT on shapes, stage 1 / 2 / 3 | 8 | 10.0 / 30.0 / **70.0** | "
                        "100.0 / 100.0 / **100.0** | 50.0 / 50.0 / **50.0** |")
     assert rows[3].startswith("| discrete on shapes, stage 1 / 2 | 8 | 20.0 / **50.0** |")
+    shipped = tmp_path / "assets" / "mmdit-shapes"  # a shipped model that averages stages 2 and 3
+    for k, folder in enumerate([shipped / "stage1", shipped / "stage2", shipped], 1):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run.json").write_text(json.dumps({"config": {"output_dir": f"outputs/s{k}"}}))
+    (shipped / "average.json").write_text(json.dumps({"models": ["outputs/s2/model", "outputs/s3/model"]}))
+    rows = report.imagetext_stages(data, tmp_path / "assets").splitlines()
+    assert rows[2].startswith("| MM-DiT on shapes, stage 1 / 2 / 3 | 8 | 10.0 / 30.0 / 70.0 |")  # none shipped
+    assert "except that the MM-DiT on shapes ships the average of stages 2 and 3" in rows[-1]
+    assert report.averaged_stages(shipped) == [2, 3]
+    (shipped / "average.json").write_text(json.dumps({"models": ["elsewhere/model"]}))
+    with pytest.raises(ValueError, match="not stages recorded"):
+        report.averaged_stages(shipped)
     data["records"][0]["label"] = "final"
     with pytest.raises(ValueError, match="label 'stage N'"):
         report.imagetext_stages(data)
