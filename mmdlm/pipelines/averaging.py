@@ -51,8 +51,11 @@ def average_pipelines(paths: list[str], weights: list[float] | None = None):
             raise ValueError(f"{path} and {paths[0]} have different transformers ({', '.join(differ)})")
         if pipe.tokenizer.get_vocab() != vocab:
             raise ValueError(f"{path} and {paths[0]} have different tokenizers: token ids would not match")
-        for name, module in _modules(first).items():
-            if name != "transformer" and not _same_weights(module, _modules(pipe)[name]):
+        mine, theirs = _modules(first), _modules(pipe)
+        if mine.keys() != theirs.keys():
+            raise ValueError(f"{path} has the components {sorted(theirs)}, {paths[0]} {sorted(mine)}")
+        for name, module in mine.items():
+            if name != "transformer" and not _same_weights(module, theirs[name]):
                 raise ValueError(f"{path} and {paths[0]} have different {name} weights; only the transformer is "
                                  "averaged, so the rest must be the same")
     states = [pipe.transformer.state_dict() for pipe in pipes]
