@@ -309,9 +309,9 @@ def average(c) -> None:
         raise ValueError("give --models (two or more saved pipelines) and --output")
     if any(Path(m).resolve() == Path(c.output).resolve() for m in c.models):
         raise ValueError("--output must differ from every --models folder")
-    pipe = average_pipelines(c.models, c.weights)
-    record = {"models": c.models, "weights": normalised_weights(c.weights, len(c.models)),
-              "command": command_line(), "versions": versions()}
+    weights = normalised_weights(c.weights, len(c.models))
+    pipe = average_pipelines(c.models, weights)
+    record = {"models": c.models, "weights": weights, "command": command_line(), "versions": versions()}
     with atomic_dir(c.output) as tmp:
         pipe.save_pretrained(tmp)
         (Path(tmp) / "average.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -16,21 +16,21 @@ def _saved(tmp_path, name, seed, **overrides):
     return str(tmp_path / name)
 
 
-def _average(tmp_path, capsys, *args) -> tuple[int, str]:
+def _average(capsys, *args) -> tuple[int, str]:
     code = cli.main(["average", *args])
     return code, capsys.readouterr().err
 
 
 def test_average_of_two_pipelines(tmp_path, capsys):
     a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1)
-    assert _average(tmp_path, capsys, "--models", a, b, "--output", str(tmp_path / "avg"))[0] == 0
+    assert _average(capsys, "--models", a, b, "--output", str(tmp_path / "avg"))[0] == 0
     states = [load_pipeline(p).transformer.state_dict() for p in (a, b, tmp_path / "avg")]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
     for key, value in states[2].items():
         torch.testing.assert_close(value, (states[0][key] + states[1][key]) / 2)
     record = json.loads((tmp_path / "avg" / "average.json").read_text())
     assert record["models"] == [a, b] and record["weights"] == [0.5, 0.5]
-    assert _average(tmp_path, capsys, "--models", a, b, "--weights", "1", "3", "--output",
+    assert _average(capsys, "--models", a, b, "--weights", "1", "3", "--output",
                     str(tmp_path / "w"))[0] == 0
     weighted = load_pipeline(tmp_path / "w").transformer.state_dict()
     for key, value in weighted.items():
@@ -54,6 +54,6 @@ def test_average_refuses_what_cannot_be_averaged(tmp_path, capsys):
                           (["--models", a, str(tmp_path / "vq"), "--output", str(tmp_path / "x")],
                            "different vqvae weights"),
                           (["--models", a, str(tmp_path), "--output", str(tmp_path / "x")], "not a saved pipeline")]:
-        code, err = _average(tmp_path, capsys, *args)
+        code, err = _average(capsys, *args)
         assert code == 2 and message in err, (args, err)
     assert not (tmp_path / "x").exists()

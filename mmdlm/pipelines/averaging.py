@@ -30,42 +30,46 @@ def normalised_weights(weights: list[float] | None, n: int) -> list[float]:
     return [w / sum(weights) for w in weights]
 
 
+def _check_same(pipe, first, path: str, first_path: str) -> None:
+    """Refuse `pipe` unless only its transformer's weights can differ from `first`'s."""
+    if type(pipe) is not type(first):
+        raise ValueError(f"{path} holds a {type(pipe).__name__}, {first_path} a {type(first).__name__}")
+    mine, theirs = ({k: v for k, v in p.transformer.config.items() if not k.startswith("_")} for p in (first, pipe))
+    if theirs != mine:
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise ValueError(f"{path} and {first_path} have different transformers ({', '.join(differ)})")
+    if pipe.tokenizer.get_vocab() != first.tokenizer.get_vocab():
+        raise ValueError(f"{path} and {first_path} have different tokenizers: token ids would not match")
+    mine, theirs = _modules(first), _modules(pipe)
+    if mine.keys() != theirs.keys():
+        raise ValueError(f"{path} has the components {sorted(theirs)}, {first_path} {sorted(mine)}")
+    for name, module in mine.items():
+        if name != "transformer" and not _same_weights(module, theirs[name]):
+            raise ValueError(f"{path} and {first_path} have different {name} weights; only the transformer is "
+                             "averaged, so the rest must be the same")
+
+
 def average_pipelines(paths: list[str], weights: list[float] | None = None):
     """The pipeline at `paths[0]` with its transformer's weights averaged over all `paths`
-    (`weights`: see `normalised_weights`)."""
+    (`weights`: see `normalised_weights`). The others are loaded one at a time and added to a
+    running float32 sum, so memory holds two pipelines whatever their number."""
     if len(paths) < 2:
         raise ValueError(f"averaging needs two or more pipelines, got {len(paths)}")
     weights = normalised_weights(weights, len(paths))
-    pipes = [load_pipeline(p) for p in paths]
-    first = pipes[0]
+    first = load_pipeline(paths[0])
     if getattr(first, "transformer", None) is None:
         raise ValueError(f"{paths[0]} holds a {type(first).__name__}, which has no transformer to average")
-    config = {k: v for k, v in first.transformer.config.items() if not k.startswith("_")}
-    vocab = first.tokenizer.get_vocab()
-    for path, pipe in zip(paths[1:], pipes[1:]):
-        if type(pipe) is not type(first):
-            raise ValueError(f"{path} holds a {type(pipe).__name__}, {paths[0]} a {type(first).__name__}")
-        other = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
-        if other != config:
-            differ = sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k))
-            raise ValueError(f"{path} and {paths[0]} have different transformers ({', '.join(differ)})")
-        if pipe.tokenizer.get_vocab() != vocab:
-            raise ValueError(f"{path} and {paths[0]} have different tokenizers: token ids would not match")
-        mine, theirs = _modules(first), _modules(pipe)
-        if mine.keys() != theirs.keys():
-            raise ValueError(f"{path} has the components {sorted(theirs)}, {paths[0]} {sorted(mine)}")
-        for name, module in mine.items():
-            if name != "transformer" and not _same_weights(module, theirs[name]):
-                raise ValueError(f"{path} and {paths[0]} have different {name} weights; only the transformer is "
-                                 "averaged, so the rest must be the same")
-    states = [pipe.transformer.state_dict() for pipe in pipes]
-    averaged = {}
-    for key, value in states[0].items():
-        if value.is_floating_point():
-            averaged[key] = sum(w * s[key].float() for w, s in zip(weights, states)).to(value.dtype)
-        elif all(torch.equal(value, s[key]) for s in states):
-            averaged[key] = value
-        else:
-            raise ValueError(f"the transformers differ in {key}, which is not a weight that can be averaged")
-    first.transformer.load_state_dict(averaged)
+    base = first.transformer.state_dict()
+    total = {key: weights[0] * value.float() for key, value in base.items() if value.is_floating_point()}
+    for path, weight in zip(paths[1:], weights[1:]):
+        pipe = load_pipeline(path)
+        _check_same(pipe, first, path, paths[0])
+        for key, value in pipe.transformer.state_dict().items():
+            if key in total:
+                total[key] += weight * value.float()
+            elif not torch.equal(value, base[key]):
+                raise ValueError(f"the transformers differ in {key}, which is not a weight that can be averaged")
+        del pipe
+    first.transformer.load_state_dict({key: total[key].to(value.dtype) if key in total else value
+                                       for key, value in base.items()})
     return first

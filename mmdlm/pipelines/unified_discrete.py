@@ -1,8 +1,8 @@
 """`UnifiedDiscretePipeline`: VQ image codes and caption tokens in one masked-diffusion loop.
 
 Components: the `UnifiedDiscreteTransformer`, a diffusers `VQModel` (the image tokenizer), the
-caption tokenizer and one `MaskedDiffusionScheduler`, the same class (and instance) for image
-codes and text. Every step runs the transformer once on [text ; image] (with the
+caption tokenizer and one `MaskedDiffusionScheduler`, the same class for image codes and text
+(a copy of it when `text_steps` gives the text a schedule of its own). Every step runs the transformer once on [text ; image] (with the
 classifier-free-guidance passes in the same batch) and advances whichever stream is being
 generated through `scheduler.step`; known tokens are never touched. The call and the output
 follow `mmdlm.pipelines.multimodal`, so this class and `DualDiffusionPipeline` are
@@ -287,7 +287,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         text_scheduler = self.scheduler
         if text_steps != num_inference_steps:
-            text_scheduler = MaskedDiffusionScheduler.from_config(self.scheduler.config)
+            text_scheduler = type(self.scheduler).from_config(self.scheduler.config)
             text_scheduler.set_timesteps(text_steps, device=self.device)
         text_options = options if temperature is None else {**options, "temperature": temperature}
         history = [] if return_history else None
@@ -296,13 +296,14 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         with self.progress_bar(total=total) as bar:
             for i in range(total):
                 t = self.scheduler.timesteps[i] if gen_image else text_scheduler.timesteps[i]
-                image_logits, text_logits = self._logits(img, txt, gen_image, gen_text and i < text_steps,
-                                                         guidance_scale, text_guidance_scale)
+                text_now = gen_text and i < text_steps  # the text has a schedule of its own
+                image_logits, text_logits = self._logits(img, txt, gen_image, text_now, guidance_scale,
+                                                         text_guidance_scale)
                 img_pred = img
                 if gen_image:
                     img, img_pred, img_conf = self._step(self.scheduler, image_logits, t, img, k, generator,
                                                          img_conf, temperature=image_temperature, **options)
-                if gen_text and i < text_steps:
+                if text_now:
                     txt, _, txt_conf = self._step(text_scheduler, text_logits, text_scheduler.timesteps[i], txt,
                                                   mask_id, generator, txt_conf, **text_options)
                 if history is not None:
