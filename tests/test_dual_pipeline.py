@@ -156,7 +156,7 @@ def test_text_steps_finish_the_caption_sooner(pipe):
     caption = pipe(image=shapes_image(), num_inference_steps=5, return_history=True).history
     assert len(caption) == 5 and caption[3]["text_ids"].eq(mask).any()
     assert len(pipe(image=shapes_image(), num_inference_steps=5, text_steps=2, return_history=True).history) == 2
-    for bad in (0, 6, 2.5):
+    for bad in (0, 6, 2.5, True):
         with pytest.raises(ValueError, match="text_steps must be an integer from 1 to num_inference_steps"):
             pipe(task="joint", num_inference_steps=5, text_steps=bad)
 

@@ -46,7 +46,7 @@ def check_text_steps(text_steps: int | None, num_inference_steps: int) -> int:
     """The number of steps the caption is generated in: `text_steps`, or all of them when None."""
     if text_steps is None:
         return num_inference_steps
-    if not isinstance(text_steps, int) or not 1 <= text_steps <= num_inference_steps:
+    if isinstance(text_steps, bool) or not isinstance(text_steps, int) or not 1 <= text_steps <= num_inference_steps:
         raise ValueError(f"text_steps must be an integer from 1 to num_inference_steps ({num_inference_steps}), "
                          f"got {text_steps!r}")
     return text_steps

@@ -8,6 +8,8 @@ sum_i w_i theta_i (computed in float32).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .multimodal import load_pipeline
@@ -25,7 +27,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def normalised_weights(weights: list[float] | None, n: int) -> list[float]:
     """`weights` (one positive number per pipeline; None: equal) scaled to sum 1."""
     weights = [1.0] * n if weights is None else [float(w) for w in weights]
-    if len(weights) != n or any(w <= 0 for w in weights):
+    if len(weights) != n or not all(0 < w < math.inf for w in weights):  # also refuses nan
         raise ValueError(f"give one positive weight per pipeline: {n} pipelines, weights {weights}")
     return [w / sum(weights) for w in weights]
 

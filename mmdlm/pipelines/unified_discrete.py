@@ -2,9 +2,10 @@
 
 Components: the `UnifiedDiscreteTransformer`, a diffusers `VQModel` (the image tokenizer), the
 caption tokenizer and one `MaskedDiffusionScheduler`, the same class for image codes and text
-(a copy of it when `text_steps` gives the text a schedule of its own). Every step runs the transformer once on [text ; image] (with the
-classifier-free-guidance passes in the same batch) and advances whichever stream is being
-generated through `scheduler.step`; known tokens are never touched. The call and the output
+(a copy of it when `text_steps` gives the text a schedule of its own). Every step runs the
+transformer once on [text ; image] (with the classifier-free-guidance passes in the same batch)
+and advances whichever stream is being generated through `scheduler.step`; known tokens are
+never touched. The call and the output
 follow `mmdlm.pipelines.multimodal`, so this class and `DualDiffusionPipeline` are
 interchangeable.
 
