@@ -412,6 +412,51 @@ def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | No
                                  f"the form `{records[-1]['command']}`."])
 
 
+def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> bool:
+    """Held-out accuracy after each training stage (bench/results/imagetext_stages.json), one panel
+    per dataset, the goal at 90% and each shipped model's default-steps figures from
+    bench/results/imagetext.json (`shipped`) marked after its last stage. Writes `path` atomically;
+    False when there are no stage records."""
+    if r is None or not r.get("records"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for x in r["records"]:
+        groups.setdefault(x["dataset"], {}).setdefault(x["backbone"], []).append(x)
+    final = {(x["dataset"], x["backbone"]): x for x in (shipped or {}).get("records", []) if not x.get("label")}
+    names = {"mmdit": "MM-DiT", "discrete": "discrete"}
+    tasks = {"t2i_accuracy": ("text-to-image", "-"), "joint_consistency": ("joint", "--"),
+             "caption_accuracy": ("captioning", ":")}
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4), squeeze=False)
+    for ax, (dataset, backbones) in zip(axes[0], sorted(groups.items())):
+        for colour, (backbone, records) in zip(("C0", "C1", "C2", "C3"), sorted(backbones.items(), reverse=True)):
+            records.sort(key=_stage)
+            stages = [_stage(x) for x in records]
+            for field, (task, style) in tasks.items():
+                ax.plot(stages, [100 * x[field] for x in records], style, marker="o", ms=3, color=colour,
+                        label=f"{names.get(backbone, backbone)} {task}")
+                if (dataset, backbone) in final:
+                    ax.plot(stages[-1] + 0.4, 100 * final[dataset, backbone][field], "*", ms=9, color=colour)
+        ax.axhline(90, color="grey", lw=0.8)
+        ax.text(1, 91, "goal 90%", fontsize=7, color="grey")
+        ax.set_title(f"{dataset}, held-out (stars: the shipped models at their default steps)", fontsize=9)
+        ax.set_xlabel("training stage")
+        ax.set_ylabel("accuracy %")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq}
@@ -436,6 +481,9 @@ def main() -> int:
             return 1
         text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
     readme.write_text(text)
+    results = {name: json.loads((RESULTS / f"{name}.json").read_text()) if (RESULTS / f"{name}.json").exists()
+               else None for name in ("imagetext_stages", "imagetext")}
+    plot_imagetext_stages(results["imagetext_stages"], results["imagetext"], RESULTS / "imagetext_stages.png")
     return 0
 
 

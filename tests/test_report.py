@@ -50,3 +50,15 @@ def test_stage_table(tmp_path):
     data["records"][0]["label"] = "final"
     with pytest.raises(ValueError, match="label 'stage N'"):
         report.imagetext_stages(data)
+
+
+def test_stage_plot(tmp_path):
+    records = [{"backbone": b, "dataset": "shapes", "label": f"stage {k}", "t2i_accuracy": 0.1 * k,
+                "caption_accuracy": 1.0, "joint_consistency": 0.05 * k} for b in ("mmdit", "discrete") for k in (2, 1)]
+    shipped = {"records": [dict(records[0], label=None), dict(records[0], label="40 steps")]}
+    path = tmp_path / "stages.png"
+    assert not report.plot_imagetext_stages(None, shipped, path) and not path.exists()
+    assert report.plot_imagetext_stages({"records": records}, shipped, path)
+    assert path.read_bytes().startswith(b"\x89PNG") and list(tmp_path.iterdir()) == [path]  # no temp file left
+    with pytest.raises(ValueError, match="label 'stage N'"):
+        report.plot_imagetext_stages({"records": [dict(records[0], label="final")]}, None, path)
