@@ -412,6 +412,11 @@ def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | No
                                  f"the form `{records[-1]['command']}`."])
 
 
+def _sizes(records) -> str:
+    """The sample counts `n` of `records`, e.g. "256" or "256/1024"."""
+    return "/".join(sorted({str(x["n"]) for x in records if "n" in x}, key=int))
+
+
 def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> bool:
     """Held-out accuracy after each training stage (bench/results/imagetext_stages.json), one panel
     per dataset, the goal at 90% and each shipped model's default-steps figures from
@@ -443,7 +448,10 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
                     ax.plot(stages[-1] + 0.4, 100 * final[dataset, backbone][field], "*", ms=9, color=colour)
         ax.axhline(90, color="grey", lw=0.8)
         ax.text(1, 91, "goal 90%", fontsize=7, color="grey")
-        ax.set_title(f"{dataset}, held-out (stars: the shipped models at their default steps)", fontsize=9)
+        stages_n = _sizes(x for records in backbones.values() for x in records)
+        shipped_n = _sizes(x for (d, _), x in final.items() if d == dataset)
+        ax.set_title(f"{dataset}, held-out: stages (n={stages_n}); stars: the shipped models at their default "
+                     f"steps (n={shipped_n})", fontsize=8)
         ax.set_xlabel("training stage")
         ax.set_ylabel("accuracy %")
         ax.set_ylim(0, 102)
