@@ -1,6 +1,8 @@
 """Regenerate the README's benchmark tables from bench/results/*.json (never typed by hand).
 
     python bench/report.py          # rewrites the blocks between <!-- bench:NAME --> markers
+
+It also draws bench/results/imagetext_stages.png from the image-text results.
 """
 from __future__ import annotations
 
@@ -438,7 +440,8 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
              "caption_accuracy": ("captioning", ":")}
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4), squeeze=False)
     for ax, (dataset, backbones) in zip(axes[0], sorted(groups.items())):
-        for colour, (backbone, records) in zip(("C0", "C1", "C2", "C3"), sorted(backbones.items(), reverse=True)):
+        for i, (backbone, records) in enumerate(sorted(backbones.items(), reverse=True)):  # MM-DiT first
+            colour = f"C{i}"
             records.sort(key=_stage)
             stages = [_stage(x) for x in records]
             for field, (task, style) in tasks.items():
@@ -470,11 +473,16 @@ RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling":
              "imagetext_stages": imagetext_stages, "vq": vq}
 
 
+def load_result(name: str) -> dict | None:
+    """bench/results/NAME.json, or None when that benchmark has not been run."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def blocks():
     """(name, table) of every README block that bench/results/NAME.json (or assets/) has data for."""
     for name, render in RENDERERS.items():
-        path = RESULTS / f"{name}.json"
-        block = render(json.loads(path.read_text()) if path.exists() else None)
+        block = render(load_result(name))
         if block is not None:
             yield name, block
 
@@ -489,9 +497,7 @@ def main() -> int:
             return 1
         text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
     readme.write_text(text)
-    results = {name: json.loads((RESULTS / f"{name}.json").read_text()) if (RESULTS / f"{name}.json").exists()
-               else None for name in ("imagetext_stages", "imagetext")}
-    plot_imagetext_stages(results["imagetext_stages"], results["imagetext"], RESULTS / "imagetext_stages.png")
+    plot_imagetext_stages(load_result("imagetext_stages"), load_result("imagetext"), RESULTS / "imagetext_stages.png")
     return 0
 
 
