@@ -1,5 +1,6 @@
 """LoRA (peft) on both multimodal transformers through `mmdlm train-mm`: only the adapters
 train, the saved pipeline holds the merged weights, and the adapter is saved beside it."""
+import copy
 import json
 
 import torch
@@ -55,3 +56,33 @@ def test_lora_on_the_discrete_transformer(tmp_path, capsys):
 def test_lora_needs_pretrained_weights(tmp_path, capsys):
     assert _run(tmp_path, capsys, MMDIT, "x", lora_r=4) == 2
     assert "lora_r > 0 adapts pretrained weights" in capsys.readouterr().err
+
+
+def test_merging_leaves_the_training_model_and_shares_its_weights():
+    # saving a LoRA model: the adapted layers are merged in copies, every other weight is shared, not copied
+    from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
+    from mmdlm.training.lora import apply_lora
+    from mmdlm.training.multimodal import merged_transformer
+
+    torch.manual_seed(0)
+    base = DualDiffusionTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=1,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                           caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8,
+                                           vocab_size=20, text_length=6)
+    model = apply_lora(base, r=2, target_modules=["to_q", "to_v"])
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # peft starts B at zero: give the adapter an effect to merge
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = merged_transformer(model)
+    assert type(merged) is DualDiffusionTransformer2DModel and isinstance(model, PeftModel)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the training model is untouched
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert merged.state_dict().keys() == expected.keys()
+    shared = {k.replace(".base_layer.", "."): v.data_ptr() for k, v in model.get_base_model().state_dict().items()}
+    for key, value in merged.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+        adapted = ".to_q." in key or ".to_v." in key
+        assert (value.data_ptr() == shared[key]) != adapted, key  # adapted layers copied, the rest shared
+    assert not torch.equal(merged.state_dict()["transformer_blocks.0.attn.to_q.weight"],
+                           before["base_model.model.transformer_blocks.0.attn.to_q.base_layer.weight"])

@@ -77,16 +77,37 @@ LORA_FOLDER = "lora"
 
 def savable_transformer(model, path):
     """The transformer a pipeline saves: a LoRA model's adapter goes to `path/lora` (peft format,
-    loadable with `PeftModel.from_pretrained(base_transformer, path/lora)`) and a copy with the
-    adapter merged into the weights is returned; any other model as it is."""
-    import copy
-
+    loadable with `PeftModel.from_pretrained(base_transformer, path/lora)`) and the transformer with
+    the adapter merged into its weights is returned (`merged_transformer`); any other model as it is."""
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
         return model
     model.save_pretrained(str(Path(path) / LORA_FOLDER))
-    return copy.deepcopy(model).merge_and_unload()
+    return merged_transformer(model)
+
+
+def merged_transformer(model):
+    """A LoRA model's base transformer with the adapters merged, leaving `model` as it is and without
+    copying it: each adapted layer is copied and merged by peft, every other tensor is shared with
+    `model` (so saving a LoRA fine-tune of a large transformer costs its adapted layers, not a
+    second model)."""
+    import copy
+
+    from accelerate import init_empty_weights
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items() if "lora_" not in key}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = copy.deepcopy(module)
+            layer.merge()
+            state.update({f"{name}.{key}": value for key, value in layer.get_base_layer().state_dict().items()})
+    with init_empty_weights():  # parameters on the meta device until the state is assigned
+        plain = type(base).from_config(base.config)
+    plain.load_state_dict(state, strict=True, assign=True)
+    return plain.train(base.training)
 
 
 def sampling_scheduler(cls, settings: Mapping, **defaults):
