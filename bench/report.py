@@ -377,26 +377,34 @@ def _stage(record: dict) -> int:
     return int(label[6:])
 
 
+BACKBONES = {"mmdit": "MM-DiT", "discrete": "discrete"}  # how the tables and plots name a backbone
+
+
+def _stage_groups(r: dict) -> dict[tuple[str, str], list[dict]]:
+    """The stage records of `r` by (dataset, backbone), datasets in order and the MM-DiT first, each
+    group sorted by stage."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for x in r["records"]:
+        groups.setdefault((x["dataset"], x["backbone"]), []).append(x)
+    return {key: sorted(groups[key], key=_stage) for key in sorted(groups, key=lambda k: (k[0], k[1] != "mmdit"))}
+
+
 def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | None:
     """Accuracy after each training stage, from bench/results/imagetext_stages.json
     (`mmdlm eval-mm --label "stage N" --output bench/results/imagetext_stages.json`); the shipped
     models in `assets` (BACKBONE-DATASET) say whether one averages stages."""
     if r is None or not r.get("records"):
         return None
-    names = {"mmdit": "MM-DiT", "discrete": "discrete"}
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for x in r["records"]:
-        groups.setdefault((x["dataset"], x["backbone"]), []).append(x)
+    groups = _stage_groups(r)
     rows = ["| held-out, per stage | n | text-to-image % | captioning % | joint % |", "|---|---:|---:|---:|---:|"]
     soups = []  # the shipped models that average stages rather than being the last one
-    for (dataset, backbone), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "mmdit")):
-        records.sort(key=_stage)
+    for (dataset, backbone), records in groups.items():
         if len({x["n"] for x in records}) != 1:
             raise ValueError(f"{backbone} / {dataset}: stages evaluated on different n, not comparable")
         shipped = assets / f"{backbone}-{dataset}"
         averaged = averaged_stages(shipped) if shipped.is_dir() else None
         if averaged:
-            soups.append(f"the {names.get(backbone, backbone)} on {dataset} ships the average of stages "
+            soups.append(f"the {BACKBONES.get(backbone, backbone)} on {dataset} ships the average of stages "
                          f"{' and '.join(map(str, averaged))}, whose figures are in the table above")
 
         def cells(field: str) -> str:
@@ -404,11 +412,11 @@ def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | No
             return " / ".join(values[:-1] + [values[-1] if averaged else f"**{values[-1]}**"])
 
         stages = " / ".join(str(_stage(x)) for x in records)
-        rows.append(f"| {names.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
+        rows.append(f"| {BACKBONES.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
     return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, with the pipeline's call "
                                  "defaults (steps, guidance, temperatures) and the sampler its recipe saves (" + "; ".join(sorted(
-                                     {f"{names.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
+                                     {f"{BACKBONES.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
                                       for group in groups.values() for x in group})) + "); the last stage's is the "
                                  "shipped model" + "".join(f", except that {s}" for s in soups) + ". Commands of "
                                  f"the form `{records[-1]['command']}`."])
@@ -432,21 +440,19 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
     import matplotlib.pyplot as plt
 
     groups: dict[str, dict[str, list[dict]]] = {}
-    for x in r["records"]:
-        groups.setdefault(x["dataset"], {}).setdefault(x["backbone"], []).append(x)
+    for (dataset, backbone), records in _stage_groups(r).items():
+        groups.setdefault(dataset, {})[backbone] = records
     final = {(x["dataset"], x["backbone"]): x for x in (shipped or {}).get("records", []) if not x.get("label")}
-    names = {"mmdit": "MM-DiT", "discrete": "discrete"}
     tasks = {"t2i_accuracy": ("text-to-image", "-"), "joint_consistency": ("joint", "--"),
              "caption_accuracy": ("captioning", ":")}
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4), squeeze=False)
-    for ax, (dataset, backbones) in zip(axes[0], sorted(groups.items())):
-        for i, (backbone, records) in enumerate(sorted(backbones.items(), reverse=True)):  # MM-DiT first
+    for ax, (dataset, backbones) in zip(axes[0], groups.items()):
+        for i, (backbone, records) in enumerate(backbones.items()):
             colour = f"C{i}"
-            records.sort(key=_stage)
             stages = [_stage(x) for x in records]
             for field, (task, style) in tasks.items():
                 ax.plot(stages, [100 * x[field] for x in records], style, marker="o", ms=3, color=colour,
-                        label=f"{names.get(backbone, backbone)} {task}")
+                        label=f"{BACKBONES.get(backbone, backbone)} {task}")
                 if (dataset, backbone) in final:
                     ax.plot(stages[-1] + 0.4, 100 * final[dataset, backbone][field], "*", ms=9, color=colour)
         ax.axhline(90, color="grey", lw=0.8)

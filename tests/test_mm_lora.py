@@ -61,8 +61,7 @@ def test_lora_needs_pretrained_weights(tmp_path, capsys):
 def test_merging_leaves_the_training_model_and_shares_its_weights():
     # saving a LoRA model: the adapted layers are merged in copies, every other weight is shared, not copied
     from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
-    from mmdlm.training.lora import apply_lora
-    from mmdlm.training.multimodal import merged_transformer
+    from mmdlm.training.lora import apply_lora, merged_transformer
 
     torch.manual_seed(0)
     base = DualDiffusionTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=1,

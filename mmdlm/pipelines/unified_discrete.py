@@ -212,12 +212,12 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         """One scheduler step: (ids, every masked position predicted, confidences for the next step)."""
         if isinstance(generator, list):  # one generator per sample
             outs = [scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
-                                        confidence=None if confidence is None else confidence[i:i + 1], **options)
+                                   confidence=None if confidence is None else confidence[i:i + 1], **options)
                     for i, g in enumerate(generator)]
             conf = None if outs[0].confidence is None else torch.cat([o.confidence for o in outs])
             return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs]), conf
         out = scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, confidence=confidence,
-                                  **options)
+                             **options)
         return out.prev_sample, out.pred_original_sample, out.confidence
 
     def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:

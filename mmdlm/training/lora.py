@@ -81,6 +81,30 @@ def merge_lora(model) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
+def merged_transformer(model):
+    """A LoRA-wrapped diffusers model (`ModelMixin`), merged: the base transformer with the adapters
+    folded in, leaving `model` as it is and without
+    copying it: each adapted layer is copied and merged by peft, every other tensor is shared with
+    `model` (so saving a LoRA fine-tune of a large transformer costs its adapted layers, not a
+    second model)."""
+    import copy
+
+    from accelerate import init_empty_weights
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items() if "lora_" not in key}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = copy.deepcopy(module)
+            layer.merge()
+            state.update({f"{name}.{key}": value for key, value in layer.get_base_layer().state_dict().items()})
+    with init_empty_weights():  # parameters on the meta device until the state is assigned
+        plain = type(base).from_config(base.config)
+    plain.load_state_dict(state, strict=True, assign=True)
+    return plain.train(base.training)
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),
