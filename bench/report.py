@@ -450,10 +450,12 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
         for i, (backbone, records) in enumerate(backbones.items()):
             colour = f"C{i}"
             stages = [_stage(x) for x in records]
-            for field, (task, style) in tasks.items():
-                ax.plot(stages, [100 * x[field] for x in records], style, marker="o", ms=3, color=colour,
-                        label=f"{BACKBONES.get(backbone, backbone)} {task}")
-                if (dataset, backbone) in final:
+            for field, (task, style) in tasks.items():  # a task an evaluation left out is not drawn
+                points = [(stage, 100 * x[field]) for stage, x in zip(stages, records) if x.get(field) is not None]
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", ms=3, color=colour,
+                            label=f"{BACKBONES.get(backbone, backbone)} {task}")
+                if final.get((dataset, backbone), {}).get(field) is not None:
                     ax.plot(stages[-1] + 0.4, 100 * final[dataset, backbone][field], "*", ms=9, color=colour)
         ax.axhline(90, color="grey", lw=0.8)
         ax.text(1, 91, "goal 90%", fontsize=7, color="grey")

@@ -85,3 +85,28 @@ def test_merging_leaves_the_training_model_and_shares_its_weights():
         assert (value.data_ptr() == shared[key]) != adapted, key  # adapted layers copied, the rest shared
     assert not torch.equal(merged.state_dict()["transformer_blocks.0.attn.to_q.weight"],
                            before["base_model.model.transformer_blocks.0.attn.to_q.base_layer.weight"])
+
+
+def test_merging_an_adapter_that_also_trains_whole_modules():
+    # modules_to_save wrappers are peft's to unwrap: the merge equals merge_and_unload, the model stays as it was
+    from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
+    from mmdlm.training.lora import apply_lora, merged_transformer
+
+    torch.manual_seed(0)
+    base = DualDiffusionTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=1,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                           caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8,
+                                           vocab_size=20, text_length=6)
+    model = apply_lora(base, r=2, target_modules=["to_q"], modules_to_save=["proj_out"])
+    for name, p in model.named_parameters():
+        if "lora_B" in name or "modules_to_save" in name:
+            torch.nn.init.normal_(p)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = merged_transformer(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert merged.state_dict().keys() == expected.keys()
+    for key, value in merged.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    assert not torch.equal(merged.state_dict()["proj_out.weight"],
+                           before["base_model.model.proj_out.original_module.weight"])

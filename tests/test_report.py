@@ -60,5 +60,7 @@ def test_stage_plot(tmp_path):
     assert not report.plot_imagetext_stages(None, shipped, path) and not path.exists()
     assert report.plot_imagetext_stages({"records": records}, shipped, path)
     assert path.read_bytes().startswith(b"\x89PNG") and list(tmp_path.iterdir()) == [path]  # no temp file left
+    without_joint = [{k: v for k, v in x.items() if k != "joint_consistency"} for x in records]  # --tasks t2i caption
+    assert report.plot_imagetext_stages({"records": without_joint}, {"records": without_joint[:1]}, path)
     with pytest.raises(ValueError, match="label 'stage N'"):
         report.plot_imagetext_stages({"records": [dict(records[0], label="final")]}, None, path)

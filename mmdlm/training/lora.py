@@ -82,17 +82,20 @@ def merge_lora(model) -> torch.nn.Module:
 
 
 def merged_transformer(model):
-    """A LoRA-wrapped diffusers model (`ModelMixin`), merged: the base transformer with the adapters
-    folded in, leaving `model` as it is and without
-    copying it: each adapted layer is copied and merged by peft, every other tensor is shared with
-    `model` (so saving a LoRA fine-tune of a large transformer costs its adapted layers, not a
-    second model)."""
+    """A LoRA-wrapped diffusers model (`ModelMixin`) merged, leaving `model` as it is: each adapted
+    layer is copied and merged by peft and every other tensor is shared with `model`, so saving a
+    LoRA fine-tune of a large transformer costs its adapted layers, not a second model. Adapters
+    that also train whole modules or token rows (peft's `modules_to_save`, `trainable_token_indices`)
+    are merged by peft's `merge_and_unload` on a copy of the model."""
     import copy
 
     from accelerate import init_empty_weights
     from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
     base = model.get_base_model()
+    if any(isinstance(module, AuxiliaryTrainingWrapper) for module in base.modules()):
+        return copy.deepcopy(model).merge_and_unload()
     state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items() if "lora_" not in key}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
