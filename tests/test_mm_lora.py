@@ -58,8 +58,9 @@ def test_lora_needs_pretrained_weights(tmp_path, capsys):
     assert "lora_r > 0 adapts pretrained weights" in capsys.readouterr().err
 
 
-def test_merging_leaves_the_training_model_and_shares_its_weights():
-    # saving a LoRA model: the adapted layers are merged in copies, every other weight is shared, not copied
+def _merged(**lora):
+    """(LoRA model, its state before merging, merged_transformer of it), checked against peft's merge_and_unload, for a
+    tiny MM-DiT whose adapter weights are all drawn at random (peft starts B at zero: nothing to merge)."""
     from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
     from mmdlm.training.lora import apply_lora, merged_transformer
 
@@ -68,19 +69,26 @@ def test_merging_leaves_the_training_model_and_shares_its_weights():
                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
                                            caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8,
                                            vocab_size=20, text_length=6)
-    model = apply_lora(base, r=2, target_modules=["to_q", "to_v"])
+    model = apply_lora(base, r=2, **lora)
     for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p)  # peft starts B at zero: give the adapter an effect to merge
+        if "lora_B" in name or "modules_to_save" in name:
+            torch.nn.init.normal_(p)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     merged = merged_transformer(model)
-    assert type(merged) is DualDiffusionTransformer2DModel and isinstance(model, PeftModel)
+    assert type(merged) is type(base) and isinstance(model, PeftModel)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the training model is untouched
     expected = copy.deepcopy(model).merge_and_unload().state_dict()
     assert merged.state_dict().keys() == expected.keys()
-    shared = {k.replace(".base_layer.", "."): v.data_ptr() for k, v in model.get_base_model().state_dict().items()}
     for key, value in merged.state_dict().items():
         torch.testing.assert_close(value, expected[key])
+    return model, before, merged
+
+
+def test_merging_leaves_the_training_model_and_shares_its_weights():
+    # saving a LoRA model: the adapted layers are merged in copies, every other weight is shared, not copied
+    model, before, merged = _merged(target_modules=["to_q", "to_v"])
+    shared = {k.replace(".base_layer.", "."): v.data_ptr() for k, v in model.get_base_model().state_dict().items()}
+    for key, value in merged.state_dict().items():
         adapted = ".to_q." in key or ".to_v." in key
         assert (value.data_ptr() == shared[key]) != adapted, key  # adapted layers copied, the rest shared
     assert not torch.equal(merged.state_dict()["transformer_blocks.0.attn.to_q.weight"],
@@ -89,24 +97,6 @@ def test_merging_leaves_the_training_model_and_shares_its_weights():
 
 def test_merging_an_adapter_that_also_trains_whole_modules():
     # modules_to_save wrappers are peft's to unwrap: the merge equals merge_and_unload, the model stays as it was
-    from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
-    from mmdlm.training.lora import apply_lora, merged_transformer
-
-    torch.manual_seed(0)
-    base = DualDiffusionTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=1,
-                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
-                                           caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8,
-                                           vocab_size=20, text_length=6)
-    model = apply_lora(base, r=2, target_modules=["to_q"], modules_to_save=["proj_out"])
-    for name, p in model.named_parameters():
-        if "lora_B" in name or "modules_to_save" in name:
-            torch.nn.init.normal_(p)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    merged = merged_transformer(model)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    expected = copy.deepcopy(model).merge_and_unload().state_dict()
-    assert merged.state_dict().keys() == expected.keys()
-    for key, value in merged.state_dict().items():
-        torch.testing.assert_close(value, expected[key])
+    _, before, merged = _merged(target_modules=["to_q"], modules_to_save=["proj_out"])
     assert not torch.equal(merged.state_dict()["proj_out.weight"],
                            before["base_model.model.proj_out.original_module.weight"])
