@@ -163,7 +163,11 @@ class TrainMMConfig(LoraArgs, TrainArgs):
     image_dropout: float = field(default=0.1, metadata={
         "help": "probability of hiding the image of a captioning sample behind pure noise (text guidance; mmdit)"})
     text_schedule: str = field(default="linear", metadata={
-        "help": "masking schedule of the text: linear | cosine | loglinear"})
+        "help": "masking schedule of the text: linear | cosine | loglinear (mmdit; the discrete backbone masks "
+                "its captions on the cosine schedule)"})
+    image_schedule: str = field(default="cosine", metadata={
+        "help": "training mask ratios of the image codes, m(t) at t ~ U(0, 1): cosine (MaskGIT; most of them "
+                "high) | linear (uniform: more nearly clean images) | loglinear (discrete)"})
     logit_mean: float = field(default=0.0, metadata={
         "help": "image noise levels sigma = sigmoid(N(logit_mean, logit_std)) (SD3's logit-normal; mmdit)"})
     logit_std: float = field(default=1.0, metadata={"help": "see logit_mean"})
@@ -200,6 +204,7 @@ class TrainMMConfig(LoraArgs, TrainArgs):
         from .diffusion import get_schedule
 
         get_schedule(self.text_schedule)
+        get_schedule(self.image_schedule)
         check_task_weights(self.task_weights)
 
 

@@ -244,6 +244,29 @@ def test_training_tasks_mask_the_right_streams(tmp_path):
     assert 0 < dropped.sum() < 8  # caption dropout 0.5 on the 8 text-to-image rows only
 
 
+def test_image_schedule_sets_the_image_mask_ratios_only(tmp_path):
+    """`image_schedule` changes how many image codes a training sample masks (cosine: mean ratio
+    2/pi, linear: 1/2) and leaves the text's masking, drawn from the same generator, as it was."""
+    from mmdlm.training.discrete import DiscreteTrainer
+    from mmdlm.training.trainer import TrainArgs
+
+    tok = tiny_tokenizer()
+    data = _train_data(tok, 256)
+    args = TrainArgs(output_dir=str(tmp_path), max_steps=1, batch_size=256, warmup_steps=0)
+    inputs = {}
+    for schedule in ("cosine", "linear"):
+        rec = Recorder(tiny_transformer(tok))
+        trainer = DiscreteTrainer(rec, data, args, task_weights={"t2i": 1, "joint": 1}, image_schedule=schedule)
+        with torch.no_grad():
+            trainer.losses(rec, data, gen(5))
+        inputs[schedule] = rec.calls[0]
+    image_ratio = {s: (img == CODEBOOK).float().mean().item() for s, (img, _) in inputs.items()}
+    assert abs(image_ratio["cosine"] - 2 / np.pi) < 0.04 and abs(image_ratio["linear"] - 0.5) < 0.04
+    assert torch.equal(inputs["cosine"][1], inputs["linear"][1])
+    with pytest.raises(ValueError, match="schedule"):
+        DiscreteTrainer(rec, data, args, task_weights={"t2i": 1}, image_schedule="sqrt")
+
+
 def test_training_lowers_the_loss(tmp_path):
     from mmdlm.training.discrete import DiscreteTrainer
     from mmdlm.training.trainer import TrainArgs

@@ -137,7 +137,8 @@ def test_train_mm_dispatches_to_the_registered_backbone(tmp_path, monkeypatch, c
     for flag, value, message in [("--task-weights", '{"t2j": 1}', "unknown task"),
                                  ("--caption-dropout", "1.5", "caption_dropout"),
                                  ("--text-length", "0", "text_length"), ("--image-size", "4", "image_size"),
-                                 ("--max-steps", "0", "max_steps")]:
+                                 ("--max-steps", "0", "max_steps"),
+                                 ("--image-schedule", "sqrt", "unknown schedule 'sqrt'")]:
         assert cli.main(["train-mm", "--backbone", "toy", flag, value]) == 2
         assert message in capsys.readouterr().err
     assert len(seen) == 1

@@ -3,8 +3,9 @@
 Images are turned into VQ codes once, before training (the VQ model is frozen). Each sample
 draws a task (`draw_tasks`): text-to-image (caption clean, image masked), captioning (image
 clean, caption masked) or joint (both masked, each with its own noise level). Both streams
-are masked with the cosine schedule through the shared core (`corrupt`); the caption of a
-text-to-image sample is replaced by an all-[MASK] caption with probability `caption_dropout`
+are masked through the shared core (`corrupt`), the caption on the cosine schedule and the
+codes on `image_schedule` (cosine by default; linear puts more samples near the clean end). The
+caption of a text-to-image sample is replaced by an all-[MASK] caption with probability `caption_dropout`
 (the unconditional pass of guidance). Loss = image CE + `text_loss_weight` x text CE, each the
 plain cross-entropy averaged over the masked tokens of the batch (MaskGIT / Meissonic /
 Muddit; `masked_diffusion_loss(normalize="masked", elbo_weight=False)`).
@@ -37,10 +38,11 @@ class DiscreteTrainer(Trainer):
     """Batches are {"codes": (B, h*w), "text_ids": (B, L)[, "caption_ids": (B, L)]}."""
 
     def __init__(self, model, train_data, args, *, task_weights, text_loss_weight: float = 1.0,
-                 caption_dropout: float = 0.1, schedule: str = "cosine", pipeline_parts: dict | None = None, **kwargs):
+                 caption_dropout: float = 0.1, image_schedule: str = "cosine", pipeline_parts: dict | None = None,
+                 **kwargs):
         super().__init__(model, train_data, args, **kwargs)
         self.task_weights, self.text_loss_weight, self.caption_dropout = task_weights, text_loss_weight, caption_dropout
-        self.schedule = get_schedule(schedule)
+        self.text_schedule, self.image_schedule = get_schedule("cosine"), get_schedule(image_schedule)
         self.pipeline_parts = pipeline_parts  # vqvae, tokenizer, scheduler: saved with the model as a pipeline
 
     def losses(self, model, batch, generator):
@@ -53,16 +55,16 @@ class DiscreteTrainer(Trainer):
         t2i, caption = tasks == T2I, tasks == CAPTION
         text = task_texts(batch, t2i)
         text_in, _ = drop_captions(text, self.caption_dropout, text_mask, generator, rows=t2i)
-        t_img = self.schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
-        t_txt = self.schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
-        x_img, m_img = corrupt(codes, t_img, k, self.schedule, protect=caption[:, None].expand_as(codes),
+        t_img = self.image_schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
+        t_txt = self.text_schedule.sample_t(b, generator=generator, method="stratified").to(codes.device)
+        x_img, m_img = corrupt(codes, t_img, k, self.image_schedule, protect=caption[:, None].expand_as(codes),
                                generator=generator)
-        x_txt, m_txt = corrupt(text_in, t_txt, text_mask, self.schedule, protect=t2i[:, None].expand_as(text),
+        x_txt, m_txt = corrupt(text_in, t_txt, text_mask, self.text_schedule, protect=t2i[:, None].expand_as(text),
                                generator=generator)
         out = model(x_img.view(b, side, side), x_txt)
         common = dict(normalize="masked", elbo_weight=False)
-        image_loss = masked_diffusion_loss(out.image_logits, codes, m_img, t_img, self.schedule, **common)
-        text_loss = masked_diffusion_loss(out.text_logits, text, m_txt, t_txt, self.schedule, **common)
+        image_loss = masked_diffusion_loss(out.image_logits, codes, m_img, t_img, self.image_schedule, **common)
+        text_loss = masked_diffusion_loss(out.text_logits, text, m_txt, t_txt, self.text_schedule, **common)
         return image_loss, text_loss
 
     def compute_loss(self, model, batch, step, generator):
@@ -138,7 +140,7 @@ def train_discrete(c) -> Path:
                 "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
     trainer = DiscreteTrainer(model, train, c, eval_data=eval_data, run_info=run_info, task_weights=c.task_weights,
                               text_loss_weight=c.text_loss_weight, caption_dropout=c.caption_dropout,
-                              pipeline_parts=parts)
+                              image_schedule=c.image_schedule, pipeline_parts=parts)
     final = trainer.train()
     trainer.announce("UnifiedDiscretePipeline", final)
     return final
