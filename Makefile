@@ -124,9 +124,10 @@ vq: install
 	rm -rf assets/vq && cp -r outputs/vq/model assets/vq
 	cp outputs/vq/run.json outputs/vq/log.csv outputs/vq/loss.png outputs/vq/reconstruction.json assets/vq/
 
-# The discrete backbone on shapes, in five stages (about 6.5 hours on one core).
+# The discrete backbone on shapes, in six stages (stages 1-5 about 6.5 hours on one core, stage 6 about
+# an hour with two threads).
 discrete-shapes: install
-	$(call staged,discrete-shapes,shapes,discrete_shapes $(addprefix discrete_shapes_stage,2 3 4 5))
+	$(call staged,discrete-shapes,shapes,discrete_shapes $(addprefix discrete_shapes_stage,2 3 4 5 6))
 
 discrete-digits: install
 	$(BIN)/mmdlm train-mm --config configs/discrete_digits.yaml
