@@ -5,10 +5,10 @@ draws a task (`draw_tasks`): text-to-image (caption clean, image masked), captio
 clean, caption masked) or joint (both masked, each with its own noise level). Both streams
 are masked through the shared core (`corrupt`), the caption on the cosine schedule and the
 codes on `image_schedule` (cosine by default; linear puts more samples near the clean end). The
-caption of a text-to-image sample is replaced by an all-[MASK] caption with probability `caption_dropout`
-(the unconditional pass of guidance). Loss = image CE + `text_loss_weight` x text CE, each the
-plain cross-entropy averaged over the masked tokens of the batch (MaskGIT / Meissonic /
-Muddit; `masked_diffusion_loss(normalize="masked", elbo_weight=False)`).
+caption of a text-to-image sample is replaced by an all-[MASK] caption with probability
+`caption_dropout` (the unconditional pass of guidance). Loss = image CE + `text_loss_weight` x
+text CE, each the plain cross-entropy averaged over the masked tokens of the batch (MaskGIT /
+Meissonic / Muddit; `masked_diffusion_loss(normalize="masked", elbo_weight=False)`).
 """
 from __future__ import annotations
 
