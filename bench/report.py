@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from mmdlm.io import save_figure
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -469,10 +471,7 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
     return True
 
 

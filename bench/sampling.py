@@ -35,7 +35,7 @@ from mmdlm.data import load_text_splits  # noqa: E402
 from mmdlm.eval.infill import exact_match, fill_spans_ar, fill_spans_dlm  # noqa: E402
 from mmdlm.eval.infill import held_out as held_out_examples  # noqa: E402
 from mmdlm.eval.likelihood import continuation_nll  # noqa: E402
-from mmdlm.io import atomic_write_text  # noqa: E402
+from mmdlm.io import atomic_write_text, save_figure  # noqa: E402
 
 CONFIGS = [
     {"method": "ar_greedy"},
@@ -237,8 +237,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("sampling: speed against quality")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmdlm.data import load_text_splits, pack_texts  # noqa: E402
-from mmdlm.io import atomic_write_text  # noqa: E402
+from mmdlm.io import atomic_write_text, save_figure  # noqa: E402
 from mmdlm.recipes import machine, versions  # noqa: E402
 from mmdlm.text.adapt import DiffusionLM  # noqa: E402
 from mmdlm.text.base import load_causal_lm, load_tokenizer  # noqa: E402
@@ -110,8 +110,7 @@ def plot(result: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

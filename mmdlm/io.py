@@ -65,3 +65,14 @@ def atomic_file(path: str | os.PathLike):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> None:
+    """Write a matplotlib figure to `path` atomically (`atomic_file`), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)

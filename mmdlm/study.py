@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .io import atomic_write_text
+from .io import atomic_write_text, save_figure
 
 RECIPE_NAMES = {"bidirectional": "Dream / DiffuGPT (bidirectional)", "annealed": "DiffuLLaMA (annealed mask)",
                 "block": "NBDiff (block curriculum + AR guidance)", "causal": "causal"}
@@ -368,10 +368,7 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ---- the study --------------------------------------------------------------------------------

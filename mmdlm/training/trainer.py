@@ -35,7 +35,7 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..io import atomic_dir, atomic_write_text, replace_dir
+from ..io import atomic_dir, atomic_write_text, replace_dir, save_figure
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -375,7 +375,4 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(png_path)
+    save_figure(fig, png_path, dpi=120)
