@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import config as cfg
 from .training.lora import LoraArgs
@@ -181,10 +181,20 @@ class TrainMMConfig(LoraArgs, TrainArgs):
                 "{stochastic_sampling: true}) or MaskedDiffusionScheduler's (discrete; e.g. {remasking: true, "
                 "alg_temp: 2.0})"})
 
+    # options only one of the built-in backbones reads: the other refuses them when they are set
+    BACKBONE_ONLY = {"image_dropout": "mmdit", "text_schedule": "mmdit", "logit_mean": "mmdit",
+                     "logit_std": "mmdit", "ema_decay": "mmdit", "flow_shift": "mmdit", "image_schedule": "discrete"}
+
     def validate(self) -> None:
         from .training.multimodal import check_task_weights
 
         super().validate()
+        if self.backbone in self.BACKBONE_ONLY.values():
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, owner in self.BACKBONE_ONLY.items():
+                if owner != self.backbone and getattr(self, name) != defaults[name]:
+                    raise ValueError(f"{name} is an option of the {owner} backbone; the {self.backbone} "
+                                     "backbone does not read it")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.text_length < 1:

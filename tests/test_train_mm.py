@@ -142,3 +142,11 @@ def test_train_mm_dispatches_to_the_registered_backbone(tmp_path, monkeypatch, c
         assert cli.main(["train-mm", "--backbone", "toy", flag, value]) == 2
         assert message in capsys.readouterr().err
     assert len(seen) == 1
+    for backbone, flag, value, message in [("mmdit", "--image-schedule", "linear", "image_schedule is an option of "
+                                            "the discrete backbone; the mmdit backbone does not read it"),
+                                           ("discrete", "--logit-mean", "1", "logit_mean is an option of the mmdit"),
+                                           ("discrete", "--ema-decay", "0.9", "ema_decay is an option of the mmdit")]:
+        assert cli.main(["train-mm", "--backbone", backbone, flag, value]) == 2  # refused before any data is made
+        assert message in capsys.readouterr().err
+    assert cli.main(["train-mm", "--backbone", "toy", "--image-schedule", "linear", "--logit-mean", "1"]) == 0
+    assert len(seen) == 2  # a registered backbone of one's own may read any option
