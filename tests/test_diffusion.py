@@ -426,3 +426,11 @@ def test_unmask_step_bad_inputs():
         unmask_step(x, logits, M, torch.tensor([1, 1, 1]))
     with pytest.raises(ValueError, match="editable"):
         unmask_step(x, logits, M, n, editable=torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_guidance_pushes_away_from_the_unconditional_and_keeps_forbidden_entries():
+    from mmdlm.diffusion import guide
+
+    c, u = torch.tensor([1.0, 2.0, float("-inf")]), torch.tensor([0.0, 3.0, float("-inf")])
+    assert torch.equal(guide(c, u, 1.0), torch.tensor([2.0, 1.0, float("-inf")]))  # u + 2 (c - u)
+    assert torch.equal(guide(c, u, 0.0), c)

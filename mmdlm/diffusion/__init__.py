@@ -3,7 +3,8 @@
 Pure torch and modality-agnostic: the same code drives text tokens and VQ image tokens.
 """
 
-from .corruption import block_t, corrupt
+from .corruption import block_t, corrupt, mask_ratio
+from .guidance import guide
 from .loss import masked_diffusion_loss
 from .schedules import (
     SCHEDULES,
@@ -32,6 +33,8 @@ __all__ = [
     "get_schedule",
     "corrupt",
     "block_t",
+    "mask_ratio",
+    "guide",
     "masked_diffusion_loss",
     "tokens_to_commit",
     "filter_logits",
