@@ -426,6 +426,38 @@ def test_train_mm_mmdit_with_a_vae(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- commands
+def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
+    """A run replaces the earlier run's t2i-* files, whole: fewer images leave no stale ones behind,
+    other files stay, and a failure while writing leaves the earlier set as it was."""
+    from mmdlm import recipes
+
+    pipe.save_pretrained(tmp_path / "p")
+    out = tmp_path / "out"
+
+    def t2i(*options):
+        return cli.main(["t2i", PROMPT, "--model", str(tmp_path / "p"), "--steps", "2", "--output-dir", str(out),
+                         *options])
+
+    assert t2i("--n", "4") == 0
+    (out / "notes.txt").write_text("mine\n")
+    assert t2i("--n", "1", "--seed", "1") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2i-0.png", "t2i-denoising.gif"]
+    first = (out / "t2i-0.png").read_bytes()
+    assert t2i("--n", "2", "--no-gif") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2i-0.png", "t2i-1.png"]
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert kept["t2i-0.png"] != first  # seed 0, not the seed-1 image
+
+    def broken(history, path):
+        raise ValueError("the GIF cannot be written")
+
+    monkeypatch.setattr(recipes, "write_denoising_gif", broken)
+    capsys.readouterr()
+    assert t2i("--n", "3", "--seed", "1") == 2
+    assert "the GIF cannot be written" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept  # no temporary folder either
+
+
 def test_t2i_and_caption_commands(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "p")
     out = tmp_path / "out"
