@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
+
+from ..diffusion._checks import check_finite_nonnegative
 
 
 @dataclass
@@ -50,6 +53,33 @@ def check_text_steps(text_steps: int | None, num_inference_steps: int) -> int:
         raise ValueError(f"text_steps must be an integer from 1 to num_inference_steps ({num_inference_steps}), "
                          f"got {text_steps!r}")
     return text_steps
+
+
+def check_image_scheduler(scheduler) -> None:
+    """Refuse an image scheduler the loop cannot drive: it takes one Euler step per timestep on
+    flow-matching noise levels sigma = t / num_train_timesteps running from 1 to 0, which is what
+    `FlowMatchEulerDiscreteScheduler` lays out in any of its settings but `invert_sigmas`."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError("scheduler must be a FlowMatchEulerDiscreteScheduler (any of its settings: shift, "
+                         "stochastic_sampling, Karras / exponential / beta sigmas, dynamic shifting), got "
+                         f"{type(scheduler).__name__}: the loop takes one flow-matching Euler step per timestep")
+    if scheduler.config.invert_sigmas:
+        raise ValueError("the scheduler's invert_sigmas=True runs the noise levels from 0 up to 1; the image is "
+                         "denoised from sigma 1 down to 0: use invert_sigmas=False")
+
+
+def set_image_timesteps(scheduler, num_inference_steps: int, latents: torch.Tensor, patch_size: int) -> None:
+    """`scheduler.set_timesteps`, with `mu` under `use_dynamic_shifting`: the shift of the noise
+    levels grows with the image's sequence length (patches), as in diffusers' SD3 and Flux pipelines."""
+    options = {}
+    if scheduler.config.use_dynamic_shifting:
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        c = scheduler.config
+        seq_len = (latents.shape[-2] // patch_size) * (latents.shape[-1] // patch_size)
+        options["mu"] = calculate_shift(seq_len, c.base_image_seq_len, c.max_image_seq_len, c.base_shift,
+                                        c.max_shift)
+    scheduler.set_timesteps(num_inference_steps, device=latents.device, **options)
 
 
 def velocity_to_x0(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -84,9 +114,8 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     text_steps = check_text_steps(text_steps, num_inference_steps)
-    for name, w in (("guidance_scale", guidance_scale), ("text_guidance_scale", text_guidance_scale)):
-        if w < 0:
-            raise ValueError(f"{name} must be >= 0 (0 disables guidance), got {w}")
+    guidance_scale = check_finite_nonnegative("guidance_scale", guidance_scale)
+    text_guidance_scale = check_finite_nonnegative("text_guidance_scale", text_guidance_scale)
     b = latents.shape[0]
     device = latents.device
     text_ids = text_ids.clone()
@@ -94,7 +123,8 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     if not image_noisy and not text_noisy:
         raise ValueError("nothing to generate: the image is given and the caption has no [MASK] position")
     if image_noisy:
-        image_scheduler.set_timesteps(num_inference_steps, device=device)
+        check_image_scheduler(image_scheduler)
+        set_image_timesteps(image_scheduler, num_inference_steps, latents, model.config.patch_size)
         image_steps = image_scheduler.timesteps
     if text_noisy:
         text_scheduler.set_timesteps(text_steps, device=device)

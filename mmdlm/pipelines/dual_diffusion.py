@@ -2,8 +2,9 @@
 caption infilling and inpainting with one MM-DiT (D-DiT), through one denoising loop.
 
 Components: the `DualDiffusionTransformer2DModel`, the caption tokenizer, diffusers'
-`FlowMatchEulerDiscreteScheduler` for the image, `MaskedDiffusionScheduler` for the text, and
-an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
+`FlowMatchEulerDiscreteScheduler` for the image (in any of its settings; other schedulers are
+refused whenever they are set, see `check_image_scheduler`), `MaskedDiffusionScheduler` for the
+text, and an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
 call follows the shared multimodal convention (`mmdlm.pipelines.multimodal`); the loop is
 `mmdlm.multimodal.dual_generate`.
 """
@@ -13,12 +14,14 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..multimodal.dual_generate import dual_generate
+from ..multimodal.dual_generate import check_image_scheduler, dual_generate
 from ..multimodal.mmdit import DualDiffusionTransformer2DModel
 from ..multimodal.text import attention_mask, decode_captions, encode_captions
 from ..schedulers import MaskedDiffusionScheduler
 from .multimodal import (
     MultimodalPipelineOutput,
+    check_call_options,
+    check_component,
     count_images,
     format_images,
     register_pipeline,
@@ -40,9 +43,7 @@ class DualDiffusionPipeline(DiffusionPipeline):
                  scheduler: FlowMatchEulerDiscreteScheduler, text_scheduler: MaskedDiffusionScheduler,
                  vae: AutoencoderKL | None = None):
         super().__init__()
-        if not isinstance(transformer, DualDiffusionTransformer2DModel):
-            raise ValueError(f"the transformer must be a DualDiffusionTransformer2DModel, got "
-                             f"{type(transformer).__name__}")
+        check_component("transformer", transformer, DualDiffusionTransformer2DModel)
         if getattr(tokenizer, "mask_token_id", None) is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a mask and an EOS token (mmdlm.multimodal.ensure_caption_tokens)")
         if len(tokenizer) > transformer.config.vocab_size:
@@ -54,6 +55,15 @@ class DualDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"the transformer takes {transformer.config.in_channels} channels but {where}")
         self.register_modules(transformer=transformer, tokenizer=tokenizer, scheduler=scheduler,
                               text_scheduler=text_scheduler, vae=vae)
+
+    def __setattr__(self, name, value):
+        # the schedulers are checked whenever they are set: by __init__ (register_modules), from_pretrained
+        # or `pipe.scheduler = ...`
+        if name == "scheduler":
+            check_image_scheduler(value)
+        elif name == "text_scheduler":
+            check_component(name, value, MaskedDiffusionScheduler)
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -106,8 +116,9 @@ class DualDiffusionPipeline(DiffusionPipeline):
         `text_steps` steps (default: all, half in `joint`); `generator` may be a list, one per sample.
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        check_call_options(num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
+                           output_type=output_type, guidance_scale=guidance_scale,
+                           text_guidance_scale=text_guidance_scale, temperature=temperature)
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
