@@ -76,3 +76,33 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> None:
             fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def _check_folder(folder: Path, option: str, given: Path) -> None:
+    """Refuse, creating nothing, a `folder` that cannot be made or written in (its nearest existing
+    ancestor is a file, or not writable); the error names the command-line `option` and the path
+    it was `given`."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == given else f": {existing}"
+        raise ValueError(f"{option} {given}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {given}: cannot write in {existing} (permission denied)")
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """The output folder `path`, once it is a folder (or can be made one) that files can be written
+    in: checked before any work is done, so that a bad location costs nothing. `option` (e.g.
+    "--output-dir") names it in the error."""
+    path = Path(path)
+    _check_folder(path, option, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> Path:
+    """The output file `path`, once it is not a folder and its folder passes `check_output_dir`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file path")
+    _check_folder(path.parent, option, path)
+    return path

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -352,8 +354,11 @@ def _multimodal_pipeline(path: str, device: str | None):
 
 
 def _call_options(c, *names) -> dict:
-    """The sampling options given (None: the pipeline's default)."""
+    """The sampling options given (None: the pipeline's default), checked before the model loads."""
+    from .pipelines.multimodal import check_call_options
+
     out = {k: getattr(c, k) for k in names if getattr(c, k) is not None}
+    check_call_options(**out)
     if getattr(c, "steps", None) is not None:
         if c.steps < 1:
             raise ValueError(f"steps must be >= 1, got {c.steps}")
@@ -378,54 +383,66 @@ def write_denoising_gif(history: list[dict], path, duration_ms: int = 120) -> No
                        duration=[duration_ms] * (len(frames) - 1) + [1000], loop=0)
 
 
+T2I_OUTPUT = re.compile(r"t2i-(\d+\.png|denoising\.gif)")  # what `mmdlm t2i` writes
+
+
 def t2i(c) -> list:
-    """`mmdlm t2i PROMPT`: PNGs (and a GIF of the denoising) in c.output_dir; returns their paths."""
-    from .io import atomic_file
+    """`mmdlm t2i PROMPT`: PNGs (and a GIF of the denoising) in c.output_dir; returns their paths.
+
+    The files form one set: the location is checked before generating, the set is written in a
+    temporary folder there and then moved in, and the t2i-* files of an earlier run it does not
+    replace are removed; a failure leaves the folder as it was.
+    """
+    import tempfile
+
+    from .io import check_output_dir
 
     if not c.prompt:
         raise ValueError("give the caption to draw: mmdlm t2i \"a small red circle left of a large blue square\"")
     if c.n < 1:
         raise ValueError(f"n must be >= 1, got {c.n}")
     options = _call_options(c, "guidance_scale")
+    folder = check_output_dir(c.output_dir, "--output-dir")
+    names = [f"t2i-{i}.png" for i in range(c.n)] + (["t2i-denoising.gif"] if c.gif else [])
+    for name in names:
+        if (folder / name).is_dir():
+            raise ValueError(f"{folder / name} is a folder; remove it or choose another --output-dir")
     pipe = _multimodal_pipeline(c.model, c.device)
     out = pipe(prompt=c.prompt, task="t2i", num_images_per_prompt=c.n, generator=torch.Generator().manual_seed(c.seed),
                return_history=c.gif, **options)
-    folder = Path(c.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(out.images):
-        path = folder / f"t2i-{i}.png"
-        with atomic_file(path) as tmp:
-            image.save(tmp)
-        paths.append(path)
-    print(f"{len(paths)} image(s) of {c.prompt!r} written to {folder}/t2i-*.png")
+    with tempfile.TemporaryDirectory(prefix=".t2i-", dir=folder) as tmp:
+        for name, image in zip(names, out.images):
+            image.save(Path(tmp) / name)
+        if c.gif:
+            write_denoising_gif(out.history or [], Path(tmp) / names[-1])
+        stale = [p for p in folder.iterdir() if T2I_OUTPUT.fullmatch(p.name) and p.name not in names and p.is_file()]
+        for name in names:
+            os.replace(Path(tmp) / name, folder / name)
+        for path in stale:
+            path.unlink()
+    print(f"{c.n} image(s) of {c.prompt!r} written to {folder}/t2i-*.png")
     if c.gif:
-        gif = folder / "t2i-denoising.gif"
-        write_denoising_gif(out.history or [], gif)
-        paths.append(gif)
-        print(f"denoising written to {gif}")
-    return paths
+        print(f"denoising written to {folder / names[-1]}")
+    return [folder / name for name in names]
 
 
 def caption(c) -> list[str]:
     """`mmdlm caption IMAGE [--question ...]`: print (and optionally save) the text(s)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .io import atomic_write_text
+    from .data.imagetext import open_image
+    from .io import atomic_write_text, check_output_file
 
     if not c.image:
         raise ValueError("give the image to caption: mmdlm caption path/to/image.png")
     path = Path(c.image)
     if not path.is_file():
         raise FileNotFoundError(f"no image at {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path} is not an image PIL can read ({err})") from err
+    image = open_image(path)
     if c.n < 1:
         raise ValueError(f"n must be >= 1, got {c.n}")
     options = _call_options(c, "text_guidance_scale", "temperature")
+    if c.output:
+        check_output_file(c.output, "--output")
     task = "caption" if c.question is None else "vqa"
     pipe = _multimodal_pipeline(c.model, c.device)
     out = pipe(prompt=c.question, image=image, task=task, num_images_per_prompt=c.n,

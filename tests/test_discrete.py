@@ -624,7 +624,7 @@ def test_pipeline_errors(tmp_path):
         (dict(prompt=PROMPT, image=IMAGES[0]), "without <|mask:N|> placeholders"),
         (dict(prompt=PROMPT, num_inference_steps=0), "num_inference_steps"),
         (dict(prompt=PROMPT, output_type="latent"), "output_type"),
-        (dict(prompt=PROMPT, guidance_scale=-1), "guidance scales"),
+        (dict(prompt=PROMPT, guidance_scale=-1), "guidance_scale must be a finite number >= 0"),
         (dict(image=torch.zeros(1, 3, 8, 8)), "image tensor is 8x8 but the model works at 16x16"),
     ]:
         with pytest.raises(ValueError, match=message.replace("|", r"\|")):

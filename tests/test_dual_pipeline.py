@@ -114,6 +114,27 @@ def test_stochastic_sampling_draws_from_the_generator(pipe):
     assert not torch.allclose(pipe(PROMPT, num_inference_steps=3, generator=gen(2), output_type="pt").images, alone)
 
 
+@pytest.mark.parametrize("settings", [dict(shift=3.0, stochastic_sampling=True), dict(use_karras_sigmas=True),
+                                      dict(use_exponential_sigmas=True), dict(use_beta_sigmas=True),
+                                      dict(shift_terminal=0.1), dict(use_dynamic_shifting=True)])
+def test_flow_match_settings_drive_the_loop(pipe, settings):
+    """Every stock setting of FlowMatchEulerDiscreteScheduler is accepted and sets the noise levels
+    the loop follows (from 1 down to 0); dynamic shifting gets diffusers' SD3/Flux mu, from the
+    image's sequence length: (16 / patch 2)^2 = 64 patches."""
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(**settings)
+    images = pipe(PROMPT, num_inference_steps=4, generator=gen(), output_type="pt").images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    reference = FlowMatchEulerDiscreteScheduler(**settings)
+    c = reference.config
+    mu = None
+    if c.use_dynamic_shifting:  # mu = shift interpolated linearly in the sequence length (calculate_shift)
+        slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+        mu = c.base_shift + slope * (64 - c.base_image_seq_len)
+    reference.set_timesteps(4, mu=mu)
+    assert torch.allclose(pipe.scheduler.sigmas, reference.sigmas)
+    assert pipe.scheduler.sigmas[0] > 0.5 and pipe.scheduler.sigmas[-1] == 0
+
+
 def test_guidance_in_both_directions(pipe, monkeypatch):
     seen = []
     forward = pipe.transformer.forward
@@ -136,7 +157,7 @@ def test_guidance_in_both_directions(pipe, monkeypatch):
     assert [len(a[0]) for a in seen] == [1, 2, 2]
     ids = seen[1][1]
     assert (ids[0] != mask).any() and (ids[1] == mask).all()
-    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
         pipe(PROMPT, num_inference_steps=2, guidance_scale=-1.0)
 
 
@@ -262,7 +283,7 @@ def test_bad_input(pipe, tmp_path):
         pipe(task="caption", num_inference_steps=1)
     with pytest.raises(ValueError, match="num_images_per_prompt"):
         pipe(PROMPT, num_images_per_prompt=0)
-    with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1"):
         pipe(PROMPT, num_inference_steps=0)
     with pytest.raises(ValueError, match="must be a DualDiffusionTransformer2DModel"):
         DualDiffusionPipeline(AutoencoderKL(), pipe.tokenizer, pipe.scheduler, pipe.text_scheduler)
@@ -411,6 +432,38 @@ def test_train_mm_mmdit_with_a_vae(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- commands
+def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
+    """A run replaces the earlier run's t2i-* files, whole: fewer images leave no stale ones behind,
+    other files stay, and a failure while writing leaves the earlier set as it was."""
+    from mmdlm import recipes
+
+    pipe.save_pretrained(tmp_path / "p")
+    out = tmp_path / "out"
+
+    def t2i(*options):
+        return cli.main(["t2i", PROMPT, "--model", str(tmp_path / "p"), "--steps", "2", "--output-dir", str(out),
+                         *options])
+
+    assert t2i("--n", "4") == 0
+    (out / "notes.txt").write_text("mine\n")
+    assert t2i("--n", "1", "--seed", "1") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2i-0.png", "t2i-denoising.gif"]
+    first = (out / "t2i-0.png").read_bytes()
+    assert t2i("--n", "2", "--no-gif") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2i-0.png", "t2i-1.png"]
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert kept["t2i-0.png"] != first  # seed 0, not the seed-1 image
+
+    def broken(history, path):
+        raise ValueError("the GIF cannot be written")
+
+    monkeypatch.setattr(recipes, "write_denoising_gif", broken)
+    capsys.readouterr()
+    assert t2i("--n", "3", "--seed", "1") == 2
+    assert "the GIF cannot be written" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept  # no temporary folder either
+
+
 def test_t2i_and_caption_commands(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "p")
     out = tmp_path / "out"

@@ -37,17 +37,53 @@ def test_pil_tensor_round_trip_is_exact():
     assert to_pil(x[0])[0].size == (16, 16) and to_pil(x[:, :1])[0].mode == "RGB"
 
 
+def test_numpy_images_follow_diffusers_conventions():
+    """uint8 in [0, 255] or float in [0, 1], (H, W, C) or a batch (B, H, W, C): the same tensors
+    as the PIL images they hold (floats rounded to 8 bits)."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 12, 20, 3), dtype=np.uint8)  # resized and cropped like PIL images
+    expected = to_tensor([Image.fromarray(a) for a in batch], 8)
+    assert torch.equal(to_tensor(batch, 8), expected)
+    assert torch.equal(to_tensor(batch.astype(np.float32) / 255, 8), expected)
+    assert torch.equal(to_tensor(list(batch / 255), 8), expected)  # float64, a list of (H, W, C)
+    assert torch.equal(to_tensor(batch[0], 8), expected[:1])
+    grey = batch[0, ..., :1]
+    assert torch.equal(to_tensor(grey, 8), to_tensor(Image.fromarray(grey[..., 0]), 8))
+    assert torch.equal(to_tensor(grey[..., 0], 8), to_tensor(grey, 8))
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent: white, as for a PIL RGBA image
+    assert torch.equal(to_tensor(rgba, 8), torch.ones(1, 3, 8, 8))
+
+
+def test_image_size_guard(tmp_path, monkeypatch):
+    """More pixels than PIL.Image.MAX_IMAGE_PIXELS: refused before decoding, in memory or on disk
+    (PIL itself only warns up to twice the limit)."""
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(ValueError, match=r"image 0 is too large to decode safely: 30x20 = 600 pixels"):
+        to_tensor(Image.new("RGB", (30, 20)), 8)
+    with pytest.warns(Image.DecompressionBombWarning), \
+            pytest.raises(ValueError, match=r"a.png is too large to decode safely: 30x20"):
+        imagetext.open_image(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
+    with pytest.raises(ValueError, match=r"a.png is too large to decode safely: Image size \(600 pixels\)"):
+        imagetext.open_image(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the guard lifted: any size
+    assert imagetext.open_image(tmp_path / "a.png").size == (30, 20)
+
+
 def test_to_tensor_errors():
     with pytest.raises(ValueError, match="but the model works at 16x16"):
         to_tensor(torch.zeros(1, 3, 8, 8), 16)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         to_tensor(torch.full((3, 8, 8), 2.0), 8)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_tensor(torch.full((3, 8, 8), float("inf")), 8)
     with pytest.raises(ValueError, match="must be"):
         to_tensor(torch.zeros(2, 4, 8, 8), 8)
     with pytest.raises(ValueError, match="is a str"):
         to_tensor(["cat.png"], 8)
     with pytest.raises(ValueError, match="uint8"):
-        to_tensor(np.zeros((8, 8, 3)), 8)
+        to_tensor(np.zeros((8, 8, 3), dtype=np.int64), 8)
     with pytest.raises(ValueError, match="no images"):
         to_tensor([], 8)
     with pytest.raises(ValueError, match="to_pil takes"):
@@ -96,7 +132,7 @@ def test_path_column_corrupt_and_empty(tmp_path, image_folder):
     table.write_text("\n".join(json.dumps(r) for r in rows))
     x, _ = load_image_text("local", data_files=[str(table)], image_column="path", image_size=8, n=1)
     assert x.shape == (1, 3, 8, 8)
-    with pytest.raises(ValueError, match="row 1 of column 'path': the image cannot be decoded"):
+    with pytest.raises(ValueError, match="row 1 of column 'path' is not an image PIL can read"):
         load_image_text("local", data_files=[str(table)], image_column="path", image_size=8)
     empty = tmp_path / "empty.csv"
     empty.write_text("image,text\n")

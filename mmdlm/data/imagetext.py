@@ -43,11 +43,57 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def to_tensor(images, size: int) -> torch.Tensor:
-    """PIL images (one or a list, any mode and size) -> (B, 3, size, size) float in [-1, 1].
+def check_pixel_count(image: Image.Image, what: str) -> None:
+    """Refuse an image of more pixels than PIL decodes without a warning (`Image.MAX_IMAGE_PIXELS`,
+    its decompression-bomb guard)."""
+    limit, (w, h) = Image.MAX_IMAGE_PIXELS, image.size
+    if limit is not None and w * h > limit:
+        raise ValueError(f"{what} is too large to decode safely: {w}x{h} = {w * h:,} pixels, more than "
+                         f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}); downscale it")
 
-    Non-square images are resized on their short side and centre-cropped. A tensor is
-    checked and passed through: (3, H, W) or (B, 3, H, W) in [-1, 1], already `size` pixels.
+
+def open_image(source, what: str | None = None) -> Image.Image:
+    """Decode an image file (a path or a binary file object) with PIL. A ValueError naming `what`
+    (default: the path) when PIL cannot read it or it has more pixels than PIL decodes safely."""
+    what = what or str(source)
+    try:
+        image = Image.open(source)  # refuses more than twice MAX_IMAGE_PIXELS itself (and warns above it)
+        check_pixel_count(image, what)
+        image.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{what} is too large to decode safely: {err}") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{what} is not an image PIL can read ({err})") from err
+    return image
+
+
+ARRAY_SHAPES = "(H, W, C) or a batch (B, H, W, C), channels last with C = 1, 3 or 4, or (H, W) grey"
+
+
+def _from_array(a: np.ndarray, i: int) -> Image.Image:
+    """One numpy image, (H, W) or channels-last (H, W, C), uint8 in [0, 255] or float in [0, 1]
+    (rounded to 8 bits), as a PIL image."""
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+        raise ValueError(f"image {i}: numpy images are {ARRAY_SHAPES}; got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError(f"image {i}: the float array has NaN or infinite values")
+        if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
+            raise ValueError(f"image {i}: float arrays must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]")
+        a = (a.clip(0, 1) * 255).round().astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"image {i}: numpy images must be uint8 in [0, 255] or float in [0, 1], got {a.dtype}")
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
+
+
+def to_tensor(images, size: int) -> torch.Tensor:
+    """Images -> (B, 3, size, size) float in [-1, 1].
+
+    `images`: PIL images (one or a list, any mode and size) or numpy arrays in diffusers'
+    convention ((H, W, C) or a batch (B, H, W, C), uint8 in [0, 255] or float in [0, 1]; floats
+    are rounded to 8 bits): non-square images are resized on their short side and centre-cropped.
+    A tensor is checked and passed through: (3, H, W) or (B, 3, H, W) in [-1, 1], already `size`
+    pixels. Non-finite values and images larger than PIL decodes safely are refused.
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size!r}")
@@ -58,19 +104,24 @@ def to_tensor(images, size: int) -> torch.Tensor:
         if tuple(x.shape[2:]) != (size, size):
             raise ValueError(f"image tensor is {x.shape[2]}x{x.shape[3]} but the model works at {size}x{size}; "
                              "pass PIL images to have them resized")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("image tensor has NaN or infinite values")
         if x.numel() and (x.min() < -1 - 1e-3 or x.max() > 1 + 1e-3):
             raise ValueError(f"image tensor values must lie in [-1, 1], got [{x.min():.3g}, {x.max():.3g}]")
         return x.float()
-    if isinstance(images, (Image.Image, np.ndarray)):
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"numpy images are {ARRAY_SHAPES}; got shape {images.shape}")
+        images = list(images)
+    elif isinstance(images, (Image.Image, np.ndarray)):
         images = [images]
     out = []
     for i, image in enumerate(images):
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8:
-                raise ValueError(f"image {i}: numpy images must be uint8 (H, W) or (H, W, C), got {image.dtype}")
-            image = Image.fromarray(image)
+            image = _from_array(image, i)
         if not isinstance(image, Image.Image):
-            raise ValueError(f"image {i} is a {type(image).__name__}; give PIL images, uint8 arrays or a tensor")
+            raise ValueError(f"image {i} is a {type(image).__name__}; give PIL images, numpy arrays or a tensor")
+        check_pixel_count(image, f"image {i}")
         a = np.asarray(_fit(_to_rgb(image), size), dtype=np.float32)
         out.append(torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1)
     if not out:
@@ -117,19 +168,14 @@ def _open(value, row: int, column: str) -> Image.Image:
     """Decode one stored image ({'bytes', 'path'} from datasets, a path, or a PIL image)."""
     if isinstance(value, Image.Image):
         return value
-    try:
-        if isinstance(value, dict) and value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif isinstance(value, dict) and value.get("path"):
-            image = Image.open(value["path"])
-        elif isinstance(value, str):
-            image = Image.open(value)
-        else:
-            raise ValueError(f"holds {type(value).__name__}, not an image")
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"row {row} of column {column!r}: the image cannot be decoded ({err})") from err
+    what = f"row {row} of column {column!r}"
+    if isinstance(value, dict) and value.get("bytes"):
+        return open_image(io.BytesIO(value["bytes"]), what)
+    if isinstance(value, dict) and value.get("path"):
+        return open_image(value["path"], what)
+    if isinstance(value, str):
+        return open_image(value, what)
+    raise ValueError(f"row {row} of column {column!r} holds {type(value).__name__}, not an image")
 
 
 def load_image_text(dataset: str, *, split: str = "train", image_column: str = "image", text_column: str = "text",

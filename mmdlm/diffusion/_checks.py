@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -13,6 +14,14 @@ def check_mask_id(mask_id: object) -> int:
     if isinstance(mask_id, bool) or not isinstance(mask_id, numbers.Integral) or mask_id < 0:
         raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
     return int(mask_id)
+
+
+def check_finite_nonnegative(name: str, value: object) -> float:
+    """Return ``value`` as a float; raise ``ValueError`` unless it is a finite real number >= 0
+    (NaN passes every comparison, so ``value < 0`` alone lets it through)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_bool_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:

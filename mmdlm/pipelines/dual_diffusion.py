@@ -2,8 +2,9 @@
 caption infilling and inpainting with one MM-DiT (D-DiT), through one denoising loop.
 
 Components: the `DualDiffusionTransformer2DModel`, the caption tokenizer, diffusers'
-`FlowMatchEulerDiscreteScheduler` for the image, `MaskedDiffusionScheduler` for the text, and
-an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
+`FlowMatchEulerDiscreteScheduler` for the image (in any of its settings; other schedulers are
+refused whenever they are set, see `check_image_scheduler`), `MaskedDiffusionScheduler` for the
+text, and an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
 call follows the shared multimodal convention (`mmdlm.pipelines.multimodal`); the loop is
 `mmdlm.pipelines.joint_loop`, with the image as a `FlowImage` stream and the caption as a
 `MaskedTokens` stream.
@@ -20,6 +21,8 @@ from ..schedulers import MaskedDiffusionScheduler
 from .joint_loop import FlowImage, Guidance, MaskedTokens, joint_loop
 from .multimodal import (
     MultimodalPipelineOutput,
+    check_call_options,
+    check_component,
     count_images,
     format_images,
     register_pipeline,
@@ -27,6 +30,32 @@ from .multimodal import (
     resolve_text_steps,
     step_callback,
 )
+
+
+def check_image_scheduler(scheduler) -> None:
+    """Refuse an image scheduler the loop cannot drive: it takes one Euler step per timestep on
+    flow-matching noise levels sigma = t / num_train_timesteps running from 1 to 0, which is what
+    `FlowMatchEulerDiscreteScheduler` lays out in any of its settings but `invert_sigmas`."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError("scheduler must be a FlowMatchEulerDiscreteScheduler (any of its settings: shift, "
+                         "stochastic_sampling, Karras / exponential / beta sigmas, dynamic shifting), got "
+                         f"{type(scheduler).__name__}: the loop takes one flow-matching Euler step per timestep")
+    if scheduler.config.invert_sigmas:
+        raise ValueError("the scheduler's invert_sigmas=True runs the noise levels from 0 up to 1; the image is "
+                         "denoised from sigma 1 down to 0: use invert_sigmas=False")
+
+
+def image_timesteps_kwargs(scheduler, latents: torch.Tensor, patch_size: int) -> dict:
+    """What `scheduler.set_timesteps` needs beyond the step count: `mu` under `use_dynamic_shifting`
+    (the shift of the noise levels grows with the image's sequence length, in patches, as in diffusers'
+    SD3 and Flux pipelines)."""
+    c = scheduler.config
+    if not c.use_dynamic_shifting:
+        return {}
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    seq_len = (latents.shape[-2] // patch_size) * (latents.shape[-1] // patch_size)
+    return {"mu": calculate_shift(seq_len, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)}
 
 
 @register_pipeline
@@ -42,9 +71,7 @@ class DualDiffusionPipeline(DiffusionPipeline):
                  scheduler: FlowMatchEulerDiscreteScheduler, text_scheduler: MaskedDiffusionScheduler,
                  vae: AutoencoderKL | None = None):
         super().__init__()
-        if not isinstance(transformer, DualDiffusionTransformer2DModel):
-            raise ValueError(f"the transformer must be a DualDiffusionTransformer2DModel, got "
-                             f"{type(transformer).__name__}")
+        check_component("transformer", transformer, DualDiffusionTransformer2DModel)
         if getattr(tokenizer, "mask_token_id", None) is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a mask and an EOS token (mmdlm.multimodal.ensure_caption_tokens)")
         if tokenizer.mask_token_id != transformer.mask_token_ids["text"]:
@@ -59,6 +86,15 @@ class DualDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"the transformer takes {transformer.config.in_channels} channels but {where}")
         self.register_modules(transformer=transformer, tokenizer=tokenizer, scheduler=scheduler,
                               text_scheduler=text_scheduler, vae=vae)
+
+    def __setattr__(self, name, value):
+        # the schedulers are checked whenever they are set: by __init__ (register_modules), from_pretrained
+        # or `pipe.scheduler = ...`
+        if name == "scheduler":
+            check_image_scheduler(value)
+        elif name == "text_scheduler":
+            check_component(name, value, MaskedDiffusionScheduler)
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -111,13 +147,9 @@ class DualDiffusionPipeline(DiffusionPipeline):
         `text_steps` steps (default: all, half in `joint`); `generator` may be a list, one per sample.
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps!r}")
-        for name, w in (("guidance_scale", guidance_scale), ("text_guidance_scale", text_guidance_scale)):
-            if w < 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables guidance), got {w}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        check_call_options(num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
+                           output_type=output_type, guidance_scale=guidance_scale,
+                           text_guidance_scale=text_guidance_scale, temperature=temperature)
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
@@ -152,10 +184,14 @@ class DualDiffusionPipeline(DiffusionPipeline):
             keep = (1 - regenerate).expand(n, -1, -1, -1).repeat_interleave(k, 0)
         text_options = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
         text_steps = resolve_text_steps(text_steps, num_inference_steps, task)
+        if image_noisy:
+            check_image_scheduler(self.scheduler)  # its settings may have changed since it was set
+        patch = self.transformer.config.patch_size
         streams = [
             FlowImage(noise if image_noisy else known, scheduler=self.scheduler, generated=image_noisy,
                       num_steps=num_inference_steps, known=known, keep=keep, noise=noise,
-                      to_image=self.decode_latents if return_history else None),
+                      to_image=self.decode_latents if return_history else None,
+                      timesteps_kwargs=image_timesteps_kwargs(self.scheduler, noise, patch)),
             MaskedTokens("text", ids, mask_token_id=mask_id, scheduler=self.text_scheduler,
                          generated=bool((ids == mask_id).any()), num_steps=text_steps, options=text_options,
                          attention_mask=text_mask)]

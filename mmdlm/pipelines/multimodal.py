@@ -12,9 +12,10 @@ name::
          return_history=False, text_steps=None, ...) -> MultimodalPipelineOutput
 
 - `prompt`: a string or a list; `<|mask:N|>` placeholders mark N text tokens to generate.
-- `image`: PIL image(s) (any mode and size: converted to RGB, resized and centre-cropped to
-  the model's `image_size`, see `mmdlm.data.imagetext.to_tensor`) or a (B, 3, H, W) tensor
-  in [-1, 1] at the model's size. `mask_image` (inpainting): white = regenerate.
+- `image`: PIL image(s) or numpy arrays ((H, W, C) or (B, H, W, C), uint8 in [0, 255] or float
+  in [0, 1]), any mode and size: converted to RGB, resized and centre-cropped to the model's
+  `image_size` (see `mmdlm.data.imagetext.to_tensor`), or a (B, 3, H, W) tensor in [-1, 1] at
+  the model's size. `mask_image` (inpainting): white = regenerate.
 - `task`: one of `TASKS`, or None to infer it from the inputs (`resolve_task`):
 
   | task      | inputs                              | generates                            |
@@ -28,6 +29,8 @@ name::
 
 - Batch: `num_images_per_prompt` samples per prompt (per image for caption/vqa); for
   `joint` it is the number of samples.
+- Sampling options (guidance scales, temperatures) are finite numbers >= 0; step and sample
+  counts integers >= 1 (`check_call_options`).
 - `guidance_scale`: classifier-free guidance of the image by the text (the unconditional pass
   masks the caption); `text_guidance_scale`: guidance of the text by the image (the
   unconditional pass hides the image). 0 disables either; both use u + (1 + w)(c - u) as the
@@ -60,12 +63,14 @@ import torch
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from ..diffusion._checks import check_finite_nonnegative
 from ..text.generate import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
 TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
 JOINT_TEXT_SHARE = 0.5
 OUTPUT_TYPES = ("pil", "pt", "np")
+COUNT_OPTIONS = ("num_inference_steps", "num_images_per_prompt")
 
 
 @dataclass
@@ -102,12 +107,35 @@ def count_images(image) -> int:
     if isinstance(image, Image.Image):
         return 1
     if isinstance(image, (torch.Tensor, np.ndarray)):
-        return 1 if image.ndim == 3 else int(image.shape[0])
+        return int(image.shape[0]) if image.ndim == 4 else 1
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("image is an empty list; give at least one image, or image=None")
         return len(image)
-    raise ValueError(f"image is a {type(image).__name__}; give PIL images, a uint8 array or a tensor")
+    raise ValueError(f"image is a {type(image).__name__}; give PIL images, numpy arrays or a tensor")
+
+
+def check_call_options(**options) -> None:
+    """Refuse a bad option of a multimodal call with a message naming it (None: the default):
+    `COUNT_OPTIONS` must be integers >= 1, `output_type` one of `OUTPUT_TYPES`, and every other
+    option (guidance scales, temperatures, alg_temp) a finite number >= 0."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in COUNT_OPTIONS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        elif name == "output_type":
+            if value not in OUTPUT_TYPES:
+                raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {value!r}")
+        else:
+            check_finite_nonnegative(name, value)
+
+
+def check_component(name: str, value, cls: type) -> None:
+    """Refuse a pipeline component that is not a `cls`."""
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
 
 
 def _check_batch(n_prompts: int, n_images: int, task: str) -> None:
@@ -215,8 +243,7 @@ def step_callback(pipe, bar, callback_on_step_end, tensor_inputs):
 def format_images(images: torch.Tensor, output_type: str = "pil"):
     """(B, 3, H, W) in [-1, 1] -> a list of PIL images ("pil"), a (B, H, W, 3) float array in
     [0, 1] ("np") or a (B, 3, H, W) tensor in [0, 1] ("pt")."""
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    check_call_options(output_type=output_type)
     if output_type == "pil":
         from ..data.imagetext import to_pil
 

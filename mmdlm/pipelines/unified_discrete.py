@@ -49,6 +49,8 @@ from ..schedulers import MaskedDiffusionScheduler
 from .joint_loop import Guidance, MaskedTokens, joint_loop
 from .multimodal import (
     MultimodalPipelineOutput,
+    check_call_options,
+    check_component,
     format_images,
     register_pipeline,
     resolve_task,
@@ -68,10 +70,8 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
     def __init__(self, transformer: UnifiedDiscreteTransformer, vqvae: VQModel, tokenizer,
                  scheduler: MaskedDiffusionScheduler, image_size: int | None = None, vq_normalize: bool = True):
         super().__init__()
-        for name, value, cls in (("transformer", transformer, UnifiedDiscreteTransformer), ("vqvae", vqvae, VQModel),
-                                 ("scheduler", scheduler, MaskedDiffusionScheduler)):
-            if not isinstance(value, cls):
-                raise ValueError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+        check_component("transformer", transformer, UnifiedDiscreteTransformer)
+        check_component("vqvae", vqvae, VQModel)
         c = transformer.config
         image_tok = VQImageTokenizer(vqvae, normalize=vq_normalize)
         if image_tok.codebook_size != c.codebook_size:
@@ -93,6 +93,13 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
                              f"{c.sample_size}x{c.sample_size}")
         self.register_modules(transformer=transformer, vqvae=vqvae, tokenizer=tokenizer, scheduler=scheduler)
         self.register_to_config(image_size=image_size, vq_normalize=vq_normalize)
+
+    def __setattr__(self, name, value):
+        # the scheduler is checked whenever it is set: by __init__ (register_modules), from_pretrained or
+        # `pipe.scheduler = ...`
+        if name == "scheduler":
+            check_component(name, value, MaskedDiffusionScheduler)
+        super().__setattr__(name, value)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -230,14 +237,10 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         `MultimodalPipelineOutput` (images, texts, history).
         """
         task = resolve_task(prompt, image, task, mask_image=mask_image)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be one of pil, np, pt, got {output_type!r}")
-        if guidance_scale < 0 or text_guidance_scale < 0:
-            raise ValueError("guidance scales must be >= 0 (0 disables guidance)")
+        check_call_options(num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
+                           output_type=output_type, guidance_scale=guidance_scale,
+                           text_guidance_scale=text_guidance_scale, image_temperature=image_temperature,
+                           temperature=temperature, alg_temp=alg_temp)
         tensor_inputs = list(callback_on_step_end_tensor_inputs or [])
         bad = set(tensor_inputs) - set(self._callback_tensor_inputs)
         if bad:
