@@ -115,40 +115,73 @@ class TextDiffusionPipeline(DiffusionPipeline):
                                            remasking=remasking).items() if v is not None}
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
-        blocks = None  # pure infilling: one block over the masked region
-        if gen_length:
-            blocks = default_blocks(self.dlm, width - gen_length, width, block_length)
-            first_mask = int((ids == self.config.mask_token_id).any(0).nonzero()[0])
-            if first_mask < width - gen_length:  # placeholders in the prompt: filled first, as one block
-                blocks = [(first_mask, width - gen_length)] + blocks
+        pads = [width - len(r) for r in rows]
+        groups: dict[tuple, list[int]] = {}  # rows decoded on the same blocks run together
+        for i, blocks in enumerate(self._row_blocks(ids, pads, gen_length, block_length)):
+            groups.setdefault(blocks, []).append(i)
 
         callback_inputs = callback_on_step_end_tensor_inputs or []
         bad = set(callback_inputs) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
-        bar = self.progress_bar(total=num_inference_steps)
+        bar = self.progress_bar(total=num_inference_steps * len(groups))
+        sequences = ids.clone()
+        history = [ids.clone()] if return_history else None
+        steps_done, nfe = 0, 0
 
-        def on_step(i, t, x):
-            bar.update(1)
-            if callback_on_step_end is not None:
-                changed = callback_on_step_end(self, i, t, {k: x for k in callback_inputs}) or {}
-                if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
-                    x.copy_(changed["sequences"])
+        def run(blocks, index):
+            """Decode rows `index`, without the padding they all have."""
+            cut = min(pads[i] for i in index)
+            mask = attention_mask[index, cut:]
 
-        out = generate(self.dlm, ids, self.scheduler, steps=num_inference_steps, blocks=blocks,
-                       attention_mask=None if attention_mask.all() else attention_mask, cache=cache,
-                       guidance_scale=guidance_scale, prompt_mask=prompt_mask,
-                       eos_token_id=self.tokenizer.eos_token_id, stop_at_eos=stop_at_eos,
-                       record_history=return_history, callback=on_step, generator=generator, **overrides)
+            def on_step(i, t, x):
+                nonlocal steps_done
+                steps_done += 1
+                bar.update(1)
+                sequences[index, cut:] = x
+                if callback_on_step_end is not None:
+                    changed = callback_on_step_end(self, steps_done, t, {k: sequences for k in callback_inputs}) or {}
+                    if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
+                        sequences.copy_(changed["sequences"])
+                        x.copy_(sequences[index, cut:])
+                if history is not None:
+                    history.append(sequences.clone())
+
+            out = generate(self.dlm, sequences[index, cut:], self.scheduler, steps=num_inference_steps,
+                           blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
+                           attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
+                           prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
+                           stop_at_eos=stop_at_eos, callback=on_step, generator=generator, **overrides)
+            sequences[index, cut:] = out.sequences
+            return out.nfe
+
+        for blocks, index in groups.items():
+            nfe += run(blocks, index)
         bar.close()
         texts = None
         if output_type == "text":
-            texts = [self._decode(out.sequences[i], width - len(r), n, PLACEHOLDER.search(p) is not None, width)
-                     for i, (r, n, p) in enumerate(zip(rows, n_prompt, prompts))]
+            texts = [self._decode(sequences[i], pad, n, PLACEHOLDER.search(p) is not None, width)
+                     for i, (pad, n, p) in enumerate(zip(pads, n_prompt, prompts))]
         self.maybe_free_model_hooks()
         if not return_dict:
-            return texts, out.sequences
-        return TextDiffusionPipelineOutput(texts=texts, sequences=out.sequences, history=out.history, nfe=out.nfe)
+            return texts, sequences
+        return TextDiffusionPipelineOutput(texts=texts, sequences=sequences, history=history, nfe=nfe)
+
+    def _row_blocks(self, ids, pads, gen_length: int, block_length: int | None) -> list[tuple]:
+        """The blocks each row is decoded on: those it has alone, moved right by its padding."""
+        mask_id, width = self.config.mask_token_id, ids.shape[1]
+        out = []
+        for row, pad in zip(ids, pads):
+            masked = (row == mask_id).nonzero().flatten()
+            first = int(masked[0])
+            if not gen_length:  # pure infilling: one block over the masked region
+                out.append(((first, int(masked[-1]) + 1),))
+                continue
+            blocks = default_blocks(self.dlm, width - gen_length, width, block_length, origin=pad)
+            if first < width - gen_length:  # placeholders in the prompt: filled first, as one block
+                blocks = [(first, width - gen_length)] + blocks
+            out.append(tuple(blocks))
+        return out
 
     def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int) -> str:
         tok = self.tokenizer

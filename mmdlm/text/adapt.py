@@ -189,28 +189,31 @@ class DiffusionLM(nn.Module):
         c = self.model.config
         return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
-    def pattern(self, length: int, device=None) -> torch.Tensor:
-        return attn.inference_pattern(self.config.attention, length, self.config.block_size, device)
+    def pattern(self, length: int, device=None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference pattern, (L, L); per row, (B, L, L), for block models given `positions` (B, L)."""
+        return attn.inference_pattern(self.config.attention, length, self.config.block_size, device, positions)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 pattern: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, **kwargs):
         """Run the model under `pattern` (default: the inference pattern of the configured mode).
 
-        `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first).
-        `pattern` is (L, L), or (L, K) when `past_key_values` hold the first K - L keys. Returns
-        the model's output with raw (unshifted) logits; `align` gives logits[:, i] for token i.
+        `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first); the
+        positions (and a block model's block grid) are then counted from each row's first real
+        token. `pattern` is (L, L) or (B, L, L), or (.., L, K) when `past_key_values` hold the
+        first K - L keys. Returns the model's output with raw (unshifted) logits; `align` gives
+        logits[:, i] for token i.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         length = input_ids.shape[1]
         if self.max_length is not None and length > self.max_length:
             raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
-        if pattern is None:
-            pattern = self.pattern(length, input_ids.device)
-        dtype = self.model.get_input_embeddings().weight.dtype
-        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if pattern is None:
+            pattern = self.pattern(length, input_ids.device, position_ids)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
 
     def align(self, logits: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
-- stop_at_eos: once every row has produced EOS, the remaining masks become EOS and the loop
-  ends (no EOS flood to decode, nothing after EOS in the text).
+- stop_at_eos: once a row has produced EOS, its remaining masks become EOS (no EOS flood to
+  decode, nothing after EOS in the text); the loop ends when every row has.
 
 With shift, token i is predicted at position i-1, so each pass also includes the position
 just before the block.
@@ -36,19 +36,22 @@ class GenerationResult:
     history: list[torch.LongTensor] | None = None
 
 
-def block_ranges(start: int, end: int, block_length: int, *, align: bool = False) -> list[tuple[int, int]]:
-    """Cut [start, end) into blocks of `block_length`; with `align`, on the absolute grid."""
+def block_ranges(start: int, end: int, block_length: int, *, align: bool = False,
+                 origin: int = 0) -> list[tuple[int, int]]:
+    """Cut [start, end) into blocks of `block_length`; with `align`, on the grid that starts at
+    `origin` (a row's first real token: its left padding)."""
     if block_length < 1:
         raise ValueError(f"block_length must be >= 1, got {block_length}")
-    first = (start // block_length + 1) * block_length if align else start + block_length
+    first = origin + ((start - origin) // block_length + 1) * block_length if align else start + block_length
     bounds = [start, *range(first, end, block_length), end]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def default_blocks(dlm, start: int, end: int, block_length: int | None) -> list[tuple[int, int]]:
-    """Block-attention models decode on their own block grid; others in `block_length` chunks."""
+def default_blocks(dlm, start: int, end: int, block_length: int | None, origin: int = 0) -> list[tuple[int, int]]:
+    """Block-attention models decode on their own block grid (from `origin`, the row's first real
+    token); others in `block_length` chunks."""
     if dlm.config.attention == "block":
-        return block_ranges(start, end, block_length or dlm.config.block_size, align=True)
+        return block_ranges(start, end, block_length or dlm.config.block_size, align=True, origin=origin)
     return block_ranges(start, end, block_length or (end - start))
 
 
@@ -65,21 +68,22 @@ class _Runner:
 
     def __init__(self, dlm, attention_mask, length, device):
         self.dlm, self.attention_mask, self.nfe = dlm, attention_mask, 0
-        self.pattern = dlm.pattern(length, device)
         self.shift = int(dlm.config.shift)
         # With causal or block-causal attention nothing after the current block can matter.
         self.past_only = dlm.config.attention in ("causal", "block")
         if attention_mask is None:
             self.positions = torch.arange(length, device=device)[None]
-        else:
+            self.pattern = dlm.pattern(length, device)
+        else:  # left padding: positions (and block grids) counted from each row's first real token
             self.positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            self.pattern = dlm.pattern(length, device, self.positions)
         self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
 
     def _run(self, x, q, kv, **kwargs):
         pad = None if self.attention_mask is None else self.attention_mask[:, kv]
         positions = self.positions.expand(x.shape[0], -1)[:, q]
         self.nfe += 1
-        return self.dlm(x[:, q], pad, pattern=self.pattern[q][:, kv], position_ids=positions, **kwargs)
+        return self.dlm(x[:, q], pad, pattern=self.pattern[..., q, :][..., kv], position_ids=positions, **kwargs)
 
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
@@ -161,9 +165,12 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 history.append(x.clone())
             if callback is not None:
                 callback(step_index, float(t), x)
-        if stop_at_eos and eos_token_id is not None and (x[:, region[0]:hi] == eos_token_id).any(-1).all():
-            x[:, hi:] = x[:, hi:].masked_fill(x[:, hi:] == mask_id, eos_token_id)
-            break
+        if stop_at_eos and eos_token_id is not None:
+            done = (x[:, region[0]:hi] == eos_token_id).any(-1)
+            rest = x[done, hi:]
+            x[done, hi:] = rest.masked_fill(rest == mask_id, eos_token_id)
+            if done.all():
+                break
     return GenerationResult(x, runner.nfe, history)
 
 
