@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -34,3 +35,28 @@ def per_position_t(t: Tensor, shape: torch.Size, name: str = "t") -> Tensor:
     if t.shape == (b, l):
         return t
     raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({b},) or ({b}, {l})")
+
+
+def is_real(value: object) -> bool:
+    """A real number (int, float, numpy float); bools are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value``; raise ``ValueError`` unless it is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (an int), got {value!r}")
+    return value
+
+
+def check_finite(value: object, name: str, minimum: float = 0.0) -> float:
+    """Return ``value``; raise ``ValueError`` unless it is a finite number >= ``minimum`` (no NaN, no inf)."""
+    if not is_real(value) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

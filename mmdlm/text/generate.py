@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..diffusion._checks import check_finite, check_int
+
 PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
 CACHES = ("none", "prefix", "dual")
 
@@ -108,6 +110,14 @@ class _Runner:
         return out.logits
 
 
+def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
+    """The options of `generate` other than the scheduler's, checked before anything runs."""
+    check_int(steps, "steps", 1)
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
+    check_finite(guidance_scale, "guidance_scale")
+
+
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
              attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
@@ -119,12 +129,7 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     `steps` is the budget for the whole generation, split evenly across blocks; with a
     threshold a block may finish early. `callback(step, t, x)` runs after every step.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if cache not in CACHES:
-        raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    check_options(steps=steps, cache=cache, guidance_scale=guidance_scale)
     if guidance_scale > 0 and cache != "none":
         raise ValueError("classifier-free guidance runs without a cache (cache='none')")
     if guidance_scale > 0 and (prompt_mask is None or not prompt_mask.any()):
@@ -175,18 +180,23 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
 
 # ---- text helpers -----------------------------------------------------------------------------
-def parse_infill(tokenizer, text: str, mask_id: int | None) -> list[int]:
-    """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids."""
+def parse_infill(tokenizer, text: str, mask_id: int | None, max_length: int | None = None) -> list[int]:
+    """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids. With `max_length` (the
+    model's context), placeholders asking for more tokens are refused before any is made."""
     pieces = PLACEHOLDER.split(text)
     if len(pieces) == 1:
         raise ValueError("infill text has no <|mask:N|> placeholder (e.g. 'def f(x):<|mask:8|>')")
     if mask_id is None:
         raise ValueError("this model has no mask token, so it cannot fill <|mask:N|> placeholders")
+    counts = [int(n) for n in pieces[1::2]]
+    if min(counts) < 1:
+        raise ValueError("a <|mask:N|> placeholder needs N >= 1")
+    if max_length is not None and sum(counts) > max_length:
+        raise ValueError(f"the <|mask:N|> placeholders ask for {sum(counts)} tokens but the model's context is "
+                         f"{max_length}")
     ids: list[int] = []
     for i, piece in enumerate(pieces):
         if i % 2:
-            if int(piece) < 1:
-                raise ValueError("a <|mask:N|> placeholder needs N >= 1")
             ids += [mask_id] * int(piece)
         elif piece:
             ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
@@ -233,8 +243,7 @@ def _check_length(dlm, n: int, what: str) -> None:
 def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: int = 64,
                   block_length: int | None = None, scheduler=None, **options) -> str:
     """Generate `gen_length` tokens after `prompt`; the text stops at the first EOS."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
+    check_int(gen_length, "gen_length", 1)
     prompt_ids = _bos(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
         raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
@@ -254,7 +263,7 @@ def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: i
 def infill_text(dlm, tokenizer, text: str, *, steps: int = 32, scheduler=None, **options) -> str:
     """Fill the `<|mask:N|>` spans of `text`, keeping everything else; returns the whole text."""
     prefix = _bos(tokenizer)
-    ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id)
+    ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id, dlm.max_length)
     _check_length(dlm, len(ids), "the infill text")
     x = torch.tensor([ids], device=next(dlm.parameters()).device)
     blocks = default_blocks(dlm, len(prefix), len(ids), None) if dlm.config.attention == "block" else None
