@@ -76,3 +76,21 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> None:
             fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def check_output(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that could not be written: a folder where a file
+    should go (or a file where a folder should), a file where a parent folder should be, or a
+    parent folder without write permission. `what` names the option in the message."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written: no write permission in {parent}")

@@ -35,7 +35,7 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..io import atomic_dir, atomic_write_text, replace_dir, save_figure
+from ..io import atomic_dir, atomic_write_text, check_output, replace_dir, save_figure
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -79,6 +79,7 @@ class TrainArgs:
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in (None, "none", *TRACKERS):
             raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
+        check_output(self.output_dir, "output_dir", folder=True)
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
