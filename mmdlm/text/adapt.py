@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..io import atomic_dir
@@ -249,7 +250,11 @@ def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | 
     if model.get_input_embeddings().weight.shape[0] <= config.mask_token_id:
         # The new row's values are restored by the adapter (the [MASK] row is trained with it).
         model.resize_token_embeddings(config.mask_token_id + 1, mean_resizing=False)
-    return PeftModel.from_pretrained(model, str(path))
+    try:
+        return PeftModel.from_pretrained(model, str(path))
+    except SafetensorError as err:
+        raise ValueError(f"the LoRA adapter weights in {path} are damaged or truncated (safetensors: {err}); "
+                         "copy them again") from err
 
 
 def takes_logits_to_keep(dlm) -> bool:
