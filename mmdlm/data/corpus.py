@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+from datasets.arrow_writer import SchemaInferenceError
+from datasets.exceptions import DatasetGenerationError
 
 BUILTIN = "stdlib"
 _LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
@@ -83,6 +85,25 @@ def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
         if "corresponds to no data" in str(err):
             raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
         raise
+    except DatasetGenerationError as err:  # the builder failed on the files' contents
+        cause = err.__cause__ or err
+        if isinstance(cause, SchemaInferenceError):
+            raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
+        if isinstance(cause, UnicodeDecodeError):
+            bad = [f for f in data_files if not _is_utf8(f)] or data_files
+            raise ValueError(f"{', '.join(bad)}: not UTF-8 text ({cause})") from err
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ValueError(f"could not read the data files {', '.join(data_files)} as {builder}: {detail}") from err
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            while f.read(1 << 20):
+                pass
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _load_source(source: str, data_files: list[str] | None,
