@@ -313,30 +313,30 @@ class Trainer:
             a.init_trackers(self.out.name or "mmdlm", config={
                 k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
         self.model.train()
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
-                   desc="train", dynamic_ncols=True)
         t0, tok0, start = time.perf_counter(), self.tokens, time.perf_counter()
-        while self.step < args.max_steps:
-            loss_sum = self.train_step()
-            tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
-            last = self.step == args.max_steps
-            val = self.evaluate() if self.should_evaluate(self.step) else None
-            if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
-                row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
-                       "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
-                       "elapsed_s": f"{time.perf_counter() - start:.1f}",
-                       "val_loss": "" if val is None else f"{val:.5f}"}
-                with log_path.open("a", newline="") as f:
-                    csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
-            if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
-                values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
-                          "train/tokens": self.tokens, "train/tokens_per_s": tps}
-                a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
-            if args.save_every and self.step % args.save_every == 0 and not last:
-                self.save_checkpoint()
-        bar.close()
+        # closed on the way out of an exception too, before the CLI's last word (Ctrl-C: 'interrupted')
+        with tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
+                  desc="train", dynamic_ncols=True) as bar:
+            while self.step < args.max_steps:
+                loss_sum = self.train_step()
+                tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
+                last = self.step == args.max_steps
+                val = self.evaluate() if self.should_evaluate(self.step) else None
+                if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
+                    row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
+                           "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
+                           "elapsed_s": f"{time.perf_counter() - start:.1f}",
+                           "val_loss": "" if val is None else f"{val:.5f}"}
+                    with log_path.open("a", newline="") as f:
+                        csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
+                if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
+                    values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
+                              "train/tokens": self.tokens, "train/tokens_per_s": tps}
+                    a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
+                if args.save_every and self.step % args.save_every == 0 and not last:
+                    self.save_checkpoint()
         if latest_checkpoint(self.out) != self.out / "checkpoints" / f"step-{self.step:07d}":
             self.save_checkpoint()
         final = self.out / "model"
