@@ -165,17 +165,24 @@ class DiffusionLM(nn.Module):
 
     @torch.no_grad()
     def check_bidirectional(self) -> None:
-        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0)."""
+        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0).
+
+        Runs in eval mode (dropout alone would change the logits), then restores the mode."""
         device = next(self.model.parameters()).device
         vocab = self.model.get_input_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
         other = ids.clone()
         other[0, -1] = (ids[0, -1] + 1) % vocab
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
         try:
             a, b = (self.forward(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
         except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be adapted
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: its forward "
                              f"rejected a 4D attention mask ({err})") from err
+        finally:
+            for module, mode in modes:
+                module.training = mode
         if torch.allclose(a, b):
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: it ignores 4D "
                              "attention masks (a later token did not change earlier logits)")
