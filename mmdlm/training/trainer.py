@@ -14,7 +14,8 @@ order of floating-point sums).
 Checkpoints are collective (every process calls accelerate's `save_state`, as FSDP and
 DeepSpeed need) into `checkpoints/.step-N.tmp`, then renamed to `checkpoints/step-N` by the
 main process once `trainer_state.json` is written: a kill at any moment leaves either the
-complete folder or a temporary one that `--resume` ignores and removes.
+complete folder or a temporary one that `--resume` ignores and removes. A checkpoint is data,
+never code (`checkpoint`): the trainer's own state is JSON and safetensors.
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ from typing import Mapping, Union
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..io import atomic_dir, atomic_write_text, check_output, replace_dir, save_figure
+from .checkpoint import check_data_only, load_states, save_states
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -158,8 +161,12 @@ class Trainer:
         # step it once per process, but one step here is already global across processes.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
-        self.accelerator.register_for_checkpointing(scheduler)
+        self.states = {"lr_scheduler": scheduler}  # checkpointed as data (register_state)
         self.step, self.tokens = 0, 0
+
+    def register_state(self, name: str, obj) -> None:
+        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state."""
+        self.states[name] = obj
 
     # ---- hooks -------------------------------------------------------------------------
     def compute_loss(self, model, batch: Data, step: int, generator: torch.Generator):
@@ -218,7 +225,7 @@ class Trainer:
         a.wait_for_everyone()
         if a.is_main_process:
             state = {"step": self.step, "tokens": self.tokens, "num_processes": a.num_processes,
-                     "args": asdict(self.args)}
+                     "args": asdict(self.args), "states": save_states(self.states, tmp)}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
             replace_dir(tmp, path)
             done = sorted(p for p in root.iterdir() if CHECKPOINT_RE.match(p.name))
@@ -243,8 +250,16 @@ class Trainer:
         state_file = Path(path) / STATE_FILE
         if not state_file.exists():
             raise ValueError(f"{path} is not a mmdlm training checkpoint (no {STATE_FILE})")
-        self.accelerator.load_state(str(path))
-        state = json.loads(state_file.read_text())
+        try:
+            state = json.loads(state_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{state_file} is corrupt: {err}") from err
+        check_data_only(path)
+        try:
+            self.accelerator.load_state(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"the weights in {path} are damaged or truncated (safetensors: {err})") from err
+        load_states(self.states, state.get("states", {}), path, self.accelerator.device)
         self.step, self.tokens = state["step"], state["tokens"]
 
     # ---- evaluation ----------------------------------------------------------------------
