@@ -22,6 +22,11 @@ from mmdlm import cli
 ERRORS = (ValueError, FileNotFoundError)
 
 
+def case(target, pattern: str, id: str, **kwargs):
+    """`pytest.param(target, pattern, id=id)`: one line of a catalogue."""
+    return pytest.param(target, pattern, id=id, **kwargs)
+
+
 def check(target, pattern: str, paths, capsys) -> None:
     if callable(target):
         with pytest.raises(ERRORS) as info:

@@ -98,10 +98,10 @@ class TextDiffusionPipeline(DiffusionPipeline):
                      return_dict: bool = True, callback_on_step_end_tensor_inputs: list[str] | None = None,
                      **sampling) -> None:
         """Refuse bad call arguments (a one-line ValueError) before anything is built or run."""
-        if not (isinstance(prompt, str) or isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)):
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
                              + (" with other items" if isinstance(prompt, (list, tuple)) else ""))
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
         check_int(gen_length, "gen_length", 0)
@@ -143,8 +143,8 @@ class TextDiffusionPipeline(DiffusionPipeline):
         self.check_inputs(prompt, gen_length=gen_length, block_length=block_length,
                           num_inference_steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
                           stop_at_eos=stop_at_eos, output_type=output_type, return_history=return_history,
-                          return_dict=return_dict, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                          **overrides)
+                          return_dict=return_dict,
+                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
