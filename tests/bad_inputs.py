@@ -10,8 +10,11 @@ line matching `pattern`.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,12 +40,27 @@ def check(target, pattern: str, paths, capsys) -> None:
         return
     argv = [a.format(**vars(paths)) for a in target]
     capsys.readouterr()
-    code = cli.main(argv)
+    with _library_logs_to(sys.stderr):
+        code = cli.main(argv)
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out
     lines = [line for line in err.split("\n") if line.strip() and not line.startswith("\r")]  # progress bars aside
     assert code == 2 and len(lines) == 1, f"exit {code}, stderr {err!r}"
     assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
+
+
+@contextlib.contextmanager
+def _library_logs_to(stream):
+    """transformers' and datasets' log handlers hold the stderr of their import: point them at
+    `stream` (the captured one), so that their warnings count as lines the user sees."""
+    handlers = [h for name in ("transformers", "datasets") for h in logging.getLogger(name).handlers
+                if isinstance(h, logging.StreamHandler)]
+    old = [h.setStream(stream) for h in handlers]
+    try:
+        yield
+    finally:
+        for h, s in zip(handlers, old):
+            h.setStream(s)
 
 
 def copy_dir(src: Path, dst: Path) -> Path:

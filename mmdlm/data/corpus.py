@@ -79,6 +79,8 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
 
 
 def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a builder's failure is logged, then raised: said below
     try:
         return datasets.load_dataset(builder, data_files=data_files)
     except ValueError as err:
@@ -94,6 +96,8 @@ def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
             raise ValueError(f"{', '.join(bad)}: not UTF-8 text ({cause})") from err
         detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(f"could not read the data files {', '.join(data_files)} as {builder}: {detail}") from err
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _is_utf8(path: str) -> bool:

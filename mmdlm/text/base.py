@@ -46,14 +46,16 @@ def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtyp
 
 @contextlib.contextmanager
 def _no_load_report():
-    """Silence the table of missing / unexpected keys transformers logs while loading."""
+    """Drop the table of missing / unexpected keys transformers logs while loading (a filter: a
+    level change on the logger would switch on other warnings)."""
     log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    drop = logging.Filter()
+    drop.filter = lambda record: "LOAD REPORT" not in record.getMessage()
+    log.addFilter(drop)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeFilter(drop)
 
 
 def check_weights_fit(model, info: dict, name_or_path: str) -> None:
