@@ -1,12 +1,13 @@
 """The bad-input catalogue's machinery, shared by tests/test_bad_inputs.py (text, training, CLI)
 and tests/test_bad_inputs_mm.py (multimodal).
 
-A case is `pytest.param(target, pattern, id=...)`. `target` is either an argv list for
+A case is `case(target, pattern, id)` (a `pytest.param`). `target` is either an argv list for
 `mmdlm.cli.main`, whose strings may name the session's files as `{dlm}`, `{causal}`, ... (the
-fields of `Paths`, filled in with `str.format`), or a callable of `Paths` that calls the Python
-API. `check` asserts the one-line error: for argv, exit code 2, stderr a single line matching
-`pattern` (progress bars aside) and no traceback; for a callable, a ValueError or FileNotFoundError whose message is one
-line matching `pattern`.
+attributes of a namespace such as `build_paths` returns, filled in with `str.format`), or a
+callable of that namespace that calls the Python API. `check` asserts the one-line error: for
+argv, exit code 2, stderr a single line matching `pattern` (progress bars aside; library log
+lines count) and no traceback; for a callable, a ValueError or FileNotFoundError whose message
+is one line matching `pattern`.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _library_logs_to(stream):
         yield
     finally:
         for h, s in zip(handlers, old):
-            h.setStream(s)
+            if s is not None:  # None: the handler already wrote to `stream`
+                h.setStream(s)
 
 
 def copy_dir(src: Path, dst: Path) -> Path:
