@@ -101,6 +101,11 @@ def build_paths(root: Path, tokenizer_factory) -> SimpleNamespace:
     (wrong_causal / "config.json").write_text(json.dumps({**llama, "vocab_size": len(tok)}))
     resized_dlm = copy_dir(dlm, root / "resized_dlm")  # the vocabulary of config.json is not the weights'
     (resized_dlm / "config.json").write_text(json.dumps({**llama, "vocab_size": llama["vocab_size"] + 5}))
+    settings = json.loads((dlm / "mmdlm.json").read_text())
+    odd_settings = {}
+    for key, value in (("block_size", "4"), ("shift", "yes"), ("eps", float("nan"))):
+        folder = odd_settings[key] = copy_dir(dlm, root / f"dlm_{key}")
+        (folder / "mmdlm.json").write_text(json.dumps({**settings, key: value}))
     truncated_dlm = copy_dir(dlm, root / "truncated_dlm")
     truncate(truncated_dlm / "model.safetensors")
     truncated_causal = copy_dir(causal, root / "truncated_causal")
@@ -122,6 +127,7 @@ def build_paths(root: Path, tokenizer_factory) -> SimpleNamespace:
     pipe.set_progress_bar_config(disable=True)
     p.__dict__.update(causal=str(causal), dlm=str(dlm), wrong_causal=str(wrong_causal), wrong_dlm=str(wrong_dlm),
                       resized_dlm=str(resized_dlm),
+                      **{f"dlm_{key}": str(folder) for key, folder in odd_settings.items()},
                       truncated_dlm=str(truncated_dlm), truncated_causal=str(truncated_causal), corpus=str(corpus),
                       binary_txt=str(root / "binary.txt"), empty_txt=str(root / "empty.txt"),
                       broken_jsonl=str(root / "broken.jsonl"),

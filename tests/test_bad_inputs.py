@@ -80,6 +80,10 @@ CASES = [
     case(gen(model="{resized_dlm}"), r"weights of .* do not fit .*another shape", "generate-wrong-vocab-size"),
     case(adapt(model="{wrong_causal}"), r"weights of .* do not fit", "adapt-wrong-architecture"),
     case(lambda p: load_dlm(p.wrong_dlm), r"weights of .* do not fit", "load-dlm-wrong-architecture"),
+    case(gen(model="{dlm_block_size}"), r"block_size must be >= 1 \(an int\), got '4'",
+         "generate-mmdlm-json-block-size"),
+    case(gen(model="{dlm_shift}"), r"shift must be True or False", "generate-mmdlm-json-shift"),
+    case(lambda p: load_dlm(p.dlm_eps), r"eps must be a finite number", "load-dlm-mmdlm-json-eps-nan"),
     # ---- 4: a checkpoint is data (tests/test_training.py plants code in every pickle-named file) ----
     case(adapt("--resume", out="{resume_custom}"), r"custom_checkpoint_0.pkl holds pickled objects",
          "adapt-resume-pickled-object"),

@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..diffusion import get_schedule
+from ..diffusion._checks import check_bool, check_finite, check_int
 from ..io import atomic_dir
 from . import attention as attn
 from .base import load_causal_lm, load_tokenizer
@@ -47,10 +49,15 @@ class DiffusionConfig:
 
     def __post_init__(self):
         attn.check_mode(self.attention)
-        if self.attention == "block" and (self.block_size is None or self.block_size < 1):
+        if self.block_size is not None:
+            check_int(self.block_size, "block_size", 1)
+        if self.attention == "block" and self.block_size is None:
             raise ValueError("attention 'block' needs block_size >= 1")
-        if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
+        if isinstance(self.mask_token_id, bool) or not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
             raise ValueError(f"mask_token_id must be a non-negative int, got {self.mask_token_id!r}")
+        check_bool(self.shift, "shift")
+        check_int(self.anneal_steps, "anneal_steps", 0)
+        get_schedule(self.schedule, check_finite(self.eps, "eps"))
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **asdict(self)}, indent=2))
