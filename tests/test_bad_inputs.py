@@ -75,6 +75,12 @@ CASES = [
     case(lambda p: MaskedDiffusionScheduler(top_k=2.5), r"top_k must be >= 1 \(an int\)", "scheduler-top-k-float"),
     case(lambda p: MaskedDiffusionScheduler(remasking="yes"), r"remasking must be True or False",
          "scheduler-remasking-str"),
+    case(adapt("--lr", "inf"), r"lr must be a finite number > 0", "adapt-lr-inf"),
+    case(adapt("--weight-decay", "nan"), rf"weight_decay {FINITE}", "adapt-weight-decay-nan"),
+    case(adapt("--max-grad-norm", "nan"), rf"max_grad_norm {FINITE}", "adapt-max-grad-norm-nan"),
+    case(adapt("--ar-loss-weight", "nan"), rf"ar_loss_weight {FINITE}", "adapt-ar-loss-weight-nan"),
+    case(adapt("--validation-fraction", "nan"), r"validation_fraction must be in \[0, 1\)", "adapt-validation-nan"),
+    case(sft("--validation-fraction", "1.5"), r"validation_fraction must be in \[0, 1\)", "sft-validation-1.5"),
     # ---- 3: weights that do not fit the architecture of config.json ----
     case(gen(model="{wrong_dlm}"), r"weights of .* do not fit", "generate-wrong-architecture"),
     case(gen(model="{resized_dlm}"), r"weights of .* do not fit .*another shape", "generate-wrong-vocab-size"),

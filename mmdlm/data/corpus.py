@@ -16,6 +16,8 @@ import datasets
 from datasets.arrow_writer import SchemaInferenceError
 from datasets.exceptions import DatasetGenerationError
 
+from ..diffusion._checks import is_real
+
 BUILTIN = "stdlib"
 _LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
                   ".csv": "csv", ".parquet": "parquet"}
@@ -36,6 +38,11 @@ class CorpusInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_fraction(fraction: float, name: str = "validation_fraction") -> None:
+    if not (is_real(fraction) and 0 <= fraction < 1):  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1), got {fraction!r}")
 
 
 def _is_validation(relpath: str, fraction: float) -> bool:
@@ -145,6 +152,7 @@ def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = No
     Without a validation split in the source, one is carved off deterministically
     (`validation_fraction` of the documents, seed 0).
     """
+    check_fraction(validation_fraction)
     if source == BUILTIN and not data_files:
         return stdlib_corpus(validation_fraction, max_files)
     dsd = _load_source(source, data_files)

@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..diffusion._checks import check_finite, is_real
 from ..io import atomic_dir, atomic_write_text, check_output, replace_dir, save_figure
 from .checkpoint import check_data_only, load_states, save_states
 
@@ -76,8 +77,10 @@ class TrainArgs:
         for name in ("warmup_steps", "save_every", "eval_every", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        check_finite(self.weight_decay, "weight_decay")
+        check_finite(self.max_grad_norm, "max_grad_norm")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in (None, "none", *TRACKERS):
