@@ -207,6 +207,7 @@ def merge_lora(c) -> None:
     """Fold a LoRA adapter into its base and save a plain diffusion LM checkpoint."""
     from pathlib import Path
 
+    from .io import check_output
     from .text.adapt import ADAPTER_CONFIG, load_dlm
 
     if not c.adapter or not c.output:
@@ -215,6 +216,7 @@ def merge_lora(c) -> None:
         raise ValueError(f"{c.adapter} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge")
     if Path(c.output).resolve() == Path(c.adapter).resolve():
         raise ValueError("--output must differ from --adapter")
+    check_output(c.output, "--output", folder=True)
     dlm, tokenizer = load_dlm(c.adapter, base_model=c.base_model, merge_lora=True)
     dlm.save_pretrained(c.output, tokenizer=tokenizer)
     print(f"merged model saved to {c.output}")

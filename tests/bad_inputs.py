@@ -84,6 +84,7 @@ def build_paths(root: Path, tokenizer_factory) -> SimpleNamespace:
 
     from mmdlm.pipelines import TextDiffusionPipeline
     from mmdlm.text.adapt import DiffusionLM
+    from mmdlm.training.lora import LoraArgs, lora_dlm
 
     p = SimpleNamespace(root=str(root))
     tok = tokenizer_factory()
@@ -99,6 +100,10 @@ def build_paths(root: Path, tokenizer_factory) -> SimpleNamespace:
     (wrong_dlm / "config.json").write_text(json.dumps({**gpt2, "vocab_size": len(tok) + 1}))
     llama = json.loads((dlm / "config.json").read_text())
     (wrong_causal / "config.json").write_text(json.dumps({**llama, "vocab_size": len(tok)}))
+    lora = root / "lora_dlm"  # a LoRA adapter on the DLM
+    lora_model = DiffusionLM.from_pretrained(dlm)
+    lora_dlm(lora_model, LoraArgs(lora_r=2), base=str(dlm))
+    lora_model.save_pretrained(lora, tokenizer=tok)
     resized_dlm = copy_dir(dlm, root / "resized_dlm")  # the vocabulary of config.json is not the weights'
     (resized_dlm / "config.json").write_text(json.dumps({**llama, "vocab_size": llama["vocab_size"] + 5}))
     settings = json.loads((dlm / "mmdlm.json").read_text())
@@ -126,7 +131,7 @@ def build_paths(root: Path, tokenizer_factory) -> SimpleNamespace:
     pipe = TextDiffusionPipeline.from_dlm(dlm)
     pipe.set_progress_bar_config(disable=True)
     p.__dict__.update(causal=str(causal), dlm=str(dlm), wrong_causal=str(wrong_causal), wrong_dlm=str(wrong_dlm),
-                      resized_dlm=str(resized_dlm),
+                      resized_dlm=str(resized_dlm), lora_dlm=str(lora),
                       **{f"dlm_{key}": str(folder) for key, folder in odd_settings.items()},
                       truncated_dlm=str(truncated_dlm), truncated_causal=str(truncated_causal), corpus=str(corpus),
                       binary_txt=str(root / "binary.txt"), empty_txt=str(root / "empty.txt"),

@@ -113,6 +113,8 @@ CASES = [
     case(pretrain(out="{a_file}"), r"output_dir .* is a file", "pretrain-output-dir-is-a-file"),
     case(sft(out="{a_file}"), r"output_dir .* is a file", "sft-output-dir-is-a-file"),
     case(adapt(out="{readonly}/run"), r"output_dir .* cannot be written", "adapt-output-dir-read-only", marks=not_root),
+    case(["merge-lora", "--adapter", "{lora_dlm}", "--output", "{a_file}"], r"--output .* is a file, not a folder",
+         "merge-lora-output-is-a-file"),
     case(adapt(data="{binary_txt}"), r"binary.txt: not UTF-8 text", "adapt-binary-txt"),
     case(adapt(data="{empty_txt}"), r"hold no examples", "adapt-empty-txt"),
     case(adapt(data="{broken_jsonl}"), r"could not read the data files .*broken.jsonl as json", "adapt-broken-jsonl"),
