@@ -97,6 +97,9 @@ CASES = [
     case(adapt("--resume", out="{resume_truncated}"), r"damaged or truncated", "adapt-resume-truncated-weights"),
     # ---- 5: lengths checked against the context before anything is built ----
     case(gen("--gen-length", "1000000000"), r"context is 64", "generate-gen-length-1e9"),
+    case(gen("--steps", "1000000000000"), r"steps must be at most 1,000,000", "generate-steps-1e12"),
+    case(pipe("x", gen_length=4, num_inference_steps=10**8), r"num_inference_steps must be at most",
+         "pipe-steps-1e8"),
     case(gen(prompt=("--infill", "<|mask:100000000000|>")), r"context is 64", "generate-infill-1e11"),
     case(pipe("x", gen_length=10**8), r"context is 64", "pipe-gen-length-1e8"),
     case(lambda p: parse_infill(p.pipe.tokenizer, "<|mask:100000000000|>", 0, max_length=64), r"context is 64",

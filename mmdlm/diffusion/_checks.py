@@ -49,6 +49,17 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+MAX_STEPS = 1_000_000  # denoising steps: each runs the model; their noise levels are held in memory
+
+
+def check_steps(value: object, name: str = "steps") -> int:
+    """Return ``value``; raise ``ValueError`` unless it is an int from 1 to ``MAX_STEPS``."""
+    check_int(value, name, 1)
+    if value > MAX_STEPS:
+        raise ValueError(f"{name} must be at most {MAX_STEPS:,}, got {value:,}")
+    return value
+
+
 def check_finite(value: object, name: str, minimum: float = 0.0) -> float:
     """Return ``value``; raise ``ValueError`` unless it is a finite number >= ``minimum`` (no NaN, no inf)."""
     if not is_real(value) or not math.isfinite(value) or value < minimum:

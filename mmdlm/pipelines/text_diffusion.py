@@ -14,7 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..diffusion._checks import check_bool, check_int
+from ..diffusion._checks import check_bool, check_int, check_steps
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import DiffusionConfig, DiffusionLM, load_dlm
 from ..text.generate import PLACEHOLDER, check_options, default_blocks, generate, parse_infill
@@ -107,7 +107,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         check_int(gen_length, "gen_length", 0)
         if block_length is not None:
             check_int(block_length, "block_length", 1)
-        check_int(num_inference_steps, "num_inference_steps", 1)
+        check_steps(num_inference_steps, "num_inference_steps")
         check_options(steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale)
         for name, flag in (("stop_at_eos", stop_at_eos), ("return_history", return_history),
                            ("return_dict", return_dict)):

@@ -33,7 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from ..diffusion import commit_scores, corrupt, get_schedule, predict, select_top, tokens_to_commit
-from ..diffusion._checks import check_bool, check_finite, check_int, is_real
+from ..diffusion._checks import check_bool, check_finite, check_int, check_steps, is_real
 
 RULES = ("confidence", "margin", "entropy", "random", "origin")
 SAMPLING_OPTIONS = ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold", "remasking")
@@ -94,7 +94,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Noise levels t_k = 1 - k/N for k = 0..N-1; step k goes from t_k to t_k - 1/N."""
-        check_int(num_inference_steps, "num_inference_steps", 1)
+        check_steps(num_inference_steps, "num_inference_steps")
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.linspace(1.0, 0.0, num_inference_steps + 1, device=device)[:-1]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..diffusion._checks import check_finite, check_int
+from ..diffusion._checks import check_finite, check_int, check_steps
 
 PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
 CACHES = ("none", "prefix", "dual")
@@ -112,7 +112,7 @@ class _Runner:
 
 def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
     """The options of `generate` other than the scheduler's, checked before anything runs."""
-    check_int(steps, "steps", 1)
+    check_steps(steps)
     if cache not in CACHES:
         raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
     check_finite(guidance_scale, "guidance_scale")
@@ -151,7 +151,8 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
         confidence = None  # carried from step to step by a remasking scheduler
-        for k, t in enumerate(scheduler.timesteps):  # the last step commits whatever is left
+        for k in range(len(scheduler.timesteps)):  # the last step commits whatever is left
+            t = scheduler.timesteps[k]  # (iterating the tensor would make a view of every step at once)
             if not (x[:, lo:hi] == mask_id).any():
                 break
             if guidance_scale > 0:
