@@ -25,7 +25,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..diffusion._checks import check_finite_nonnegative
+from ..diffusion._checks import check_finite
 
 
 @dataclass
@@ -114,8 +114,8 @@ def dual_generate(model, latents: torch.Tensor, text_ids: torch.LongTensor, *, i
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     text_steps = check_text_steps(text_steps, num_inference_steps)
-    guidance_scale = check_finite_nonnegative("guidance_scale", guidance_scale)
-    text_guidance_scale = check_finite_nonnegative("text_guidance_scale", text_guidance_scale)
+    guidance_scale = check_finite(guidance_scale, "guidance_scale")
+    text_guidance_scale = check_finite(text_guidance_scale, "text_guidance_scale")
     b = latents.shape[0]
     device = latents.device
     text_ids = text_ids.clone()
