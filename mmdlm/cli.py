@@ -557,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"mmdlm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, and the shell's exit status for SIGINT
+        print(f"\nmmdlm {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

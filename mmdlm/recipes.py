@@ -91,6 +91,7 @@ def pretrain(c) -> None:
     from .training import process_state
     from .training.causal import CausalLMTrainer
 
+    c.validate()
     state = process_state()
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
     model = build_causal_lm(c.model_config, tokenizer, seed=c.seed)
@@ -132,6 +133,7 @@ def adapt(c, *, data=None, trainer_cls=None, **trainer_options):
     from .training import process_state
     from .training.diffusion import DiffusionTrainer
 
+    c.validate()
     c.validate_lora()
     state = process_state()
     dlm, tokenizer = build_dlm(c)
@@ -166,6 +168,7 @@ def sft(c) -> None:
     from .training import process_state
     from .training.diffusion import DiffusionTrainer
 
+    c.validate()
     c.validate_lora()
     state = process_state()
     dlm, tokenizer = load_dlm(c.model, merge_lora=True)  # a LoRA DLM is merged first, then trained on
@@ -206,6 +209,7 @@ def merge_lora(c) -> None:
     """Fold a LoRA adapter into its base and save a plain diffusion LM checkpoint."""
     from pathlib import Path
 
+    from .io import check_output_dir
     from .text.adapt import ADAPTER_CONFIG, load_dlm
 
     if not c.adapter or not c.output:
@@ -214,6 +218,7 @@ def merge_lora(c) -> None:
         raise ValueError(f"{c.adapter} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge")
     if Path(c.output).resolve() == Path(c.adapter).resolve():
         raise ValueError("--output must differ from --adapter")
+    check_output_dir(c.output, "--output")
     dlm, tokenizer = load_dlm(c.adapter, base_model=c.base_model, merge_lora=True)
     dlm.save_pretrained(c.output, tokenizer=tokenizer)
     print(f"merged model saved to {c.output}")
@@ -234,21 +239,22 @@ def load_text_pipeline(path: str, **scheduler_options):
 
 def generate(c) -> dict:
     """Continue `prompt` and/or fill the placeholders of `infill`; print and optionally save."""
-    from .io import atomic_write_text
+    from .diffusion._checks import check_int
+    from .io import atomic_write_text, check_output_file
     from .schedulers import MaskedDiffusionScheduler
-    from .text.generate import CACHES
+    from .text.generate import check_options
 
     if c.prompt is None and c.infill is None:
         raise ValueError("nothing to do: give --prompt and/or --infill")
-    for name in ("steps", "gen_length"):
-        if getattr(c, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
-    if c.block_length is not None and c.block_length < 1:
-        raise ValueError(f"block_length must be >= 1, got {c.block_length}")
-    if c.cache not in CACHES:
-        raise ValueError(f"unknown cache {c.cache!r}; choose one of {', '.join(CACHES)}")
+    check_int(c.gen_length, "gen_length", 1)
+    if c.block_length is not None:
+        check_int(c.block_length, "block_length", 1)
+    check_options(steps=c.steps, cache=c.cache, guidance_scale=c.guidance_scale)
     if c.history not in (None, "terminal") and not c.history.endswith((".gif", ".html")):
         raise ValueError(f"history must be 'terminal' or a path ending in .gif or .html, got {c.history!r}")
+    for name, path in (("--output", c.output), ("--history", c.history)):
+        if path not in (None, "terminal"):
+            check_output_file(path, name)
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
                     threshold=c.threshold, remasking=c.remasking)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
@@ -263,6 +269,8 @@ def generate(c) -> dict:
                                                     guidance_scale=c.guidance_scale)))
     if c.infill is not None:
         jobs.append(("infill", _unescape(c.infill), dict(gen_length=0)))
+    for _, text, kw in jobs:  # every job checked (lengths against the model's context) before any runs
+        pipe.check_inputs(text, num_inference_steps=c.steps, cache=c.cache, **kw)
     for kind, text, kw in jobs:
         out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
                    return_history=c.history is not None, generator=torch.Generator().manual_seed(c.seed), **kw)

@@ -25,6 +25,12 @@ FAMILIES = {
                   num_key_value_heads=2, max_position_embeddings=64),
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   num_key_value_heads=1, max_position_embeddings=64),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=16, max_position_embeddings=64),
+    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     max_position_embeddings=64),
+    "stablelm": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=2, max_position_embeddings=64),
 }
 
 

@@ -83,6 +83,25 @@ def test_model_that_ignores_masks_is_named(tokenizer):
         DiffusionLM.from_causal_lm(blind, tokenizer)
 
 
+def test_probe_is_not_fooled_by_dropout(tokenizer):
+    """In train mode dropout alone changes the logits: the probe runs in eval mode, then restores the mode."""
+    from transformers import GPT2LMHeadModel
+
+    class MaskBlindLM(GPT2LMHeadModel):
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            return super().forward(input_ids=input_ids, **kwargs)
+
+    config = tiny_causal_lm("gpt2", tokenizer).config
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.5
+    blind = MaskBlindLM(config).train()
+    with pytest.raises(ValueError, match="MaskBlindLM cannot be made bidirectional"):
+        DiffusionLM.from_causal_lm(blind, tokenizer)
+    assert blind.training
+    seeing = GPT2LMHeadModel(config).train()
+    DiffusionLM.from_causal_lm(seeing, tokenizer)
+    assert seeing.training
+
+
 def test_unsupported_attention_implementation(tokenizer):
     model = tiny_causal_lm("llama", tokenizer)
     model.config._attn_implementation = "flash_attention_2"

@@ -162,3 +162,15 @@ def test_generate_with_history_and_saved_pipeline(tmp_path, tokenizer, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "mmdlm", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "adapt" in out.stdout
+
+
+def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
+    import mmdlm.recipes
+
+    def interrupted(c):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmdlm.recipes, "generate", interrupted)
+    assert _main("generate", "--prompt", "x") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "mmdlm generate: interrupted" and "Traceback" not in err

@@ -64,17 +64,18 @@ def _in_process(argv) -> str:
     return out.getvalue()
 
 
-def _kill_at(pause_at: str, argv, marker: Path) -> None:
+def _kill_at(pause_at: str, argv, marker: Path, sig=signal.SIGKILL) -> tuple[int, str]:
+    """(exit status, stderr) of `mmdlm ARGV` sent `sig` at the pause."""
     proc = subprocess.Popen([sys.executable, str(PAUSE_SCRIPT), *argv], env=_env(PAUSE_AT=pause_at,
-                            PAUSE_MARKER=str(marker)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            PAUSE_MARKER=str(marker)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None, f"the run ended before pausing: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "the run never reached the pause"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
 
 
 def _resume(argv) -> None:
@@ -111,4 +112,15 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(setup):
     assert latest_checkpoint(out).name == "step-0000002"
     _resume(argv(out))
     assert not partial.exists()  # the resumed run removed the leftover
+    _assert_same(reference, out)
+
+
+def test_ctrl_c_is_one_line_then_resume(setup):
+    """SIGINT (Ctrl-C): `mmdlm adapt: interrupted`, exit status 130, no traceback; the run resumes."""
+    root, argv, reference = setup
+    out = root / "ctrl-c"
+    code, err = _kill_at("step:3", argv(out), root / "ctrl-c.marker", sig=signal.SIGINT)
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().split("\n")[-1] == "mmdlm adapt: interrupted"
+    _resume(argv(out))
     _assert_same(reference, out)

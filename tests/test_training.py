@@ -125,6 +125,39 @@ def test_resume_gives_the_same_weights(tmp_path, tokenizer_factory):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
 
 
+def test_a_checkpoint_is_data_never_code(tmp_path, tokenizer_factory):
+    """A pickle planted in any pickle-named file of a checkpoint never runs: resume refuses it
+    with a one-line error (or works, if the file is one it never reads)."""
+    import shutil
+
+    from bad_inputs import plant_pickle
+
+    data = _data(tokenizer_factory())
+    crashed = _Crashing(_dlm(tokenizer_factory()), data, _args(tmp_path / "run", max_steps=5, save_every=3))
+    with pytest.raises(_Interrupt):
+        crashed.train()
+    step = latest_checkpoint(tmp_path / "run" / "run")
+    written = {p.name for p in step.iterdir()}
+    assert not any(name.startswith("custom_checkpoint") for name in written)  # the trainer's state is JSON
+    names = {n for n in written if n.endswith((".pkl", ".bin", ".pt", ".pth"))}
+    assert names  # accelerate's optimizer and RNG states
+    names |= {"custom_checkpoint_0.pkl", "scheduler.bin", "sampler.bin", "scaler.pt", "pytorch_model.bin"}
+    for name in sorted(names):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "run", out)
+        marker = tmp_path / f"{name}.ran"
+        plant_pickle(out / "run" / "checkpoints" / step.name / name, marker)
+        resumed = DiffusionTrainer(_dlm(tokenizer_factory()), data,
+                                   _args(out, max_steps=5, save_every=3, resume=True))
+        try:
+            resumed.train()
+        except ValueError as err:
+            assert name in str(err) and "\n" not in str(err), str(err)
+        else:
+            assert name not in written, f"a tampered {name} was loaded"
+        assert not marker.exists(), f"unpickling {name} ran code"
+
+
 def test_trainer_argument_errors(tmp_path, tokenizer):
     dlm = _dlm(tokenizer)
     with pytest.raises(ValueError, match="batch_size"):

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+from datasets.arrow_writer import SchemaInferenceError
+from datasets.exceptions import DatasetGenerationError
+
+from ..diffusion._checks import is_real
 
 BUILTIN = "stdlib"
 _LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
@@ -34,6 +38,11 @@ class CorpusInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_fraction(fraction: float, name: str = "validation_fraction") -> None:
+    if not (is_real(fraction) and 0 <= fraction < 1):  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1), got {fraction!r}")
 
 
 def _is_validation(relpath: str, fraction: float) -> bool:
@@ -77,12 +86,35 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
 
 
 def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a builder's failure is logged, then raised: said below
     try:
         return datasets.load_dataset(builder, data_files=data_files)
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
         raise
+    except DatasetGenerationError as err:  # the builder failed on the files' contents
+        cause = err.__cause__ or err
+        if isinstance(cause, SchemaInferenceError):
+            raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
+        if isinstance(cause, UnicodeDecodeError):
+            bad = [f for f in data_files if not _is_utf8(f)] or data_files
+            raise ValueError(f"{', '.join(bad)}: not UTF-8 text ({cause})") from err
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ValueError(f"could not read the data files {', '.join(data_files)} as {builder}: {detail}") from err
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            while f.read(1 << 20):
+                pass
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _load_source(source: str, data_files: list[str] | None,
@@ -120,6 +152,7 @@ def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = No
     Without a validation split in the source, one is carved off deterministically
     (`validation_fraction` of the documents, seed 0).
     """
+    check_fraction(validation_fraction)
     if source == BUILTIN and not data_files:
         return stdlib_corpus(validation_fraction, max_files)
     dsd = _load_source(source, data_files)

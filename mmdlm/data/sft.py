@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .corpus import BUILTIN, _load_source, stdlib_corpus
+from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus
 
 ROLES = ("system", "user", "assistant")
 
@@ -82,6 +82,7 @@ def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = Non
                     validation_fraction: float = 0.05, max_files: int | None = None):
     """(train records, validation records, description) from the built-in set or json(l) files,
     a local folder or a hub dataset. Without a validation split one is carved off (seed 0)."""
+    check_fraction(validation_fraction)
     if source == BUILTIN and not data_files:
         train, validation, info = builtin_sft_splits(validation_fraction, max_files)
         return train, validation, {**info.to_dict(),

@@ -16,14 +16,6 @@ def check_mask_id(mask_id: object) -> int:
     return int(mask_id)
 
 
-def check_finite_nonnegative(name: str, value: object) -> float:
-    """Return ``value`` as a float; raise ``ValueError`` unless it is a finite real number >= 0
-    (NaN passes every comparison, so ``value < 0`` alone lets it through)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def check_bool_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:
     """Raise ``ValueError`` unless ``mask`` is ``None`` or a bool tensor of ``shape``."""
     if mask is None:
@@ -43,3 +35,39 @@ def per_position_t(t: Tensor, shape: torch.Size, name: str = "t") -> Tensor:
     if t.shape == (b, l):
         return t
     raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({b},) or ({b}, {l})")
+
+
+def is_real(value: object) -> bool:
+    """A real number (int, float, numpy float); bools are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value``; raise ``ValueError`` unless it is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (an int), got {value!r}")
+    return value
+
+
+MAX_STEPS = 1_000_000  # denoising steps: each runs the model; their noise levels are held in memory
+
+
+def check_steps(value: object, name: str = "steps") -> int:
+    """Return ``value``; raise ``ValueError`` unless it is an int from 1 to ``MAX_STEPS``."""
+    check_int(value, name, 1)
+    if value > MAX_STEPS:
+        raise ValueError(f"{name} must be at most {MAX_STEPS:,}, got {value:,}")
+    return value
+
+
+def check_finite(value: object, name: str, minimum: float = 0.0) -> float:
+    """Return ``value``; raise ``ValueError`` unless it is a finite number >= ``minimum`` (no NaN, no inf)."""
+    if not is_real(value) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -63,7 +63,7 @@ import torch
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from ..diffusion._checks import check_finite_nonnegative
+from ..diffusion._checks import check_finite
 from ..text.generate import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
@@ -129,7 +129,7 @@ def check_call_options(**options) -> None:
             if value not in OUTPUT_TYPES:
                 raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {value!r}")
         else:
-            check_finite_nonnegative(name, value)
+            check_finite(value, name)
 
 
 def check_component(name: str, value, cls: type) -> None:

@@ -14,9 +14,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..diffusion._checks import check_bool, check_int, check_steps
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import DiffusionConfig, DiffusionLM, load_dlm
-from ..text.generate import PLACEHOLDER, default_blocks, generate, parse_infill
+from ..text.generate import PLACEHOLDER, check_options, default_blocks, generate, parse_infill
 
 
 @dataclass
@@ -58,24 +59,31 @@ class TextDiffusionPipeline(DiffusionPipeline):
         return cls(dlm.model.eval(), tokenizer, scheduler, mask_token_id=c.mask_token_id, shift=c.shift,
                    attention=c.attention, block_size=c.block_size)
 
-    def _encode(self, prompts: list[str], gen_length: int):
-        tok, mask_id = self.tokenizer, self.config.mask_token_id
+    def _tokenize(self, prompts: list[str], gen_length: int) -> tuple[list[int], list[list[int]]]:
+        """(BOS ids, the token ids of each prompt with its placeholders as masks), checked against
+        the model's context before any mask is made."""
+        tok, mask_id, limit = self.tokenizer, self.config.mask_token_id, self.dlm.max_length
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        rows, n_prompt = [], []
+        bodies = []
         for p in prompts:
             if PLACEHOLDER.search(p):
-                body = parse_infill(tok, p, mask_id)
+                body = parse_infill(tok, p, mask_id, max_length=limit)
             else:
                 body = tok(p, add_special_tokens=False)["input_ids"]
-            rows.append(bos + body + [mask_id] * gen_length)
-            n_prompt.append(len(bos) + len(body))
-        if not all(rows):
-            raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+            if not bos and not body and not gen_length:
+                raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+            if limit is not None and len(bos) + len(body) + gen_length > limit:
+                raise ValueError(f"prompt + gen_length needs {len(bos) + len(body) + gen_length} tokens but the "
+                                 f"model's context is {limit}; shorten the prompt or lower gen_length")
+            bodies.append(body)
+        return bos, bodies
+
+    def _encode(self, prompts: list[str], gen_length: int):
+        tok, mask_id = self.tokenizer, self.config.mask_token_id
+        bos, bodies = self._tokenize(prompts, gen_length)
+        rows = [bos + body + [mask_id] * gen_length for body in bodies]
+        n_prompt = [len(bos) + len(body) for body in bodies]
         width = max(map(len, rows))
-        limit = self.dlm.max_length
-        if limit is not None and width > limit:
-            raise ValueError(f"prompt + gen_length needs {width} tokens but the model's context is {limit}; "
-                             "shorten the prompt or lower gen_length")
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # left padding
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
@@ -83,6 +91,36 @@ class TextDiffusionPipeline(DiffusionPipeline):
         for i, (r, n) in enumerate(zip(rows, n_prompt)):
             prompt_mask[i, width - len(r) + len(bos): width - len(r) + n] = True
         return ids, attention_mask, prompt_mask, n_prompt, rows
+
+    def check_inputs(self, prompt, *, gen_length: int = 64, block_length: int | None = None,
+                     num_inference_steps: int = 64, cache: str = "none", guidance_scale: float = 0.0,
+                     stop_at_eos: bool = True, output_type: str = "text", return_history: bool = False,
+                     return_dict: bool = True, callback_on_step_end_tensor_inputs: list[str] | None = None,
+                     **sampling) -> None:
+        """Refuse bad call arguments (a one-line ValueError) before anything is built or run."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
+                             + (" with other items" if isinstance(prompt, (list, tuple)) else ""))
+        if not prompts:
+            raise ValueError("no prompt given")
+        check_int(gen_length, "gen_length", 0)
+        if block_length is not None:
+            check_int(block_length, "block_length", 1)
+        check_steps(num_inference_steps, "num_inference_steps")
+        check_options(steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale)
+        for name, flag in (("stop_at_eos", stop_at_eos), ("return_history", return_history),
+                           ("return_dict", return_dict)):
+            check_bool(flag, name)
+        if output_type not in ("text", "ids"):
+            raise ValueError(f"output_type must be 'text' or 'ids', got {output_type!r}")
+        bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
+        self.scheduler.sampling_options(**{k: v for k, v in sampling.items() if v is not None})
+        if gen_length == 0 and not all(PLACEHOLDER.search(p) for p in prompts):
+            raise ValueError("gen_length is 0 and a prompt has no <|mask:N|> placeholder: nothing to generate")
+        self._tokenize(prompts, gen_length)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, gen_length: int = 64, block_length: int | None = None,
@@ -99,56 +137,81 @@ class TextDiffusionPipeline(DiffusionPipeline):
         can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
         (decoded texts) or "ids" (sequences only).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given")
-        if output_type not in ("text", "ids"):
-            raise ValueError(f"output_type must be 'text' or 'ids', got {output_type!r}")
-        if gen_length < 0:
-            raise ValueError(f"gen_length must be >= 0, got {gen_length}")
-        if gen_length == 0 and not all(PLACEHOLDER.search(p) for p in prompts):
-            raise ValueError("gen_length is 0 and a prompt has no <|mask:N|> placeholder: nothing to generate")
-        if block_length is not None and block_length < 1:
-            raise ValueError(f"block_length must be >= 1, got {block_length}")
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
                                            alg_temp=alg_temp, threshold=threshold,
                                            remasking=remasking).items() if v is not None}
+        self.check_inputs(prompt, gen_length=gen_length, block_length=block_length,
+                          num_inference_steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
+                          stop_at_eos=stop_at_eos, output_type=output_type, return_history=return_history,
+                          return_dict=return_dict,
+                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
-        blocks = None  # pure infilling: one block over the masked region
-        if gen_length:
-            blocks = default_blocks(self.dlm, width - gen_length, width, block_length)
-            first_mask = int((ids == self.config.mask_token_id).any(0).nonzero()[0])
-            if first_mask < width - gen_length:  # placeholders in the prompt: filled first, as one block
-                blocks = [(first_mask, width - gen_length)] + blocks
+        pads = [width - len(r) for r in rows]
+        groups: dict[tuple, list[int]] = {}  # rows decoded on the same blocks run together
+        for i, blocks in enumerate(self._row_blocks(ids, pads, gen_length, block_length)):
+            groups.setdefault(blocks, []).append(i)
 
         callback_inputs = callback_on_step_end_tensor_inputs or []
-        bad = set(callback_inputs) - set(self._callback_tensor_inputs)
-        if bad:
-            raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
-        bar = self.progress_bar(total=num_inference_steps)
+        bar = self.progress_bar(total=num_inference_steps * len(groups))
+        sequences = ids.clone()
+        history = [ids.clone()] if return_history else None
+        steps_done, nfe = 0, 0
 
-        def on_step(i, t, x):
-            bar.update(1)
-            if callback_on_step_end is not None:
-                changed = callback_on_step_end(self, i, t, {k: x for k in callback_inputs}) or {}
-                if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
-                    x.copy_(changed["sequences"])
+        def run(blocks, index):
+            """Decode rows `index`, without the padding they all have."""
+            cut = min(pads[i] for i in index)
+            mask = attention_mask[index, cut:]
 
-        out = generate(self.dlm, ids, self.scheduler, steps=num_inference_steps, blocks=blocks,
-                       attention_mask=None if attention_mask.all() else attention_mask, cache=cache,
-                       guidance_scale=guidance_scale, prompt_mask=prompt_mask,
-                       eos_token_id=self.tokenizer.eos_token_id, stop_at_eos=stop_at_eos,
-                       record_history=return_history, callback=on_step, generator=generator, **overrides)
+            def on_step(i, t, x):
+                nonlocal steps_done
+                steps_done += 1
+                bar.update(1)
+                sequences[index, cut:] = x
+                if callback_on_step_end is not None:
+                    changed = callback_on_step_end(self, steps_done, t, {k: sequences for k in callback_inputs}) or {}
+                    if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
+                        sequences.copy_(changed["sequences"])
+                        x.copy_(sequences[index, cut:])
+                if history is not None:
+                    history.append(sequences.clone())
+
+            out = generate(self.dlm, sequences[index, cut:], self.scheduler, steps=num_inference_steps,
+                           blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
+                           attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
+                           prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
+                           stop_at_eos=stop_at_eos, callback=on_step, generator=generator, **overrides)
+            sequences[index, cut:] = out.sequences
+            return out.nfe
+
+        for blocks, index in groups.items():
+            nfe += run(blocks, index)
         bar.close()
         texts = None
         if output_type == "text":
-            texts = [self._decode(out.sequences[i], width - len(r), n, PLACEHOLDER.search(p) is not None, width)
-                     for i, (r, n, p) in enumerate(zip(rows, n_prompt, prompts))]
+            texts = [self._decode(sequences[i], pad, n, PLACEHOLDER.search(p) is not None, width)
+                     for i, (pad, n, p) in enumerate(zip(pads, n_prompt, prompts))]
         self.maybe_free_model_hooks()
         if not return_dict:
-            return texts, out.sequences
-        return TextDiffusionPipelineOutput(texts=texts, sequences=out.sequences, history=out.history, nfe=out.nfe)
+            return texts, sequences
+        return TextDiffusionPipelineOutput(texts=texts, sequences=sequences, history=history, nfe=nfe)
+
+    def _row_blocks(self, ids, pads, gen_length: int, block_length: int | None) -> list[tuple]:
+        """The blocks each row is decoded on: those it has alone, moved right by its padding."""
+        mask_id, width = self.config.mask_token_id, ids.shape[1]
+        out = []
+        for row, pad in zip(ids, pads):
+            masked = (row == mask_id).nonzero().flatten()
+            first = int(masked[0])
+            if not gen_length:  # pure infilling: one block over the masked region
+                out.append(((first, int(masked[-1]) + 1),))
+                continue
+            blocks = default_blocks(self.dlm, width - gen_length, width, block_length, origin=pad)
+            if first < width - gen_length:  # placeholders in the prompt: filled first, as one block
+                blocks = [(first, width - gen_length)] + blocks
+            out.append(tuple(blocks))
+        return out
 
     def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int) -> str:
         tok = self.tokenizer

@@ -33,8 +33,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from ..diffusion import commit_scores, corrupt, get_schedule, predict, select_top, tokens_to_commit
+from ..diffusion._checks import check_bool, check_finite, check_int, check_steps, is_real
 
 RULES = ("confidence", "margin", "entropy", "random", "origin")
+SAMPLING_OPTIONS = ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold", "remasking")
 
 
 @dataclass
@@ -64,19 +66,27 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _check(*, rule, temperature, top_k, top_p, alg_temp, threshold, remasking):
-        if remasking and (rule != "confidence" or threshold is not None):
-            raise ValueError(f"remasking ranks by confidence on the commit schedule: it needs rule 'confidence' "
-                             f"and no threshold, got rule={rule!r}, threshold={threshold}")
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-        if temperature < 0 or alg_temp < 0:
-            raise ValueError("temperature and alg_temp must be >= 0")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if threshold is not None and not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        check_finite(temperature, "temperature")
+        check_finite(alg_temp, "alg_temp")
+        if top_k is not None:
+            check_int(top_k, "top_k", 1)
+        for name, value in (("top_p", top_p), ("threshold", threshold)):
+            if value is not None and not (is_real(value) and 0 < value <= 1):  # NaN fails too
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if check_bool(remasking, "remasking") and (rule != "confidence" or threshold is not None):
+            raise ValueError(f"remasking ranks by confidence on the commit schedule: it needs rule 'confidence' "
+                             f"and no threshold, got rule={rule!r}, threshold={threshold}")
+
+    def sampling_options(self, **overrides) -> dict:
+        """The sampling options of a step: the config's, with `overrides`; checked."""
+        unknown = set(overrides) - set(SAMPLING_OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+        options = {k: overrides.get(k, self.config[k]) for k in SAMPLING_OPTIONS}
+        self._check(**options)
+        return options
 
     @property
     def noise_schedule(self):
@@ -84,8 +94,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Noise levels t_k = 1 - k/N for k = 0..N-1; step k goes from t_k to t_k - 1/N."""
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_steps(num_inference_steps, "num_inference_steps")
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.linspace(1.0, 0.0, num_inference_steps + 1, device=device)[:-1]
 
@@ -102,11 +111,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         only; None at the first step). Any config value (rule, temperature, top_k, top_p,
         alg_temp, threshold, remasking) can be overridden per call.
         """
-        c = {k: overrides.pop(k, self.config[k]) for k in
-             ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold", "remasking")}
-        if overrides:
-            raise TypeError(f"unexpected arguments: {', '.join(overrides)}")
-        self._check(**c)
+        c = self.sampling_options(**overrides)
         if sample.ndim != 2 or model_output.shape[:2] != sample.shape:
             raise ValueError(f"need sample (B, L) and model_output (B, L, V); got {tuple(sample.shape)} "
                              f"and {tuple(model_output.shape)}")

@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from ..diffusion import get_schedule
+from ..diffusion._checks import check_bool, check_finite, check_int
 from ..io import atomic_dir
 from . import attention as attn
 from .base import load_causal_lm, load_tokenizer
@@ -46,10 +49,15 @@ class DiffusionConfig:
 
     def __post_init__(self):
         attn.check_mode(self.attention)
-        if self.attention == "block" and (self.block_size is None or self.block_size < 1):
+        if self.block_size is not None:
+            check_int(self.block_size, "block_size", 1)
+        if self.attention == "block" and self.block_size is None:
             raise ValueError("attention 'block' needs block_size >= 1")
-        if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
+        if isinstance(self.mask_token_id, bool) or not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
             raise ValueError(f"mask_token_id must be a non-negative int, got {self.mask_token_id!r}")
+        check_bool(self.shift, "shift")
+        check_int(self.anneal_steps, "anneal_steps", 0)
+        get_schedule(self.schedule, check_finite(self.eps, "eps"))
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **asdict(self)}, indent=2))
@@ -164,17 +172,24 @@ class DiffusionLM(nn.Module):
 
     @torch.no_grad()
     def check_bidirectional(self) -> None:
-        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0)."""
+        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0).
+
+        Runs in eval mode (dropout alone would change the logits), then restores the mode."""
         device = next(self.model.parameters()).device
         vocab = self.model.get_input_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
         other = ids.clone()
         other[0, -1] = (ids[0, -1] + 1) % vocab
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
         try:
             a, b = (self.forward(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
         except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be adapted
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: its forward "
                              f"rejected a 4D attention mask ({err})") from err
+        finally:
+            for module, mode in modes:
+                module.training = mode
         if torch.allclose(a, b):
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: it ignores 4D "
                              "attention masks (a later token did not change earlier logits)")
@@ -189,28 +204,31 @@ class DiffusionLM(nn.Module):
         c = self.model.config
         return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
-    def pattern(self, length: int, device=None) -> torch.Tensor:
-        return attn.inference_pattern(self.config.attention, length, self.config.block_size, device)
+    def pattern(self, length: int, device=None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference pattern, (L, L); per row, (B, L, L), for block models given `positions` (B, L)."""
+        return attn.inference_pattern(self.config.attention, length, self.config.block_size, device, positions)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 pattern: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, **kwargs):
         """Run the model under `pattern` (default: the inference pattern of the configured mode).
 
-        `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first).
-        `pattern` is (L, L), or (L, K) when `past_key_values` hold the first K - L keys. Returns
-        the model's output with raw (unshifted) logits; `align` gives logits[:, i] for token i.
+        `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first); the
+        positions (and a block model's block grid) are then counted from each row's first real
+        token. `pattern` is (L, L) or (B, L, L), or (.., L, K) when `past_key_values` hold the
+        first K - L keys. Returns the model's output with raw (unshifted) logits; `align` gives
+        logits[:, i] for token i.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         length = input_ids.shape[1]
         if self.max_length is not None and length > self.max_length:
             raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
-        if pattern is None:
-            pattern = self.pattern(length, input_ids.device)
-        dtype = self.model.get_input_embeddings().weight.dtype
-        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if pattern is None:
+            pattern = self.pattern(length, input_ids.device, position_ids)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
 
     def align(self, logits: torch.Tensor) -> torch.Tensor:
@@ -246,7 +264,11 @@ def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | 
     if model.get_input_embeddings().weight.shape[0] <= config.mask_token_id:
         # The new row's values are restored by the adapter (the [MASK] row is trained with it).
         model.resize_token_embeddings(config.mask_token_id + 1, mean_resizing=False)
-    return PeftModel.from_pretrained(model, str(path))
+    try:
+        return PeftModel.from_pretrained(model, str(path))
+    except SafetensorError as err:
+        raise ValueError(f"the LoRA adapter weights in {path} are damaged or truncated (safetensors: {err}); "
+                         "copy them again") from err
 
 
 def takes_logits_to_keep(dlm) -> bool:

@@ -33,12 +33,16 @@ def annealed(length: int, ratio: float, *, generator=None, device=None) -> torch
     return causal(length, device) | coin
 
 
-def block_causal(length: int, block_size: int, device=None) -> torch.Tensor:
-    """Bidirectional inside each block of `block_size`, causal across blocks (BD3-LM)."""
+def block_causal(length: int, block_size: int, device=None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional inside each block of `block_size`, causal across blocks (BD3-LM).
+
+    Blocks are counted from position 0; with `positions` (B, L), each row's own token positions
+    (after left padding: from its first real token), the pattern is per row, (B, L, L).
+    """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    block = torch.arange(length, device=device) // block_size
-    return block[:, None] >= block[None, :]
+    block = (torch.arange(length, device=device) if positions is None else positions) // block_size
+    return block[..., :, None] >= block[..., None, :]
 
 
 def context_causal(length: int, block_size: int, device=None) -> torch.Tensor:
@@ -57,15 +61,19 @@ def context_causal(length: int, block_size: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
-def inference_pattern(mode: str, length: int, block_size: int | None = None, device=None) -> torch.Tensor:
-    """The pattern a trained model uses when sampling (annealing ends fully open)."""
+def inference_pattern(mode: str, length: int, block_size: int | None = None, device=None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The pattern a trained model uses when sampling (annealing ends fully open).
+
+    `positions` (B, L): the rows' token positions under left padding; only the block grid
+    depends on them (the other patterns are the same counted from the padding or not)."""
     check_mode(mode)
     if mode == "causal":
         return causal(length, device)
     if mode == "block":
         if block_size is None:
             raise ValueError("attention mode 'block' needs a block_size")
-        return block_causal(length, block_size, device)
+        return block_causal(length, block_size, device, positions)
     return bidirectional(length, device)
 
 

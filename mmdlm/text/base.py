@@ -1,9 +1,12 @@
 """Loading or building the causal LM that becomes a diffusion LM."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 
@@ -15,17 +18,55 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtype=torch.float32):
-    """`AutoModelForCausalLM.from_pretrained` with a message that names the input on failure."""
+    """`AutoModelForCausalLM.from_pretrained`, refusing weights that do not fit the architecture
+    of the checkpoint's config.json (a model with random weights in their place would load), with
+    a message that names the input on any failure."""
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
         raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation=attn_implementation,
-                                                    dtype=dtype)
+        with _no_load_report():  # what it would list, the error below says in one line
+            model, info = AutoModelForCausalLM.from_pretrained(
+                name_or_path, attn_implementation=attn_implementation, dtype=dtype, output_loading_info=True)
+    except SafetensorError as err:
+        raise ValueError(f"the weights of {name_or_path!r} are damaged or truncated (safetensors: {err}); "
+                         "copy or download them again") from err
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):  # transformers' error for weights of another shape
+            raise
+        raise ValueError(f"the weights of {name_or_path!r} do not fit the architecture its config.json describes "
+                         "(some have another shape): is config.json another model's?") from err
     except ValueError as err:
         raise ValueError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
     except OSError as err:
         raise ValueError(f"could not load a causal LM from {name_or_path!r} (a local folder or a hub id; "
                          f"this machine may be offline): {err}") from err
+    check_weights_fit(model, info, name_or_path)
+    return model
+
+
+@contextlib.contextmanager
+def _no_load_report():
+    """Drop the table of missing / unexpected keys transformers logs while loading (a filter: a
+    level change on the logger would switch on other warnings)."""
+    log = logging.getLogger("transformers.modeling_utils")
+    drop = logging.Filter()
+    drop.filter = lambda record: "LOAD REPORT" not in record.getMessage()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
+def check_weights_fit(model, info: dict, name_or_path: str) -> None:
+    """Refuse a load whose `info` (transformers' `output_loading_info`) has weights missing (tied
+    ones are not) or left over: the model's would be random."""
+    problems = {kind: sorted(info[f"{kind}_keys"]) for kind in ("missing", "unexpected") if info[f"{kind}_keys"]}
+    if problems:
+        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items())
+        kind, keys = next(iter(problems.items()))
+        raise ValueError(f"the weights of {name_or_path!r} do not fit the {type(model).__name__} its config.json "
+                         f"describes ({counts}; e.g. {kind} {keys[0]}): is config.json another model's?")
 
 
 def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa"):

@@ -11,8 +11,8 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
-- stop_at_eos: once every row has produced EOS, the remaining masks become EOS and the loop
-  ends (no EOS flood to decode, nothing after EOS in the text).
+- stop_at_eos: once a row has produced EOS, its remaining masks become EOS (no EOS flood to
+  decode, nothing after EOS in the text); the loop ends when every row has.
 
 With shift, token i is predicted at position i-1, so each pass also includes the position
 just before the block.
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..diffusion._checks import check_finite, check_int, check_steps
+
 PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
 CACHES = ("none", "prefix", "dual")
 
@@ -36,19 +38,22 @@ class GenerationResult:
     history: list[torch.LongTensor] | None = None
 
 
-def block_ranges(start: int, end: int, block_length: int, *, align: bool = False) -> list[tuple[int, int]]:
-    """Cut [start, end) into blocks of `block_length`; with `align`, on the absolute grid."""
+def block_ranges(start: int, end: int, block_length: int, *, align: bool = False,
+                 origin: int = 0) -> list[tuple[int, int]]:
+    """Cut [start, end) into blocks of `block_length`; with `align`, on the grid that starts at
+    `origin` (a row's first real token: its left padding)."""
     if block_length < 1:
         raise ValueError(f"block_length must be >= 1, got {block_length}")
-    first = (start // block_length + 1) * block_length if align else start + block_length
+    first = origin + ((start - origin) // block_length + 1) * block_length if align else start + block_length
     bounds = [start, *range(first, end, block_length), end]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def default_blocks(dlm, start: int, end: int, block_length: int | None) -> list[tuple[int, int]]:
-    """Block-attention models decode on their own block grid; others in `block_length` chunks."""
+def default_blocks(dlm, start: int, end: int, block_length: int | None, origin: int = 0) -> list[tuple[int, int]]:
+    """Block-attention models decode on their own block grid (from `origin`, the row's first real
+    token); others in `block_length` chunks."""
     if dlm.config.attention == "block":
-        return block_ranges(start, end, block_length or dlm.config.block_size, align=True)
+        return block_ranges(start, end, block_length or dlm.config.block_size, align=True, origin=origin)
     return block_ranges(start, end, block_length or (end - start))
 
 
@@ -65,21 +70,22 @@ class _Runner:
 
     def __init__(self, dlm, attention_mask, length, device):
         self.dlm, self.attention_mask, self.nfe = dlm, attention_mask, 0
-        self.pattern = dlm.pattern(length, device)
         self.shift = int(dlm.config.shift)
         # With causal or block-causal attention nothing after the current block can matter.
         self.past_only = dlm.config.attention in ("causal", "block")
         if attention_mask is None:
             self.positions = torch.arange(length, device=device)[None]
-        else:
+            self.pattern = dlm.pattern(length, device)
+        else:  # left padding: positions (and block grids) counted from each row's first real token
             self.positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            self.pattern = dlm.pattern(length, device, self.positions)
         self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
 
     def _run(self, x, q, kv, **kwargs):
         pad = None if self.attention_mask is None else self.attention_mask[:, kv]
         positions = self.positions.expand(x.shape[0], -1)[:, q]
         self.nfe += 1
-        return self.dlm(x[:, q], pad, pattern=self.pattern[q][:, kv], position_ids=positions, **kwargs)
+        return self.dlm(x[:, q], pad, pattern=self.pattern[..., q, :][..., kv], position_ids=positions, **kwargs)
 
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
@@ -104,6 +110,14 @@ class _Runner:
         return out.logits
 
 
+def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
+    """The options of `generate` other than the scheduler's, checked before anything runs."""
+    check_steps(steps)
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
+    check_finite(guidance_scale, "guidance_scale")
+
+
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
              attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
@@ -115,12 +129,7 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     `steps` is the budget for the whole generation, split evenly across blocks; with a
     threshold a block may finish early. `callback(step, t, x)` runs after every step.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if cache not in CACHES:
-        raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    check_options(steps=steps, cache=cache, guidance_scale=guidance_scale)
     if guidance_scale > 0 and cache != "none":
         raise ValueError("classifier-free guidance runs without a cache (cache='none')")
     if guidance_scale > 0 and (prompt_mask is None or not prompt_mask.any()):
@@ -142,7 +151,8 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
         confidence = None  # carried from step to step by a remasking scheduler
-        for k, t in enumerate(scheduler.timesteps):  # the last step commits whatever is left
+        for k in range(len(scheduler.timesteps)):  # the last step commits whatever is left
+            t = scheduler.timesteps[k]  # (iterating the tensor would make a view of every step at once)
             if not (x[:, lo:hi] == mask_id).any():
                 break
             if guidance_scale > 0:
@@ -161,25 +171,33 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 history.append(x.clone())
             if callback is not None:
                 callback(step_index, float(t), x)
-        if stop_at_eos and eos_token_id is not None and (x[:, region[0]:hi] == eos_token_id).any(-1).all():
-            x[:, hi:] = x[:, hi:].masked_fill(x[:, hi:] == mask_id, eos_token_id)
-            break
+        if stop_at_eos and eos_token_id is not None:
+            done = (x[:, region[0]:hi] == eos_token_id).any(-1)
+            rest = x[done, hi:]
+            x[done, hi:] = rest.masked_fill(rest == mask_id, eos_token_id)
+            if done.all():
+                break
     return GenerationResult(x, runner.nfe, history)
 
 
 # ---- text helpers -----------------------------------------------------------------------------
-def parse_infill(tokenizer, text: str, mask_id: int | None) -> list[int]:
-    """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids."""
+def parse_infill(tokenizer, text: str, mask_id: int | None, max_length: int | None = None) -> list[int]:
+    """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids. With `max_length` (the
+    model's context), placeholders asking for more tokens are refused before any is made."""
     pieces = PLACEHOLDER.split(text)
     if len(pieces) == 1:
         raise ValueError("infill text has no <|mask:N|> placeholder (e.g. 'def f(x):<|mask:8|>')")
     if mask_id is None:
         raise ValueError("this model has no mask token, so it cannot fill <|mask:N|> placeholders")
+    counts = [int(n) for n in pieces[1::2]]
+    if min(counts) < 1:
+        raise ValueError("a <|mask:N|> placeholder needs N >= 1")
+    if max_length is not None and sum(counts) > max_length:
+        raise ValueError(f"the <|mask:N|> placeholders ask for {sum(counts)} tokens but the model's context is "
+                         f"{max_length}")
     ids: list[int] = []
     for i, piece in enumerate(pieces):
         if i % 2:
-            if int(piece) < 1:
-                raise ValueError("a <|mask:N|> placeholder needs N >= 1")
             ids += [mask_id] * int(piece)
         elif piece:
             ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
@@ -226,8 +244,7 @@ def _check_length(dlm, n: int, what: str) -> None:
 def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: int = 64,
                   block_length: int | None = None, scheduler=None, **options) -> str:
     """Generate `gen_length` tokens after `prompt`; the text stops at the first EOS."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
+    check_int(gen_length, "gen_length", 1)
     prompt_ids = _bos(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
         raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
@@ -247,7 +264,7 @@ def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: i
 def infill_text(dlm, tokenizer, text: str, *, steps: int = 32, scheduler=None, **options) -> str:
     """Fill the `<|mask:N|>` spans of `text`, keeping everything else; returns the whole text."""
     prefix = _bos(tokenizer)
-    ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id)
+    ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id, dlm.max_length)
     _check_length(dlm, len(ids), "the infill text")
     x = torch.tensor([ids], device=next(dlm.parameters()).device)
     blocks = default_blocks(dlm, len(prefix), len(ids), None) if dlm.config.attention == "block" else None

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import block_t, corrupt, get_schedule, masked_diffusion_loss
+from ..diffusion._checks import check_finite
 from ..text import attention as attn
 from ..text.adapt import denoiser_logits, takes_logits_to_keep
 from .trainer import Trainer
@@ -47,8 +48,7 @@ class DiffusionTrainer(Trainer):
             raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of {', '.join(T_SAMPLING)}")
         if loss_normalize not in NORMALIZE:
             raise ValueError(f"unknown loss_normalize {loss_normalize!r}; choose one of {', '.join(NORMALIZE)}")
-        if ar_loss_weight < 0:
-            raise ValueError(f"ar_loss_weight must be >= 0, got {ar_loss_weight}")
+        check_finite(ar_loss_weight, "ar_loss_weight")
         if ar_loss_weight > 0 and not dc.shift:
             raise ValueError("an AR auxiliary loss needs shift=True (the AR alignment)")
         if block_warmup_steps and dc.attention == "block" and dc.block_size & (dc.block_size - 1):

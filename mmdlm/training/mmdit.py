@@ -56,7 +56,7 @@ class MMDiTTrainer(Trainer):
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self._params(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
-            self.accelerator.register_for_checkpointing(self.ema)
+            self.register_state("ema", self.ema)
         self.tokenizer, self.mask_token_id = tokenizer, model.mask_token_ids["text"]
         self.task_weights = check_task_weights(task_weights)
         self.text_loss_weight = text_loss_weight

@@ -14,7 +14,8 @@ order of floating-point sums).
 Checkpoints are collective (every process calls accelerate's `save_state`, as FSDP and
 DeepSpeed need) into `checkpoints/.step-N.tmp`, then renamed to `checkpoints/step-N` by the
 main process once `trainer_state.json` is written: a kill at any moment leaves either the
-complete folder or a temporary one that `--resume` ignores and removes.
+complete folder or a temporary one that `--resume` ignores and removes. A checkpoint is data,
+never code (`checkpoint`): the trainer's own state is JSON and safetensors.
 """
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ from typing import Mapping, Union
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..io import atomic_dir, atomic_write_text, replace_dir, save_figure
+from ..diffusion._checks import check_finite, is_real
+from ..io import atomic_dir, atomic_write_text, check_output_dir, replace_dir, save_figure
+from .checkpoint import check_data_only, load_states, save_states
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -73,12 +77,15 @@ class TrainArgs:
         for name in ("warmup_steps", "save_every", "eval_every", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        check_finite(self.weight_decay, "weight_decay")
+        check_finite(self.max_grad_norm, "max_grad_norm")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in (None, "none", *TRACKERS):
             raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
+        check_output_dir(self.output_dir, "output_dir")
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
@@ -157,8 +164,12 @@ class Trainer:
         # step it once per process, but one step here is already global across processes.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
-        self.accelerator.register_for_checkpointing(scheduler)
+        self.states = {"lr_scheduler": scheduler}  # checkpointed as data (register_state)
         self.step, self.tokens = 0, 0
+
+    def register_state(self, name: str, obj) -> None:
+        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state."""
+        self.states[name] = obj
 
     # ---- hooks -------------------------------------------------------------------------
     def compute_loss(self, model, batch: Data, step: int, generator: torch.Generator):
@@ -217,7 +228,7 @@ class Trainer:
         a.wait_for_everyone()
         if a.is_main_process:
             state = {"step": self.step, "tokens": self.tokens, "num_processes": a.num_processes,
-                     "args": asdict(self.args)}
+                     "args": asdict(self.args), "states": save_states(self.states, tmp)}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
             replace_dir(tmp, path)
             done = sorted(p for p in root.iterdir() if CHECKPOINT_RE.match(p.name))
@@ -242,8 +253,16 @@ class Trainer:
         state_file = Path(path) / STATE_FILE
         if not state_file.exists():
             raise ValueError(f"{path} is not a mmdlm training checkpoint (no {STATE_FILE})")
-        self.accelerator.load_state(str(path))
-        state = json.loads(state_file.read_text())
+        try:
+            state = json.loads(state_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{state_file} is corrupt: {err}") from err
+        check_data_only(path)
+        try:
+            self.accelerator.load_state(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"the weights in {path} are damaged or truncated (safetensors: {err})") from err
+        load_states(self.states, state.get("states", {}), path, self.accelerator.device)
         self.step, self.tokens = state["step"], state["tokens"]
 
     # ---- evaluation ----------------------------------------------------------------------
@@ -312,30 +331,30 @@ class Trainer:
             a.init_trackers(self.out.name or "mmdlm", config={
                 k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
         self.model.train()
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
-                   desc="train", dynamic_ncols=True)
         t0, tok0, start = time.perf_counter(), self.tokens, time.perf_counter()
-        while self.step < args.max_steps:
-            loss_sum = self.train_step()
-            tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
-            last = self.step == args.max_steps
-            val = self.evaluate() if self.should_evaluate(self.step) else None
-            if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
-                row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
-                       "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
-                       "elapsed_s": f"{time.perf_counter() - start:.1f}",
-                       "val_loss": "" if val is None else f"{val:.5f}"}
-                with log_path.open("a", newline="") as f:
-                    csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
-            if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
-                values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
-                          "train/tokens": self.tokens, "train/tokens_per_s": tps}
-                a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
-            if args.save_every and self.step % args.save_every == 0 and not last:
-                self.save_checkpoint()
-        bar.close()
+        # closed on the way out of an exception too, before the CLI's last word (Ctrl-C: 'interrupted')
+        with tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
+                  desc="train", dynamic_ncols=True) as bar:
+            while self.step < args.max_steps:
+                loss_sum = self.train_step()
+                tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
+                last = self.step == args.max_steps
+                val = self.evaluate() if self.should_evaluate(self.step) else None
+                if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
+                    row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
+                           "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
+                           "elapsed_s": f"{time.perf_counter() - start:.1f}",
+                           "val_loss": "" if val is None else f"{val:.5f}"}
+                    with log_path.open("a", newline="") as f:
+                        csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
+                if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
+                    values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
+                              "train/tokens": self.tokens, "train/tokens_per_s": tps}
+                    a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
+                if args.save_every and self.step % args.save_every == 0 and not last:
+                    self.save_checkpoint()
         if latest_checkpoint(self.out) != self.out / "checkpoints" / f"step-{self.step:07d}":
             self.save_checkpoint()
         final = self.out / "model"

@@ -89,7 +89,7 @@ class VQTrainer(Trainer):
         super().__init__(vqvae, train_data, args, **kwargs)
         self.restart_every, self.restart_until, self.commitment = restart_every, restart_until, commitment
         self.ema = CodebookEMA(vqvae.quantize.embedding.weight, ema_decay).to(self.accelerator.device)
-        self.accelerator.register_for_checkpointing(self.ema)
+        self.register_state("codebook_ema", self.ema)
         self.restarted: list[int] = []  # codes restarted at each restart (for the run log)
 
     def _forward(self, model, pixels):

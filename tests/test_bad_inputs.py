@@ -1,0 +1,175 @@
+"""The bad-input catalogue of the text path, the training commands and the CLI: every bad value
+gets a one-line error (exit code 2 from the CLI), never a traceback, a crash or a silent wrong
+result. A new option joins with its cases here (the machinery: tests/bad_inputs.py)."""
+import os
+
+import pytest
+from bad_inputs import build_paths, case, check, copy_dir, plant_pickle, tiny_run, truncate
+
+from mmdlm.schedulers import MaskedDiffusionScheduler
+from mmdlm.text.adapt import load_dlm
+from mmdlm.text.generate import parse_infill
+
+NAN, INF = float("nan"), float("inf")
+FINITE = "must be a finite number >= 0"
+
+
+def gen(*flags, model="{dlm}", prompt=("--prompt", "def f(x):")):
+    return ["generate", "--model", model, *prompt, "--gen-length", "4", "--steps", "2", *flags]
+
+
+def adapt(*flags, model="{causal}", data="{corpus}", out="{root}/adapt-out"):
+    return ["adapt", "--model", model, "--dataset", "local", "--data-files", data, "--output-dir", out,
+            "--max-steps", "1", "--batch-size", "2", "--seq-len", "16", "--warmup-steps", "0", *flags]
+
+
+def pretrain(*flags, out="{root}/pretrain-out"):
+    return ["pretrain", "--dataset", "local", "--data-files", "{corpus}", "--output-dir", out, "--max-steps", "1",
+            "--batch-size", "2", "--seq-len", "16", "--vocab-size", "300", "--model-config",
+            '{{"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, '
+            '"num_attention_heads": 2}}', *flags]
+
+
+def sft(*flags, data="{sft_data}", out="{root}/sft-out"):
+    return ["sft", "--model", "{dlm}", "--dataset", "local", "--data-files", data, "--output-dir", out,
+            "--max-steps", "1", "--batch-size", "2", "--seq-len", "32", *flags]
+
+
+def pipe(*args, **kwargs):
+    """The text pipeline of the tiny DLM (context 64) called with these arguments."""
+    return lambda p: p.pipe(*args, **kwargs)
+
+
+not_root = pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+
+CASES = [
+    # ---- refused before issue 22 ----
+    case(gen(model="{causal}"), r"not a mmdlm diffusion LM checkpoint", "generate-causal-lm"),
+    case(gen(prompt=("--prompt", "x " * 80)), r"context is 64", "generate-prompt-too-long"),
+    case(gen(prompt=("--infill", "no placeholder")), r"no <\|mask:N\|> placeholder", "generate-infill-no-placeholder"),
+    case(gen("--steps", "0"), r"steps must be >= 1", "generate-steps-0"),
+    case(gen("--rule", "vibes"), r"unknown rule 'vibes'", "generate-unknown-rule"),
+    case(gen("--threshold", "0"), r"threshold must be in \(0, 1\]", "generate-threshold-0"),
+    case(gen("--top-p", "nan"), r"top_p must be in \(0, 1\]", "generate-top-p-nan"),
+    case(gen("--threshold", "nan"), r"threshold must be in \(0, 1\]", "generate-threshold-nan"),
+    case(gen("--history", "out.png"), r"history must be", "generate-history-png"),
+    case(adapt("--seq-len", "65"), r"exceeds the model's 64 positions", "adapt-seq-len"),
+    case(adapt(data="{root}/none.txt"), r"data file\(s\) not found", "adapt-missing-data"),
+    case(["adapt", "--config", "{typo_yaml}"], r"did you mean 'max_steps'", "adapt-typo-key"),
+    case(["merge-lora"], r"give --adapter", "merge-lora-no-adapter"),
+    case(pipe("x", gen_length=4, threshold=1.5), r"threshold must be in \(0, 1\]", "pipe-threshold-1.5"),
+    # ---- 2: NaN, infinity and wrong types among the sampling options ----
+    case(gen("--temperature", "nan"), rf"temperature {FINITE}", "generate-temperature-nan"),
+    case(gen("--temperature", "inf"), rf"temperature {FINITE}", "generate-temperature-inf"),
+    case(gen("--alg-temp", "nan"), rf"alg_temp {FINITE}", "generate-alg-temp-nan"),
+    case(gen("--alg-temp", "inf"), rf"alg_temp {FINITE}", "generate-alg-temp-inf"),
+    case(gen("--guidance-scale", "nan"), rf"guidance_scale {FINITE}", "generate-guidance-nan"),
+    case(gen("--guidance-scale", "inf"), rf"guidance_scale {FINITE}", "generate-guidance-inf"),
+    case(gen("--guidance-scale", "-1"), rf"guidance_scale {FINITE}", "generate-guidance-negative"),
+    case(pipe("x", gen_length=4, alg_temp=NAN), rf"alg_temp {FINITE}", "pipe-alg-temp-nan"),
+    case(pipe("x", gen_length=4, guidance_scale=NAN), rf"guidance_scale {FINITE}", "pipe-guidance-nan"),
+    case(pipe("x", gen_length=4, temperature=INF), rf"temperature {FINITE}", "pipe-temperature-inf"),
+    case(pipe("x", gen_length=4, guidance_scale="high"), rf"guidance_scale {FINITE}", "pipe-guidance-str"),
+    case(lambda p: MaskedDiffusionScheduler(temperature=NAN), rf"temperature {FINITE}", "scheduler-temperature-nan"),
+    case(lambda p: MaskedDiffusionScheduler(temperature="hot"), rf"temperature {FINITE}", "scheduler-temperature-str"),
+    case(lambda p: MaskedDiffusionScheduler(top_k=2.5), r"top_k must be >= 1 \(an int\)", "scheduler-top-k-float"),
+    case(lambda p: MaskedDiffusionScheduler(remasking="yes"), r"remasking must be True or False",
+         "scheduler-remasking-str"),
+    case(adapt("--lr", "inf"), r"lr must be a finite number > 0", "adapt-lr-inf"),
+    case(adapt("--weight-decay", "nan"), rf"weight_decay {FINITE}", "adapt-weight-decay-nan"),
+    case(adapt("--max-grad-norm", "nan"), rf"max_grad_norm {FINITE}", "adapt-max-grad-norm-nan"),
+    case(adapt("--ar-loss-weight", "nan"), rf"ar_loss_weight {FINITE}", "adapt-ar-loss-weight-nan"),
+    case(adapt("--validation-fraction", "nan"), r"validation_fraction must be in \[0, 1\)", "adapt-validation-nan"),
+    case(sft("--validation-fraction", "1.5"), r"validation_fraction must be in \[0, 1\)", "sft-validation-1.5"),
+    # ---- 3: weights that do not fit the architecture of config.json ----
+    case(gen(model="{wrong_dlm}"), r"weights of .* do not fit", "generate-wrong-architecture"),
+    case(gen(model="{resized_dlm}"), r"weights of .* do not fit .*another shape", "generate-wrong-vocab-size"),
+    case(adapt(model="{wrong_causal}"), r"weights of .* do not fit", "adapt-wrong-architecture"),
+    case(lambda p: load_dlm(p.wrong_dlm), r"weights of .* do not fit", "load-dlm-wrong-architecture"),
+    case(gen(model="{dlm_block_size}"), r"block_size must be >= 1 \(an int\), got '4'",
+         "generate-mmdlm-json-block-size"),
+    case(gen(model="{dlm_shift}"), r"shift must be True or False", "generate-mmdlm-json-shift"),
+    case(lambda p: load_dlm(p.dlm_eps), r"eps must be a finite number", "load-dlm-mmdlm-json-eps-nan"),
+    # ---- 4: a checkpoint is data (tests/test_training.py plants code in every pickle-named file) ----
+    case(adapt("--resume", out="{resume_custom}"), r"custom_checkpoint_0.pkl holds pickled objects",
+         "adapt-resume-pickled-object"),
+    case(adapt("--resume", out="{resume_optimizer}"), r"optimizer.bin is not plain data", "adapt-resume-code-pickle"),
+    case(adapt("--resume", out="{resume_truncated}"), r"damaged or truncated", "adapt-resume-truncated-weights"),
+    # ---- 5: lengths checked against the context before anything is built ----
+    case(gen("--gen-length", "1000000000"), r"context is 64", "generate-gen-length-1e9"),
+    case(gen("--steps", "1000000000000"), r"steps must be at most 1,000,000", "generate-steps-1e12"),
+    case(pipe("x", gen_length=4, num_inference_steps=10**8), r"num_inference_steps must be at most",
+         "pipe-steps-1e8"),
+    case(gen(prompt=("--infill", "<|mask:100000000000|>")), r"context is 64", "generate-infill-1e11"),
+    case(pipe("x", gen_length=10**8), r"context is 64", "pipe-gen-length-1e8"),
+    case(lambda p: parse_infill(p.pipe.tokenizer, "<|mask:100000000000|>", 0, max_length=64), r"context is 64",
+         "parse-infill-1e11"),
+    # ---- 6: one-line messages instead of tracebacks ----
+    case(gen(model="{truncated_dlm}"), r"weights of .* are damaged or truncated", "generate-truncated-weights"),
+    case(adapt(model="{truncated_causal}"), r"weights of .* are damaged or truncated", "adapt-truncated-weights"),
+    case(lambda p: load_dlm(p.truncated_dlm), r"weights of .* are damaged or truncated", "load-dlm-truncated-weights"),
+    case(gen("--output", "{a_dir}"), r"--output .* is a folder", "generate-output-is-a-folder"),
+    case(gen("--output", "{a_file}/out.json"), r"--output .* not a folder", "generate-output-inside-a-file"),
+    case(gen("--output", "{readonly}/out.json"), r"--output .* cannot be written", "generate-output-read-only",
+         marks=not_root),
+    case(adapt(out="{a_file}"), r"output_dir .* is a file", "adapt-output-dir-is-a-file"),
+    case(pretrain(out="{a_file}"), r"output_dir .* is a file", "pretrain-output-dir-is-a-file"),
+    case(sft(out="{a_file}"), r"output_dir .* is a file", "sft-output-dir-is-a-file"),
+    case(adapt(out="{readonly}/run"), r"output_dir .* cannot be written", "adapt-output-dir-read-only", marks=not_root),
+    case(["merge-lora", "--adapter", "{lora_dlm}", "--output", "{a_file}"], r"--output .* is a file, not a folder",
+         "merge-lora-output-is-a-file"),
+    case(adapt(data="{binary_txt}"), r"binary.txt: not UTF-8 text", "adapt-binary-txt"),
+    case(adapt(data="{empty_txt}"), r"hold no examples", "adapt-empty-txt"),
+    case(adapt(data="{broken_jsonl}"), r"could not read the data files .*broken.jsonl as json", "adapt-broken-jsonl"),
+    case(sft(data="{broken_jsonl}"), r"could not read the data files .*broken.jsonl as json", "sft-broken-jsonl"),
+    case(pipe(None), r"prompt must be a string or a list of strings", "pipe-prompt-none"),
+    case(pipe([1, 2]), r"prompt must be a string or a list of strings", "pipe-prompt-ints"),
+    case(pipe("x", gen_length=2.5), r"gen_length must be >= 0 \(an int\)", "pipe-gen-length-float"),
+    case(pipe("x", gen_length=True), r"gen_length must be >= 0 \(an int\)", "pipe-gen-length-bool"),
+    case(pipe("x", gen_length=4, num_inference_steps="4"), r"num_inference_steps must be >= 1 \(an int\)",
+         "pipe-steps-str"),
+    case(pipe("x", gen_length=4, block_length=2.0), r"block_length must be >= 1 \(an int\)", "pipe-block-length-float"),
+    case(pipe("x", gen_length=4, cache="all"), r"unknown cache 'all'", "pipe-cache-unknown"),
+    case(pipe("x", gen_length=4, stop_at_eos="no"), r"stop_at_eos must be True or False", "pipe-stop-at-eos-str"),
+]
+
+
+@pytest.fixture(scope="session")
+def paths(tmp_path_factory, tokenizer_factory):
+    p = build_paths(tmp_path_factory.mktemp("bad-inputs"), tokenizer_factory)
+    run = tiny_run(p, tmp_path_factory.mktemp("run") / "run")
+    for name, spoil in (("custom", lambda step: plant_pickle(step / "custom_checkpoint_0.pkl", step / "ran")),
+                        ("optimizer", lambda step: plant_pickle(step / "optimizer.bin", step / "ran")),
+                        ("truncated", lambda step: truncate(step / "model.safetensors"))):
+        spoilt = copy_dir(run, tmp_path_factory.mktemp(name) / "run")
+        spoil(next((spoilt / "checkpoints").iterdir()))
+        setattr(p, f"resume_{name}", str(spoilt))
+    return p
+
+
+@pytest.mark.parametrize("target,pattern", CASES)
+def test_bad_input(target, pattern, paths, capsys):
+    check(target, pattern, paths, capsys)
+
+
+def test_lengths_are_refused_before_anything_is_built(paths):
+    """A length beyond the context is refused before the masks are made (a 10**8-token row is ~1 GB)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    for call in (lambda: paths.pipe("x", gen_length=10**8),
+                 lambda: paths.pipe("<|mask:100000000000|>", gen_length=0),
+                 lambda: parse_infill(paths.pipe.tokenizer, "a<|mask:100000000|>", 0, max_length=64)):
+        with pytest.raises(ValueError, match="context is 64"):
+            call()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_outputs_are_checked_before_generating(paths, capsys):
+    from mmdlm import cli
+
+    for output in (paths.a_dir, f"{paths.a_file}/out.json"):
+        assert cli.main([a.format(**vars(paths)) for a in gen("--output", output)]) == 2
+        assert "---" not in capsys.readouterr().out  # nothing was generated
