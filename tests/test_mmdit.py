@@ -135,8 +135,8 @@ def test_from_sd3_loads_everything_sd3_has_and_names_the_new_parts(tmp_path, cap
             p.add_(torch.randn_like(p) * 0.05)
     sd3.save_pretrained(tmp_path / "sd3")
     with caplog.at_level("WARNING"):
-        model, info = DualDiffusionTransformer2DModel.from_pretrained(tmp_path / "sd3", vocab_size=11, text_length=5, mask_token_id=3,
-                                                                     output_loading_info=True)
+        model, info = DualDiffusionTransformer2DModel.from_pretrained(
+            tmp_path / "sd3", vocab_size=11, text_length=5, mask_token_id=3, output_loading_info=True)
     assert "initialised fresh" in caplog.text and "text_embedding.weight" in caplog.text
     assert model.config.joint_attention_dim == 24 and model.config.vocab_size == 11
     last = "transformer_blocks.1."

@@ -15,13 +15,17 @@ from .schedules import (
     get_schedule,
 )
 from .unmask import (
-    COMMIT_RULES,
+    RULES,
+    SCORES,
+    ReverseStep,
+    SamplingOptions,
+    check_generators,
     commit_scores,
     filter_logits,
     predict,
+    reverse_step,
     select_top,
     tokens_to_commit,
-    unmask_step,
 )
 
 __all__ = [
@@ -41,6 +45,10 @@ __all__ = [
     "predict",
     "select_top",
     "commit_scores",
-    "unmask_step",
-    "COMMIT_RULES",
+    "reverse_step",
+    "ReverseStep",
+    "SamplingOptions",
+    "RULES",
+    "SCORES",
+    "check_generators",
 ]

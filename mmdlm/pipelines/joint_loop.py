@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..diffusion import guide
+from ..diffusion import check_generators, guide
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -112,19 +112,9 @@ class MaskedTokens(Stream):
         return self.scheduler.timesteps[i]
 
     def step(self, i, logits, generator):
-        t = self.scheduler.timesteps[i]
-        if isinstance(generator, list):  # sample by sample, each with its own generator
-            outs = [self.scheduler.step(logits[j:j + 1], t, self.ids[j:j + 1], mask_token_id=self.mask_token_id,
-                                        generator=g, confidence=None if self.confidence is None
-                                        else self.confidence[j:j + 1], **self.options)
-                    for j, g in enumerate(generator)]
-            self.ids = torch.cat([o.prev_sample for o in outs])
-            self.pred = torch.cat([o.pred_original_sample for o in outs])
-            self.confidence = None if outs[0].confidence is None else torch.cat([o.confidence for o in outs])
-        else:
-            out = self.scheduler.step(logits, t, self.ids, mask_token_id=self.mask_token_id, generator=generator,
-                                      confidence=self.confidence, **self.options)
-            self.ids, self.pred, self.confidence = out.prev_sample, out.pred_original_sample, out.confidence
+        out = self.scheduler.step(logits, self.scheduler.timesteps[i], self.ids, mask_token_id=self.mask_token_id,
+                                  generator=generator, confidence=self.confidence, **self.options)
+        self.ids, self.pred, self.confidence = out.prev_sample, out.pred_original_sample, out.confidence
 
     def tensors(self):
         ids_name, pred_name = self.names
@@ -223,11 +213,6 @@ class JointOutput:
 def batch_size(streams: list[Stream]) -> int:
     first = streams[0]
     return (first.ids if isinstance(first, MaskedTokens) else first.latents).shape[0]
-
-
-def check_generators(generator: Generator, batch: int) -> None:
-    if isinstance(generator, list) and len(generator) != batch:
-        raise ValueError(f"{len(generator)} generators for a batch of {batch} samples; give one, or one per sample")
 
 
 @torch.no_grad()

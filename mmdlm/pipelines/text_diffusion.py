@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..diffusion import check_generators
 from ..diffusion._checks import check_bool, check_int, check_steps
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import DiffusionConfig, DiffusionLM, load_dlm
@@ -128,14 +129,15 @@ class TextDiffusionPipeline(DiffusionPipeline):
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
                  threshold: float | None = None, remasking: bool | None = None, cache: str = "none",
                  guidance_scale: float = 0.0,
-                 stop_at_eos: bool = True, generator: torch.Generator | None = None, output_type: str = "text",
+                 stop_at_eos: bool = True, generator: torch.Generator | list[torch.Generator] | None = None,
+                 output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
 
         Sampling options left as None take the scheduler's config (`remasking`: a committed token
         can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
-        (decoded texts) or "ids" (sequences only).
+        (decoded texts) or "ids" (sequences only). `generator`: one, or a list with one per prompt.
         """
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
                                            alg_temp=alg_temp, threshold=threshold,
@@ -146,6 +148,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
                           return_dict=return_dict,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        check_generators(generator, len(prompts))
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
         pads = [width - len(r) for r in rows]
@@ -181,7 +184,8 @@ class TextDiffusionPipeline(DiffusionPipeline):
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
                            attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
                            prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
-                           stop_at_eos=stop_at_eos, callback=on_step, generator=generator, **overrides)
+                           stop_at_eos=stop_at_eos, callback=on_step, **overrides,
+                           generator=[generator[i] for i in index] if isinstance(generator, list) else generator)
             sequences[index, cut:] = out.sequences
             return out.nfe
 

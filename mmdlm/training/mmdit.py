@@ -172,7 +172,7 @@ def build_transformer(c, vocab_size: int, mask_token_id: int, sample_size: int, 
             is_sd3 = DualDiffusionTransformer2DModel.load_config(c.pretrained, **sub).get("_class_name") == SD3_CLASS
         except EnvironmentError as err:
             raise ValueError(f"pretrained: {c.pretrained} holds no diffusers model ({err})") from err
-        text = {"vocab_size": vocab_size, "text_length": c.text_length, "mask_token_id": mask_token_id} if is_sd3 else {}
+        text = {k: fixed[k] for k in ("vocab_size", "text_length", "mask_token_id")} if is_sd3 else {}
         model = DualDiffusionTransformer2DModel.from_pretrained(c.pretrained, **sub, **text)
         check_pretrained_architecture(model.config, c.model_config, c.pretrained)
         for key, want in fixed.items():
