@@ -35,7 +35,7 @@ from mmdlm.cli import DemoConfig
 from mmdlm.pipelines import TextDiffusionPipeline, load_pipeline
 from mmdlm.pipelines.streaming import Done, call_parameters, can_preview, iterate_steps, split_supported
 from mmdlm.text import history as view
-from mmdlm.text.generate import PLACEHOLDER
+from mmdlm.placeholders import PLACEHOLDER
 
 log = logging.getLogger("mmdlm.demo")
 
@@ -212,7 +212,7 @@ class Demo:
         guidance = self._float("guidance", guidance, 0.0, 10.0)
         pipe, lock = self._checkpoint(checkpoint, self.config.text_model, "text")
         options = self._sampling(steps, rule, temperature, seed, pipe.device)
-        tok, mask_id = pipe.tokenizer, pipe.config.mask_token_id
+        tok, mask_id = pipe.tokenizer, pipe.mask_token_id
         start = int(tok.bos_token_id is not None)
         prev, began = None, time.perf_counter()
         for item in self._steps(pipe, lock, prompt, gen_length=gen_length, block_length=block_length or None,

@@ -340,7 +340,7 @@ def _show_history(pipe, history, target: str, kind: str) -> None:
     from .text import history as h
 
     bos = int(pipe.tokenizer.bos_token_id is not None)
-    all_frames = h.frames(pipe.tokenizer, history, pipe.config.mask_token_id, start=bos)
+    all_frames = h.frames(pipe.tokenizer, history, pipe.mask_token_id, start=bos)
     if target == "terminal":
         h.play_terminal(all_frames)
         return

@@ -46,8 +46,7 @@ SCENE = "a small red circle left of a large blue square"
 @pytest.fixture
 def text_pipe(tokenizer):
     dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
-    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(),
-                                 mask_token_id=dlm.config.mask_token_id)
+    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(), diffusion_config=dlm.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -57,7 +56,7 @@ def test_iterate_steps_shows_every_step_and_ends_with_the_same_output(text_pipe)
                                generator=torch.Generator().manual_seed(3), stop_at_eos=False))
     steps, done = items[:-1], items[-1]
     assert [s.index for s in steps] == [1, 2, 3, 4, 5, 6] and isinstance(done, Done)
-    mask_id = text_pipe.config.mask_token_id
+    mask_id = text_pipe.mask_token_id
     masked = [int((s.tensors["sequences"] == mask_id).sum()) for s in steps]
     assert masked == [5, 4, 3, 2, 1, 0]  # one token committed per step, seen live
     direct = text_pipe("def", gen_length=6, num_inference_steps=6, generator=torch.Generator().manual_seed(3),

@@ -64,7 +64,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..diffusion._checks import check_finite
-from ..text.generate import PLACEHOLDER
+from ..placeholders import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
 TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
