@@ -452,7 +452,8 @@ class Demo:
             if context - gen_length >= _shortest_prompt(pipe):
                 fixes.append(f"shorten the prompt to {context - gen_length} tokens")
             raise _refuse(f"the prompt is {n_prompt} tokens and the generation length {gen_length}: "
-                          f"{n_prompt + gen_length} tokens, over the model's context of {context}; {' or '.join(fixes)}")
+                          f"{n_prompt + gen_length} tokens, over the model's context of {context}; "
+                          + " or ".join(fixes))
         options = self._sampling(steps, rule, temperature, seed, pipe.device)
         tok, mask_id = pipe.tokenizer, pipe.config.mask_token_id
         start = int(tok.bos_token_id is not None)

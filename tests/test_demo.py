@@ -472,7 +472,8 @@ def test_browser_text_tab(page):
     _set_number(page, "text-gen-length", 200)  # >= 4 s at 0.02 s a frame: stopped long before the end
     _set_number(page, "text-steps", 200)
     page.locator("#text-run").click()
-    page.wait_for_function("+(/^step (\\d+) /.exec(document.querySelector('#text-status').innerText) || [0, 0])[1] >= 3")
+    step = "+(/^step (\\d+) /.exec(document.querySelector('#text-status').innerText) || [0, 0])[1]"
+    page.wait_for_function(f"{step} >= 3")
     page.locator("#text-stop").click()
     page.wait_for_function("document.querySelector('#text-status').innerText.startsWith('stopped at step ')")
     _join_pipeline_workers()  # the run ended: nothing more comes
