@@ -8,7 +8,9 @@ answering, each shown step by step while the diffusion runs.
 The app only orchestrates: pipelines come from `mmdlm.pipelines` (`TextDiffusionPipeline`,
 `load_pipeline`), the step-by-step run from `mmdlm.pipelines.streaming.iterate_steps`, the
 unmasking view from `mmdlm.text.history`. Settings are `mmdlm.cli.DemoConfig` (every flag a
-config key); the default multimodal checkpoint is its `mm_model` field.
+config key); the default multimodal checkpoint is its `mm_model` field. What the page offers
+follows the loaded checkpoint: the length limits come from the text model's context, the image
+tabs show only the sampling controls the pipeline reads for their task.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple  # (no dataclasses: `mmdlm demo` runs this file without importing it)
 
 REPO = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and str(REPO) not in sys.path:  # `python demos/app.py` from a checkout
@@ -29,19 +34,31 @@ if __name__ == "__main__" and str(REPO) not in sys.path:  # `python demos/app.py
 
 import gradio as gr
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmdlm.cli import DemoConfig
+from mmdlm.data import shapes as S
 from mmdlm.pipelines import TextDiffusionPipeline, load_pipeline
-from mmdlm.pipelines.streaming import Done, call_parameters, can_preview, iterate_steps, split_supported
+from mmdlm.pipelines.streaming import Done, Step, Waiting, call_parameters, can_preview, iterate_steps, split_supported
+from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text import history as view
-from mmdlm.placeholders import PLACEHOLDER
+from mmdlm.placeholders import PLACEHOLDER, parse_infill
 
 log = logging.getLogger("mmdlm.demo")
 
 RULES = ("confidence", "margin", "entropy", "random", "origin")
 MAX_SEED = 2**31 - 1
 SHOWN_IMAGE_SIDE = 256  # small model images are enlarged (nearest neighbour) to at least this side
+# Concurrency groups: text and image work each run `concurrency` generations at once and keep a
+# waiting line of `queue_size` of their own, so a busy Text tab never turns image requests away.
+GROUPS = ("text", "image")
+# Gradio cancels a run (a closed page, an API client's cancel) by closing its generator, which it can
+# do only between two items, after the first: once its inputs are checked, a run says WAITING before
+# it waits for the pipeline, then hands out an empty update every HEARTBEAT seconds without a step.
+WAITING = "waiting for the model"
+HEARTBEAT = 0.5
+T2I_TEMPERATURE = 0.3  # UnifiedDiscretePipeline's image codes (the MM-DiT's images take none)
+CAPTION_TEMPERATURE = 0.0  # the most likely words
 NO_MM_CHECKPOINT = (
     "**No multimodal checkpoint is configured.** The image tabs run any saved mmdlm multimodal pipeline "
     "(`DualDiffusionPipeline`, `UnifiedDiscretePipeline`, e.g. the shipped `assets/mmdit-shapes` and "
@@ -54,11 +71,18 @@ TEXT_EXAMPLES = [
     "for i in range(<|mask:4|>):\n    print(<|mask:4|>)\n",
 ]
 T2I_EXAMPLES = ["a small red circle left of a large blue square", "a large green triangle above a small yellow circle"]
+# The caption tab's example images: shapes scenes drawn at start-up; the question fills a blank
+# of the first one's caption (the shipped models answer in the words of their captions).
+CAPTION_SCENES = T2I_EXAMPLES + ["a small purple square right of a large cyan circle"]
+QUESTION_EXAMPLE = "a small <|mask:1|> circle left of a large blue square"
+QUESTION_HELP = ("question: the caption with <|mask:N|> blanks for N words each, filled from the image "
+                 "(empty: caption the image)")
 CSS = """
 .unmasking { font-family: ui-monospace, monospace; white-space: pre-wrap; font-size: 14px; line-height: 1.5;
              min-height: 4em; padding: 8px; border: 1px solid #ddd; border-radius: 6px; }
 .unmasking .masked, .unmasking .eos { color: #9a9a9a; }
 .unmasking .new { background: #c8f7c5; font-weight: bold; }
+#caption-image img, #t2i-image img { image-rendering: pixelated; }
 """
 
 
@@ -74,21 +98,27 @@ class Pipelines:
 
     def __init__(self, device: str, keep: int = 2):
         self.device, self.keep = device, keep
-        self._loaded: OrderedDict = OrderedDict()
+        self._loaded: OrderedDict = OrderedDict()  # (folder, kind) -> [pipeline, lock, its variant without remasking]
         self._guard = threading.Lock()
 
-    def get(self, path: Path, kind: str):
+    def get(self, path: Path, kind: str, *, remasking: bool = True):
+        """(pipeline, lock). `remasking=False`: the pipeline with schedulers that never remask
+        (made on first use, sharing the models, under the same lock)."""
         key = (str(path), kind)
         with self._guard:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
-            pipe = _load(path, kind).to(self.device)
-            pipe.set_progress_bar_config(disable=True)
-            self._loaded[key] = (pipe, threading.Lock())
-            while len(self._loaded) > self.keep:
-                self._loaded.popitem(last=False)
-            return self._loaded[key]
+            if key not in self._loaded:
+                pipe = _load(path, kind).to(self.device)
+                pipe.set_progress_bar_config(disable=True)
+                self._loaded[key] = [pipe, threading.Lock(), None]
+                while len(self._loaded) > self.keep:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(key)
+            entry = self._loaded[key]
+            if remasking:
+                return entry[0], entry[1]
+            if entry[2] is None:
+                entry[2] = _without_remasking(entry[0])
+            return entry[2], entry[1]
 
 
 def _load(path: Path, kind: str):
@@ -108,6 +138,18 @@ def _load(path: Path, kind: str):
     return pipe
 
 
+def _without_remasking(pipe):
+    """`pipe` rebuilt around its own models with plain copies of its remasking schedulers: commits
+    ranked by the rule alone (alg_temp 0; with remasking it scales the ranking noise)."""
+    plain = {name: MaskedDiffusionScheduler.from_config(module.config, remasking=False, alg_temp=0.0)
+             for name, module in pipe.components.items()
+             if isinstance(module, MaskedDiffusionScheduler) and module.config.remasking}
+    settings = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}
+    variant = type(pipe)(**{**pipe.components, **plain}, **settings)
+    variant.set_progress_bar_config(disable=True)
+    return variant
+
+
 def _find(path: str) -> Path:
     """A checkpoint folder: as given, else relative to the repository (the shipped assets)."""
     p = Path(path).expanduser()
@@ -118,6 +160,112 @@ def _find(path: str) -> Path:
     return p.resolve()
 
 
+# ---------------------------------------------------------------- what a checkpoint allows
+def _prompt_tokens(pipe: TextDiffusionPipeline, prompt: str) -> int:
+    """The tokens `prompt` takes in `pipe`'s sequence (BOS, its <|mask:N|> placeholders as N)."""
+    tok = pipe.tokenizer
+    body = (parse_infill(tok, prompt, pipe.mask_token_id) if PLACEHOLDER.search(prompt)
+            else tok(prompt, add_special_tokens=False)["input_ids"])
+    return int(tok.bos_token_id is not None) + len(body)
+
+
+def _shortest_prompt(pipe: TextDiffusionPipeline) -> int:
+    """Tokens of a one-token prompt (with BOS)."""
+    return int(pipe.tokenizer.bos_token_id is not None) + 1
+
+
+def _text_limits(pipe: TextDiffusionPipeline, max_gen_length: int) -> dict:
+    """The Text tab's length settings for `pipe` (keyword arguments of its components): the prompt
+    and the generated tokens share the model's context."""
+    context = pipe.dlm.max_length
+    if context is None:
+        return {"prompt": {}, "gen_length": {"maximum": max_gen_length}, "block": {"maximum": max_gen_length}}
+    longest = max(0, min(max_gen_length, context - _shortest_prompt(pipe)))
+    return {"prompt": {"info": f"prompt + generation length: at most {context} tokens, the model's context"},
+            "gen_length": {"maximum": longest}, "block": {"maximum": longest}}
+
+
+class Controls(NamedTuple):
+    """The image tabs' sampling controls that a pipeline reads for a task: `rule`; `temperature`
+    (the call parameter the temperature slider sets, or None); `remasking` (its scheduler takes
+    committed tokens back, ranked by confidence: another rule runs without it); `note` (what the page
+    says about the controls it hides)."""
+
+    rule: bool
+    temperature: str | None
+    remasking: bool
+    note: str
+
+
+def image_controls(pipe, task: str) -> Controls:
+    """The sampling controls `pipe` reads for `task`. An image has a commit rule and a code temperature
+    only where it is unmasked by a masked-diffusion scheduler (the discrete backbone; the MM-DiT's flow
+    matching has neither); text has those its call takes."""
+    accepted = call_parameters(pipe)
+
+    def takes(name: str) -> bool:
+        return accepted is None or name in accepted
+
+    why = ""
+    if task == "t2i":
+        scheduler = getattr(pipe, "scheduler", None)
+        masked = isinstance(scheduler, MaskedDiffusionScheduler)
+        rule = masked and takes("rule")
+        temperature = "image_temperature" if masked and takes("image_temperature") else None
+        if scheduler is not None and not masked:
+            why = f" (they are denoised by its {type(scheduler).__name__}, not unmasked)"
+    else:  # the text: the pipeline's text scheduler, or its one scheduler
+        scheduler = getattr(pipe, "text_scheduler", None) or getattr(pipe, "scheduler", None)
+        rule, temperature = takes("rule"), ("temperature" if takes("temperature") else None)
+    what = "images" if task == "t2i" else "captions and answers"
+    remasking = rule and isinstance(scheduler, MaskedDiffusionScheduler) and bool(scheduler.config.remasking)
+    hidden = [name for name, shown in (("commit rule", rule), ("temperature", temperature)) if not shown]
+    note = f"{type(pipe).__name__} takes no {' or '.join(hidden)} for its {what}{why}." if hidden else ""
+    if remasking:
+        note += (" This checkpoint remasks (takes committed tokens back), which ranks by confidence: with another "
+                 "commit rule a run goes without remasking.")
+    return Controls(rule, temperature, remasking, note.strip())
+
+
+def _image_settings(pipe, task: str) -> dict:
+    """An image tab's settings for `pipe` (keyword arguments of its components)."""
+    controls, text_length = image_controls(pipe, task), getattr(pipe, "text_length", None)
+    settings = {"rule": {"visible": controls.rule}, "temperature": {"visible": controls.temperature is not None},
+                "note": {"value": controls.note, "visible": bool(controls.note)}}
+    if controls.temperature:
+        what = "image codes" if controls.temperature == "image_temperature" else "words"
+        settings["temperature"]["label"] = f"temperature ({what}; 0: the most likely)"
+    if text_length:
+        what = "prompt" if task == "t2i" else "question"
+        settings["text"] = {"info": f"the {what} holds at most {text_length} tokens, the model's text length"}
+        settings["answer"] = {"maximum": max(1, text_length - 1)}
+    return settings
+
+
+class Stopped(NamedTuple):
+    """Stop was pressed: the run ends after step `index` (0: before its first)."""
+
+    index: int
+
+    @property
+    def status(self) -> str:
+        return f"stopped at step {self.index}" if self.index else "stopped before the first step"
+
+
+def _stop_key(request: gr.Request | None, tab: str) -> tuple[str, str] | None:
+    return None if request is None else (request.session_hash, tab)
+
+
+def _waiting(app: gr.Blocks, group: str) -> int | None:
+    """Requests waiting in `group` of the app's queue; None where this Gradio keeps no count per group.
+    Gradio bounds only the whole queue (`max_size`); its per-group lines are `Queue.event_queue_per_concurrency_id`."""
+    lines = getattr(getattr(app, "_queue", None), "event_queue_per_concurrency_id", None)
+    if not isinstance(lines, dict):
+        return None
+    line = lines.get(group)
+    return 0 if line is None else len(line.queue)
+
+
 # ---------------------------------------------------------------- the app
 class Demo:
     def __init__(self, config: DemoConfig):
@@ -126,9 +274,11 @@ class Demo:
         self.allow_paths = config.paths_allowed()
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.pipelines = Pipelines(device)
+        self.app: gr.Blocks | None = None
+        self._stops: set[tuple[str, str]] = set()  # (visitor's session, tab) where Stop was pressed
 
     # ------------------------------------------------------------ input checks
-    def _checkpoint(self, given: str | None, default: str | None, kind: str):
+    def _checkpoint(self, given: str | None, default: str | None, kind: str) -> Path:
         given = (given or "").strip()
         if given and given != (default or "") and not self.allow_paths:
             raise _refuse("this demo serves only its configured checkpoints; start it with --allow-paths to load "
@@ -137,7 +287,7 @@ class Demo:
         if not path:
             raise _refuse("no multimodal checkpoint is configured; give the folder of a saved multimodal "
                           "pipeline in the checkpoint box" if kind == "mm" else "no checkpoint given")
-        return self.pipelines.get(_find(path), kind)
+        return _find(path)
 
     def _text(self, name: str, value, *, required: bool = True) -> str:
         value = value if isinstance(value, str) else ""
@@ -171,36 +321,117 @@ class Demo:
                     temperature=self._float("temperature", temperature, 0.0, 5.0),
                     generator=torch.Generator(device=device).manual_seed(self._int("seed", seed, 0, MAX_SEED)))
 
-    def _image(self, image) -> Image.Image:
-        if image is None:
+    def _image_sampling(self, pipe, task, steps, rule, temperature, seed, default_temperature):
+        """The call's sampling options for what `pipe` reads in `task`, and whether the run must go
+        without remasking (a rule other than confidence on a remasking scheduler)."""
+        options = self._sampling(steps, rule, temperature, seed, pipe.device)
+        used = image_controls(pipe, task)
+        rule, temperature = options.pop("rule"), options.pop("temperature")
+        if used.rule:
+            options["rule"] = rule
+        if used.temperature:
+            options[used.temperature] = temperature
+        if (not used.rule and rule != "confidence") or (not used.temperature and temperature != default_temperature):
+            gr.Warning(f"{used.note} The values given are ignored.")
+        return options, used.remasking and rule != "confidence"
+
+    def _image(self, upload) -> Image.Image:
+        """The upload (Gradio's file data, or a path), decoded here within the pixel limit."""
+        path = upload.get("path") if isinstance(upload, dict) else upload
+        if not path:
             raise _refuse("upload an image first")
-        if not isinstance(image, Image.Image):
-            raise _refuse("the upload is not an image")
-        if image.width * image.height > self.config.max_image_pixels:
-            raise _refuse(f"the image is {image.width}x{image.height} pixels; the limit is "
-                          f"{self.config.max_image_pixels:,} pixels")
-        return image
+        limit = self.config.max_image_pixels
+        try:
+            with Image.open(path) as image:  # reads the header only: the size is known before decoding
+                size = image.size
+                if size[0] * size[1] <= limit:
+                    return ImageOps.exif_transpose(image).convert("RGB")
+        except Image.DecompressionBombError:  # PIL's own limit (twice the pixel limit, see `launch`)
+            raise _refuse(f"the image has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {limit:,} "
+                          "pixels") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # not an image, or a broken one
+            raise _refuse("the upload is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP, ...)") from None
+        raise _refuse(f"the image is {size[0]}x{size[1]} pixels; the limit is {limit:,} pixels")
+
+    def check_upload(self, upload) -> None:
+        """Says at once when an upload is no image or too large."""
+        if upload:
+            self._image(upload)
+
+    def admit(self, group: str) -> str | None:
+        """Why a request cannot join its group's line (`queue_size` wait there already), or None."""
+        waiting = _waiting(self.app, group)
+        if waiting is not None and waiting >= self.config.queue_size:
+            return f"the {group} queue is full ({waiting} requests waiting); try again in a minute"
+        return None
+
+    # ------------------------------------------------------------ what the page offers for a checkpoint
+    def text_settings(self, checkpoint) -> tuple:
+        """The Text tab's prompt and length sliders for the checkpoint in its box."""
+        pipe, _ = self.pipelines.get(self._checkpoint(checkpoint, self.config.text_model, "text"), "text")
+        limits = _text_limits(pipe, self.config.max_gen_length)
+        return tuple(gr.update(**limits[name]) for name in ("prompt", "gen_length", "block"))
+
+    def image_settings(self, task: str, checkpoint) -> tuple:
+        """An image tab's controls for the checkpoint in its box."""
+        pipe, _ = self.pipelines.get(self._checkpoint(checkpoint, self.config.mm_model, "mm"), "mm")
+        settings = _image_settings(pipe, task)
+        names = ("rule", "temperature", "note", "text") + (("answer",) if task != "t2i" else ())
+        return tuple(gr.update(**settings.get(name, {})) for name in names)
+
+    def _default_pipeline(self, kind: str):
+        """The default checkpoint of `kind`, loaded now for the settings the page offers; None when
+        there is none or it does not load (the page says why when it is used)."""
+        default = self.config.text_model if kind == "text" else self.config.mm_model
+        if not default:
+            return None
+        try:
+            return self.pipelines.get(_find(default), kind)[0]
+        except gr.Error as err:
+            log.warning("default %s checkpoint: %s", kind, err.message)
+            return None
 
     # ------------------------------------------------------------ running a pipeline
-    def _steps(self, pipe, lock, *args, preview: bool = True, **kwargs):
+    def arm(self, tab: str, request: gr.Request | None) -> None:
+        """The tab's Run button, before its run joins the line: a Stop pressed earlier is forgotten."""
+        self._stops.discard(_stop_key(request, tab))
+
+    def request_stop(self, tab: str, request: gr.Request | None) -> None:
+        """The tab's Stop button: its run (running, or waiting in the line) ends after its current step
+        and says so itself; the page's last word is the run's (Gradio's cancel would race its updates)."""
+        if request is not None:
+            self._stops.add(_stop_key(request, tab))
+
+    def _steps(self, pipe, lock, *args, stop=None, preview: bool = True, **kwargs):
         """`iterate_steps` under the pipeline's lock, with the pipeline's own errors (bad
-        input, in its words) turned into messages in the page."""
+        input, in its words) turned into messages in the page, ended by `Stopped` when Stop was
+        pressed (`stop`: the key `request_stop` files it under)."""
         kwargs, ignored = split_supported(pipe, kwargs)
         if ignored:
             gr.Warning(f"{type(pipe).__name__} has no setting {', '.join(ignored)}; ignored")
+        steps = iterate_steps(pipe, *args, preview=preview, lock=lock, heartbeat=HEARTBEAT, **kwargs)
+        shown = 0
         try:
-            for item in iterate_steps(pipe, *args, preview=preview, lock=lock, **kwargs):
+            for item in steps:
+                if stop in self._stops and not isinstance(item, Done):
+                    self._stops.discard(stop)
+                    yield Stopped(shown)
+                    return
                 yield item
-                if not isinstance(item, Done) and self.config.frame_delay:
-                    time.sleep(self.config.frame_delay)
+                if isinstance(item, Step):
+                    shown = item.index
+                    if self.config.frame_delay:
+                        time.sleep(self.config.frame_delay)
         except ValueError as err:
             raise _refuse(str(err)) from err
         except Exception as err:
             log.exception("generation failed")
             raise _refuse(f"generation failed ({type(err).__name__}); the server log has the details") from err
+        finally:
+            steps.close()  # a stopped or cancelled run ends the pipeline at its next step
 
     def run_text(self, checkpoint, prompt, gen_length, steps, rule, block_length, threshold, remasking,
-                 temperature, guidance, seed):
+                 temperature, guidance, seed, request: gr.Request = None):
         """Continue and/or infill `prompt`; yields (live view, status, text) after every step."""
         prompt = self._text("prompt", prompt)
         gen_length = self._int("generation length", gen_length, 0, self.config.max_gen_length)
@@ -210,14 +441,33 @@ class Demo:
         block_length = self._int("block length", block_length, 0, self.config.max_gen_length)
         threshold = self._float("threshold", threshold, 0.0, 1.0)
         guidance = self._float("guidance", guidance, 0.0, 10.0)
-        pipe, lock = self._checkpoint(checkpoint, self.config.text_model, "text")
+        pipe, lock = self.pipelines.get(self._checkpoint(checkpoint, self.config.text_model, "text"), "text")
+        try:
+            n_prompt = _prompt_tokens(pipe, prompt)
+        except ValueError as err:  # a malformed placeholder
+            raise _refuse(str(err)) from err
+        context = pipe.dlm.max_length
+        if context is not None and n_prompt + gen_length > context:
+            fixes = [f"lower the generation length to {context - n_prompt}"] if n_prompt < context else []
+            if context - gen_length >= _shortest_prompt(pipe):
+                fixes.append(f"shorten the prompt to {context - gen_length} tokens")
+            raise _refuse(f"the prompt is {n_prompt} tokens and the generation length {gen_length}: "
+                          f"{n_prompt + gen_length} tokens, over the model's context of {context}; "
+                          + " or ".join(fixes))
         options = self._sampling(steps, rule, temperature, seed, pipe.device)
         tok, mask_id = pipe.tokenizer, pipe.mask_token_id
         start = int(tok.bos_token_id is not None)
+        yield gr.skip(), WAITING, gr.skip()
         prev, began = None, time.perf_counter()
         for item in self._steps(pipe, lock, prompt, gen_length=gen_length, block_length=block_length or None,
                                 threshold=threshold or None, remasking=bool(remasking), guidance_scale=guidance,
-                                preview=False, **options):
+                                preview=False, stop=_stop_key(request, "text"), **options):
+            if isinstance(item, Waiting):  # nothing new: the page keeps what it shows
+                yield gr.skip(), gr.skip(), gr.skip()
+                continue
+            if isinstance(item, Stopped):
+                yield gr.skip(), item.status, gr.skip()
+                return
             if isinstance(item, Done):
                 out = item.output
                 ids = out.sequences[0, start:].tolist()
@@ -234,18 +484,34 @@ class Demo:
             yield _unmasking(frame), f"step {item.index} of at most {options['num_inference_steps']}: " \
                                      f"{ids.count(mask_id)} tokens still masked", ""
 
-    def run_t2i(self, checkpoint, prompt, steps, guidance, rule, temperature, seed):
+    def _mm_pipeline(self, checkpoint, task, steps, rule, temperature, seed, default_temperature):
+        """(pipeline, lock, call options, status note) for an image tab's run."""
+        path = self._checkpoint(checkpoint, self.config.mm_model, "mm")
+        pipe, lock = self.pipelines.get(path, "mm")
+        options, plain = self._image_sampling(pipe, task, steps, rule, temperature, seed, default_temperature)
+        if not plain:
+            return pipe, lock, options, ""
+        pipe, lock = self.pipelines.get(path, "mm", remasking=False)
+        return pipe, lock, options, f"; without remasking (it ranks by confidence, not {rule})"
+
+    def run_t2i(self, checkpoint, prompt, steps, guidance, rule, temperature, seed, request: gr.Request = None):
         """Draw `prompt`; yields (image, status) after every step."""
         prompt = self._text("prompt", prompt)
         guidance = self._float("guidance", guidance, 0.0, 20.0)
-        pipe, lock = self._checkpoint(checkpoint, self.config.mm_model, "mm")
-        options = self._sampling(steps, rule, temperature, seed, pipe.device)
-        if "image_temperature" in (call_parameters(pipe) or ()):  # a discrete image side samples its codes
-            options["image_temperature"] = options.pop("temperature")
+        pipe, lock, options, note = self._mm_pipeline(checkpoint, "t2i", steps, rule, temperature, seed,
+                                                      T2I_TEMPERATURE)
+        steps = options["num_inference_steps"]
+        yield gr.skip(), WAITING
         began, shown = time.perf_counter(), False
         live = can_preview(pipe)  # else the pipeline's history is replayed after the run
         for item in self._steps(pipe, lock, prompt, task="t2i", guidance_scale=guidance, return_history=not live,
-                                **options):
+                                stop=_stop_key(request, "t2i"), **options):
+            if isinstance(item, Waiting):
+                yield gr.skip(), gr.skip()
+                continue
+            if isinstance(item, Stopped):
+                yield gr.skip(), item.status
+                return
             if isinstance(item, Done):
                 out = item.output
                 if not shown:  # no live preview from this pipeline: replay its history, if it kept one
@@ -253,32 +519,41 @@ class Demo:
                     for k, images in enumerate(frames, 1):
                         yield _enlarge(_first_image(images)), f"replay: step {k} of {len(frames)}"
                 yield (_enlarge(_first_image(out.images)),
-                       f"done: {options['num_inference_steps']} steps, {time.perf_counter() - began:.1f} s")
+                       f"done: {steps} steps, {time.perf_counter() - began:.1f} s{note}")
                 return
             if item.images is not None:
                 shown = True
-                yield _enlarge(_first_image(item.images)), f"step {item.index} of {options['num_inference_steps']}"
+                yield _enlarge(_first_image(item.images)), f"step {item.index} of {steps}{note}"
 
-    def run_caption(self, checkpoint, image, question, answer_tokens, steps, guidance, rule, temperature, seed):
+    def run_caption(self, checkpoint, image, question, answer_tokens, steps, guidance, rule, temperature, seed,
+                    request: gr.Request = None):
         """Caption `image`, or answer `question` about it; yields (live view, status, text)."""
         image = self._image(image)
         question = self._text("question", question, required=False).strip()
         if question and not PLACEHOLDER.search(question):
             question += f"<|mask:{self._int('answer length', answer_tokens, 1, 64)}|>"
         guidance = self._float("guidance", guidance, 0.0, 20.0)
-        pipe, lock = self._checkpoint(checkpoint, self.config.mm_model, "mm")
-        options = self._sampling(steps, rule, temperature, seed, pipe.device)
         task = "vqa" if question else "caption"
+        pipe, lock, options, note = self._mm_pipeline(checkpoint, task, steps, rule, temperature, seed,
+                                                      CAPTION_TEMPERATURE)
+        steps = options["num_inference_steps"]
+        yield gr.skip(), WAITING, gr.skip()
         tok = getattr(pipe, "tokenizer", None)
         mask_id = getattr(tok, "mask_token_id", None)
         prev, began = None, time.perf_counter()
         for item in self._steps(pipe, lock, question or None, image, task=task, text_guidance_scale=guidance,
-                                preview=False, **options):
+                                preview=False, stop=_stop_key(request, "caption"), **options):
+            if isinstance(item, Waiting):
+                yield gr.skip(), gr.skip(), gr.skip()
+                continue
+            if isinstance(item, Stopped):
+                yield gr.skip(), item.status, gr.skip()
+                return
             if isinstance(item, Done):
                 text = (item.output.texts or [""])[0]
                 live = _unmasking([(text, "done")]) if prev is None else _unmasking(
                     view.frame(tok, prev, prev, mask_id, eos_token_id=tok.eos_token_id))
-                yield live, f"done ({task}): {time.perf_counter() - began:.1f} s", text
+                yield live, f"done ({task}): {time.perf_counter() - began:.1f} s{note}", text
                 return
             ids = item.tensors.get("text_ids")
             if ids is None or tok is None:
@@ -288,7 +563,7 @@ class Demo:
                 prev = [mask_id] * len(ids)
             frame = view.frame(tok, ids, prev, mask_id, eos_token_id=tok.eos_token_id)
             prev = ids
-            yield _unmasking(frame), f"step {item.index} of {options['num_inference_steps']}", ""
+            yield _unmasking(frame), f"step {item.index} of {steps}{note}", ""
 
     # ------------------------------------------------------------ layout
     def _mm_checkpoint(self, elem_id: str) -> gr.Textbox:
@@ -296,8 +571,42 @@ class Demo:
                           placeholder="path to a saved multimodal pipeline", interactive=self.allow_paths,
                           elem_id=elem_id)
 
+    def _on_checkpoint(self, box: gr.Textbox, fn, outputs: list) -> None:
+        """Re-derive the settings a tab offers when its checkpoint box is edited."""
+        if self.allow_paths:
+            for event in (box.submit, box.blur):
+                _page_event(event, fn, [box], outputs)
+
+    def _run(self, button, stop, tab: str, fn, inputs: list, outputs: list) -> None:
+        """The tab's button runs `fn` in its group's line, which a request joins only while it has room
+        (a `validator`: Gradio runs it as the request arrives, for the page and the API alike; its
+        message shows at the tab's second input). `fn` takes its inputs as sent (`preprocess=False`):
+        it checks every one itself, and Gradio's own image decoding or range checks would fail with a
+        bare "Error" before it could (under a validator, with an HTTP 400). Stop ends the run."""
+        group = "text" if tab == "text" else "image"
+
+        def admit(*values):
+            refusal = self.admit(group)
+            return [gr.validate(refusal is None or k != 1, refusal or "") for k in range(len(values))]
+
+        def arm(request: gr.Request = None) -> None:  # (gr.Request reaches functions by their annotation)
+            self.arm(tab, request)
+
+        def stop_run(request: gr.Request = None) -> None:
+            self.request_stop(tab, request)
+
+        button.click(arm, None, None, queue=False, api_visibility="private").success(
+            fn, inputs, outputs, api_name=tab, concurrency_id=group, concurrency_limit=self.config.concurrency,
+            validator=admit, preprocess=False)
+        stop.click(stop_run, None, None, queue=False, api_visibility="private")
+
     def build(self) -> gr.Blocks:
         c = self.config
+        text_pipe, mm_pipe = self._default_pipeline("text"), self._default_pipeline("mm")
+        text_limits = _text_limits(text_pipe, c.max_gen_length) if text_pipe else {}
+        t2i, caption = ({}, {}) if mm_pipe is None else (_image_settings(mm_pipe, "t2i"),
+                                                         _image_settings(mm_pipe, "caption"))
+        scene_side = getattr(mm_pipe, "image_size", 32)  # the example scenes, drawn at the model's size
         with gr.Blocks(title="mmdlm demo", analytics_enabled=False) as app:
             gr.Markdown("# mmdlm: masked diffusion for text and images\nEvery output below is shown while it is "
                         "being denoised: grey blocks are still masked, green tokens were committed in the latest "
@@ -307,20 +616,23 @@ class Demo:
                     with gr.Column():
                         ckpt = gr.Textbox(c.text_model, label="checkpoint (a diffusion LM or saved text pipeline)",
                                           interactive=self.allow_paths, elem_id="text-checkpoint")
-                        prompt = gr.Textbox(TEXT_EXAMPLES[0], lines=6, max_length=c.max_prompt_chars,
+                        prompt = gr.Textbox(TEXT_EXAMPLES[0], lines=5, max_length=c.max_prompt_chars,
                                             label="prompt: continued, and its <|mask:N|> placeholders filled",
-                                            elem_id="text-prompt")
+                                            elem_id="text-prompt", **text_limits.get("prompt", {}))
+                        run, stop = _run_and_stop("Generate", "text")
                         gr.Examples([[e] for e in TEXT_EXAMPLES], [prompt], label="examples")
                         with gr.Accordion("settings", open=True):
                             with gr.Row():
-                                gen_length = gr.Slider(0, c.max_gen_length, 48, step=1,
-                                                       label="generation length (tokens; 0: only fill placeholders)",
-                                                       elem_id="text-gen-length")
+                                gen_length = gr.Slider(**{"maximum": c.max_gen_length, **text_limits.get(
+                                    "gen_length", {})}, minimum=0, value=48, step=1,
+                                    label="generation length (tokens; 0: only fill placeholders)",
+                                    elem_id="text-gen-length")
                                 steps = gr.Slider(1, c.max_steps, 48, step=1, label="steps", elem_id="text-steps")
                             with gr.Row():
                                 rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule")
-                                block = gr.Slider(0, c.max_gen_length, 16, step=1,
-                                                  label="block length (0: one block)")
+                                block = gr.Slider(**{"maximum": c.max_gen_length, **text_limits.get("block", {})},
+                                                  minimum=0, value=16, step=1, label="block length (0: one block)",
+                                                  elem_id="text-block")
                                 threshold = gr.Slider(0, 1, 0, step=0.05,
                                                       label="parallel threshold (0: off)")
                             remasking = gr.Checkbox(False, label="remasking", info="committed tokens can be taken "
@@ -329,17 +641,14 @@ class Demo:
                                 temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature (0: greedy)")
                                 guidance = gr.Slider(0, 5, 0, step=0.1, label="guidance")
                                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
-                        with gr.Row():
-                            run = gr.Button("Generate", variant="primary", elem_id="text-run")
-                            stop = gr.Button("Stop", elem_id="text-stop")
                     with gr.Column():
                         live = gr.HTML(_unmasking([]), label="unmasking", elem_id="text-live")
                         status = gr.Markdown(label="status", elem_id="text-status")
                         result = gr.Textbox(label="result", lines=8, buttons=["copy"], elem_id="text-output")
-                event = run.click(self.run_text, [ckpt, prompt, gen_length, steps, rule, block, threshold,
-                                                  remasking, temperature, guidance, seed], [live, status, result],
-                                  api_name="text")
-                stop.click(None, cancels=[event])
+                self._run(run, stop, "text", self.run_text, [ckpt, prompt, gen_length, steps, rule, block, threshold,
+                                                            remasking, temperature, guidance, seed],
+                          [live, status, result])
+                self._on_checkpoint(ckpt, self.text_settings, [prompt, gen_length, block])
 
             mm_note = None if c.mm_model else NO_MM_CHECKPOINT
             with gr.Tab("Text to image", id="t2i"):
@@ -349,23 +658,23 @@ class Demo:
                     with gr.Column():
                         ckpt = self._mm_checkpoint("t2i-checkpoint")
                         prompt = gr.Textbox(T2I_EXAMPLES[0], lines=2, max_length=c.max_prompt_chars,
-                                            label="prompt", elem_id="t2i-prompt")
+                                            label="prompt", elem_id="t2i-prompt", **t2i.get("text", {}))
+                        run, stop = _run_and_stop("Draw", "t2i")
                         gr.Examples([[e] for e in T2I_EXAMPLES], [prompt], label="examples")
                         with gr.Accordion("settings", open=True):
                             with gr.Row():
                                 steps = gr.Slider(1, c.max_steps, 16, step=1, label="steps")
                                 # UnifiedDiscretePipeline's defaults; the MM-DiT draws as well at guidance 1
-                                # as at its 2 (README), and temperature is its text's, unused here
+                                # as at its 2 (README)
                                 guidance = gr.Slider(0, 10, 1, step=0.1, label="guidance (image by text)")
-                            rule, temperature, seed = _rule_temperature_seed(temperature=0.3)
-                        run, stop = _run_and_stop("Draw", "t2i-run")
+                            rule, temperature, seed, note = _rule_temperature_seed("t2i", T2I_TEMPERATURE, t2i)
                     with gr.Column():
                         picture = gr.Image(label="image", type="pil", format="png", interactive=False,
                                            height=SHOWN_IMAGE_SIDE + 64, elem_id="t2i-image")
                         status = gr.Markdown(label="status", elem_id="t2i-status")
-                event = run.click(self.run_t2i, [ckpt, prompt, steps, guidance, rule, temperature, seed],
-                                  [picture, status], api_name="t2i")
-                stop.click(None, cancels=[event])
+                self._run(run, stop, "t2i", self.run_t2i, [ckpt, prompt, steps, guidance, rule, temperature, seed],
+                          [picture, status])
+                self._on_checkpoint(ckpt, partial(self.image_settings, "t2i"), [rule, temperature, note, prompt])
 
             with gr.Tab("Caption and questions", id="caption"):
                 if mm_note:
@@ -373,26 +682,37 @@ class Demo:
                 with gr.Row():
                     with gr.Column():
                         ckpt = self._mm_checkpoint("caption-checkpoint")
-                        picture = gr.Image(label="image", type="pil", sources=["upload", "clipboard"],
-                                           image_mode="RGB", height=SHOWN_IMAGE_SIDE, elem_id="caption-image")
-                        question = gr.Textbox("", lines=1, max_length=c.max_prompt_chars,
-                                              label="question (empty: caption the image); the answer goes at the "
-                                                    "end, or where you put <|mask:N|>",
-                                              placeholder="what colour is the circle ?", elem_id="caption-question")
+                        picture = gr.Image(label="image", type="filepath", format="png",
+                                           sources=["upload", "clipboard"], height=SHOWN_IMAGE_SIDE,
+                                           elem_id="caption-image")  # decoded by the app (`Demo._image`)
+                        question = gr.Textbox("", lines=1, max_length=c.max_prompt_chars, label=QUESTION_HELP,
+                                              placeholder=QUESTION_EXAMPLE, elem_id="caption-question",
+                                              **caption.get("text", {}))
+                        run, stop = _run_and_stop("Caption / answer", "caption")
+                        scenes = [S.render(S.parse_caption(text), scene_side) for text in CAPTION_SCENES]
+                        gr.Examples([[scene, ""] for scene in scenes] + [[scenes[0], QUESTION_EXAMPLE]],
+                                    [picture, question], label="examples (shapes scenes; the last asks a question)",
+                                    elem_id="caption-examples")
                         with gr.Accordion("settings", open=True):
                             with gr.Row():
-                                answer = gr.Slider(1, 16, 1, step=1, label="answer length (tokens)")
+                                answer = gr.Slider(**{"maximum": 16, **caption.get("answer", {})}, minimum=1,
+                                                   value=1, step=1, label="answer length (tokens filled at the "
+                                                                          "end when the question has no blank)")
                                 steps = gr.Slider(1, c.max_steps, 16, step=1, label="steps")
                                 guidance = gr.Slider(0, 10, 0, step=0.1, label="guidance (text by image)")
-                            rule, temperature, seed = _rule_temperature_seed(temperature=0)
-                        run, stop = _run_and_stop("Caption / answer", "caption-run")
+                            rule, temperature, seed, note = _rule_temperature_seed("caption", CAPTION_TEMPERATURE,
+                                                                                   caption)
                     with gr.Column():
                         live = gr.HTML(_unmasking([]), label="unmasking", elem_id="caption-live")
                         status = gr.Markdown(label="status", elem_id="caption-status")
                         result = gr.Textbox(label="caption / answer", lines=2, elem_id="caption-output")
-                event = run.click(self.run_caption, [ckpt, picture, question, answer, steps, guidance, rule,
-                                                     temperature, seed], [live, status, result], api_name="caption")
-                stop.click(None, cancels=[event])
+                self._run(run, stop, "caption", self.run_caption, [ckpt, picture, question, answer, steps, guidance,
+                                                                   rule, temperature, seed],
+                          [live, status, result])
+                _page_event(picture.upload, self.check_upload, [picture], None, preprocess=False)
+                self._on_checkpoint(ckpt, partial(self.image_settings, "caption"),
+                                    [rule, temperature, note, question, answer])
+        self.app = app
         return app
 
 
@@ -429,18 +749,29 @@ def _enlarge(image: Image.Image) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def _rule_temperature_seed(temperature: float):
-    """The image tabs' second row of settings."""
+def _rule_temperature_seed(tab: str, temperature: float, settings: dict):
+    """An image tab's second row of settings, and the note on the controls its checkpoint does not read."""
     with gr.Row():
-        rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule")
-        temperature = gr.Slider(0, 2, temperature, step=0.05, label="temperature")
+        rule = gr.Dropdown(list(RULES), value="confidence", label="commit rule", elem_id=f"{tab}-rule",
+                           **settings.get("rule", {}))
+        temperature = gr.Slider(0, 2, temperature, step=0.05, elem_id=f"{tab}-temperature",
+                                **{"label": "temperature", **settings.get("temperature", {})})
         seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
-    return rule, temperature, seed
+    note = gr.Markdown(**{"value": "", "visible": False, **settings.get("note", {})}, elem_id=f"{tab}-controls-note")
+    return rule, temperature, seed, note
 
 
-def _run_and_stop(label: str, elem_id: str):
+def _page_event(listener, fn, inputs, outputs, **options):
+    """A quick page-only step (admission, checks, settings): through the queue, which is how a
+    `gr.Error` reaches the page (`show_error=False` hides those of unqueued events), in a group of its
+    own that never waits."""
+    return listener(fn, inputs, outputs, concurrency_id="page", concurrency_limit=None, api_visibility="private",
+                    **options)
+
+
+def _run_and_stop(label: str, tab: str):
     with gr.Row():
-        return gr.Button(label, variant="primary", elem_id=elem_id), gr.Button("Stop")
+        return gr.Button(label, variant="primary", elem_id=f"{tab}-run"), gr.Button("Stop", elem_id=f"{tab}-stop")
 
 
 def build_app(config: DemoConfig) -> gr.Blocks:
@@ -450,7 +781,9 @@ def build_app(config: DemoConfig) -> gr.Blocks:
 def launch(app: gr.Blocks, config: DemoConfig, **kwargs):
     """Queue and serve `app` with the safe settings of `config` (kwargs go to `launch`)."""
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # PIL refuses (2x) larger images while decoding them
-    app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size, api_open=True)
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the app refuses those itself, with a message
+    # every group keeps its own line of `queue_size` (Demo.admit); the queue holds them all
+    app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size * len(GROUPS), api_open=True)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts fetched from outside
     return app.launch(server_name=config.host, server_port=config.port, max_file_size=config.max_file_size,
@@ -459,11 +792,15 @@ def launch(app: gr.Blocks, config: DemoConfig, **kwargs):
 
 
 def serve(config: DemoConfig) -> None:
-    """Build the app, load the default text checkpoint, and serve until interrupted."""
+    """Load the default checkpoints, build the app and serve until interrupted."""
     demo = Demo(config)
+    for kind, default in (("text", config.text_model), ("mm", config.mm_model)):
+        if default:
+            try:
+                demo.pipelines.get(_find(default), kind)
+            except gr.Error as err:  # the CLI's one-line error
+                raise ValueError(err.message) from None
     app = demo.build()
-    if config.text_model:
-        demo.pipelines.get(_find(config.text_model), "text")
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mmdlm demo: serving on {config.host}, reachable from other machines"
               + ("; visitors can load checkpoint folders by path (--no-allow-paths to stop it)"

@@ -40,6 +40,10 @@ class StepwiseOraclePipeline(DiffusionPipeline):
     def image_size(self) -> int:
         return self.config.image_size
 
+    @property
+    def text_length(self) -> int:
+        return self.config.text_length
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.clamp(-1, 1)
 

@@ -8,7 +8,9 @@ early stops the pipeline at its next step (without waiting for it: a web server 
 iterator from its event loop). Errors of the pipeline (e.g. a `ValueError` for a bad input) are
 raised by the iterator. `lock`, when given, is held by the worker for the whole call, so a
 pipeline shared between users never runs two calls at once, even while a stopped one finishes
-its step.
+its step. With `heartbeat`, the iterator also yields `Waiting` whenever no step has come for that
+many seconds (the worker waits for the lock, or a step is slow): a consumer that can only be
+stopped between items (a web server's generator) is never held inside one for long.
 
 Image previews come from the pipeline's `preview_images(callback_kwargs)` when it has one
 (the current estimate, (B, 3, H, W) in [-1, 1]), else from `decode_latents(latents)` when the
@@ -20,6 +22,7 @@ import contextlib
 import inspect
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,11 @@ class Step:
 @dataclass
 class Done:
     output: Any
+
+
+@dataclass
+class Waiting:
+    """No step for `heartbeat` seconds (the pipeline waits for its lock, or computes a slow step)."""
 
 
 class _Stopped(Exception):
@@ -80,12 +88,13 @@ def preview_images(pipe, tensors: dict) -> torch.Tensor | None:
 
 
 def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, preview: bool = True,
-                  lock: threading.Lock | None = None, **kwargs) -> Iterator[Step | Done]:
+                  lock: threading.Lock | None = None, heartbeat: float | None = None,
+                  **kwargs) -> Iterator[Step | Waiting | Done]:
     """Run `pipe(*args, **kwargs)` and yield a `Step` after each denoising step, then `Done`.
 
     `tensor_inputs`: callback tensors to copy into each step (default: all the pipeline
     offers, `pipe._callback_tensor_inputs`). A pipeline without `callback_on_step_end` yields
-    only `Done`.
+    only `Done`. `heartbeat`: seconds without a step after which `Waiting` is yielded (None: never).
     """
     if any(k in kwargs for k in CALLBACK_ARGS):
         raise ValueError("iterate_steps sets the step callback itself; drop callback_on_step_end from the options")
@@ -141,6 +150,7 @@ def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, pre
 
     worker = threading.Thread(target=work, name="mmdlm-pipeline", daemon=True)
     worker.start()
+    last = time.monotonic()
     try:
         while True:
             try:
@@ -148,7 +158,11 @@ def iterate_steps(pipe, *args, tensor_inputs: tuple[str, ...] | None = None, pre
             except queue.Empty:
                 if not worker.is_alive() and updates.empty():
                     raise RuntimeError("the pipeline thread ended without a result") from None
+                if heartbeat is not None and time.monotonic() - last >= heartbeat:
+                    last = time.monotonic()
+                    yield Waiting()
                 continue
+            last = time.monotonic()
             if isinstance(item, BaseException):
                 raise item
             yield item
