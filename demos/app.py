@@ -40,9 +40,9 @@ from mmdlm.cli import DemoConfig
 from mmdlm.data import shapes as S
 from mmdlm.pipelines import TextDiffusionPipeline, load_pipeline
 from mmdlm.pipelines.streaming import Done, Step, Waiting, call_parameters, can_preview, iterate_steps, split_supported
+from mmdlm.placeholders import PLACEHOLDER, parse_infill
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text import history as view
-from mmdlm.placeholders import PLACEHOLDER, parse_infill
 
 log = logging.getLogger("mmdlm.demo")
 
@@ -727,7 +727,7 @@ def _unmasking(frame) -> str:
 
 def _first_image(images) -> Image.Image:
     if isinstance(images, torch.Tensor):
-        from mmdlm.data.imagetext import to_pil
+        from mmdlm.images import to_pil
 
         return to_pil(images[:1])[0]
     if isinstance(images, (list, tuple)):

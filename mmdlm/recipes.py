@@ -377,8 +377,7 @@ def _call_options(c, *names) -> dict:
 def write_denoising_gif(history: list[dict], path, duration_ms: int = 120) -> None:
     """A GIF of the denoising: one frame per step with every image side by side (the current
     clean-image estimate; the last frame is the result, held for a second)."""
-    from .data.imagetext import to_pil
-    from .eval.imagetext import image_grid
+    from .images import image_grid, to_pil
     from .io import atomic_file
 
     frames = [image_grid(to_pil(h["images"]), cols=len(h["images"])) for h in history if h.get("images") is not None]
@@ -437,7 +436,7 @@ def t2i(c) -> list:
 
 def caption(c) -> list[str]:
     """`mmdlm caption IMAGE [--question ...]`: print (and optionally save) the text(s)."""
-    from .data.imagetext import open_image
+    from .images import open_image
     from .io import atomic_write_text, check_output_file
 
     if not c.image:

@@ -581,7 +581,7 @@ def test_live_previews_through_streaming():
 
 def to_unit(images):
     """PIL images -> (B, 3, H, W) in [-1, 1]."""
-    from mmdlm.data.imagetext import to_tensor
+    from mmdlm.images import to_tensor
 
     return to_tensor(images, IMAGE_SIZE)
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 
+from mmdlm.placeholders import mask_spans, parse_infill
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import DiffusionLM
-from mmdlm.placeholders import mask_spans, parse_infill
 from mmdlm.text.generate import block_ranges, generate
 
 

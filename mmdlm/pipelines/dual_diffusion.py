@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..images import to_tensor
 from ..multimodal.mmdit import DualDiffusionTransformer2DModel
 from ..multimodal.text import attention_mask, decode_captions, encode_captions
 from ..schedulers import MaskedDiffusionScheduler
@@ -127,8 +128,6 @@ class DualDiffusionPipeline(DiffusionPipeline):
         return self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1, 1)
 
     def _pixels(self, image) -> torch.Tensor:
-        from ..data.imagetext import to_tensor
-
         return to_tensor(image, self.image_size).to(self.device)
 
     # ------------------------------------------------------------------ the call

@@ -14,7 +14,7 @@ name::
 - `prompt`: a string or a list; `<|mask:N|>` placeholders mark N text tokens to generate.
 - `image`: PIL image(s) or numpy arrays ((H, W, C) or (B, H, W, C), uint8 in [0, 255] or float
   in [0, 1]), any mode and size: converted to RGB, resized and centre-cropped to the model's
-  `image_size` (see `mmdlm.data.imagetext.to_tensor`), or a (B, 3, H, W) tensor in [-1, 1] at
+  `image_size` (see `mmdlm.images.to_tensor`), or a (B, 3, H, W) tensor in [-1, 1] at
   the model's size. `mask_image` (inpainting): white = regenerate.
 - `task`: one of `TASKS`, or None to infer it from the inputs (`resolve_task`):
 
@@ -64,6 +64,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..diffusion._checks import check_finite
+from ..images import to_pil
 from ..placeholders import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
@@ -245,8 +246,6 @@ def format_images(images: torch.Tensor, output_type: str = "pil"):
     [0, 1] ("np") or a (B, 3, H, W) tensor in [0, 1] ("pt")."""
     check_call_options(output_type=output_type)
     if output_type == "pil":
-        from ..data.imagetext import to_pil
-
         return to_pil(images)
     x = (images.detach().float().clamp(-1, 1) + 1) / 2
     return x if output_type == "pt" else x.permute(0, 2, 3, 1).cpu().numpy()

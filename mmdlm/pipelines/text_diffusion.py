@@ -18,9 +18,9 @@ from diffusers.utils import BaseOutput
 
 from ..diffusion import check_generators
 from ..diffusion._checks import check_bool, check_int, check_steps
+from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
-from ..placeholders import PLACEHOLDER, parse_infill
 from ..text.generate import check_options, default_blocks, generate
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, VQModel
 
-from ..data.imagetext import to_tensor
+from ..images import to_tensor
 from ..multimodal.discrete import UnifiedDiscreteTransformer
 from ..multimodal.text import decode_captions, encode_captions
 from ..multimodal.tokenizers import VQImageTokenizer

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..diffusion._checks import check_finite, check_int, check_steps
+from ..diffusion._checks import check_finite, check_steps
 
 CACHES = ("none", "prefix", "dual")
 
