@@ -1,4 +1,4 @@
-"""The Gradio demo (demos/app.py): step-by-step runs, the app through its API, and the page in a
+"""The Gradio demo (mmdlm/demo/app.py): step-by-step runs, the app through its API, and the page in a
 real headless Chromium.
 
 The app runs in this process on a free local port, over the shipped `assets/dlm` for text and
@@ -35,10 +35,10 @@ from mmdlm.text.adapt import DiffusionLM
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "demos"))
-import app as demo_app  # noqa: E402
 import browser  # noqa: E402
 
-from mmdlm.cli import DemoConfig  # noqa: E402
+from mmdlm.demo import app as demo_app  # noqa: E402
+from mmdlm.demo.config import DemoConfig  # noqa: E402
 
 SCENE = "a small red circle left of a large blue square"
 
@@ -233,13 +233,13 @@ def test_image_controls_follow_the_checkpoint_and_every_offered_rule_runs(tmp_pa
     assert discrete.scheduler.config.remasking  # the shared pipeline keeps its own scheduler
 
 
-def test_mmdlm_demo_runs_the_app_from_its_file(monkeypatch):
+def test_mmdlm_demo_serves_the_app(monkeypatch):
     from mmdlm import cli
 
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda app, **options: launched.append(options))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # (the app sets it for the process)
-    assert cli.main(["demo", "--port", "7999"]) == 0  # loads demos/app.py by path, the default checkpoints, ...
+    assert cli.main(["demo", "--port", "7999"]) == 0  # the package's app, the default checkpoints, ...
     assert launched[0]["server_port"] == 7999 and launched[0]["show_error"] is False  # ... and serves the app
 
 

@@ -435,7 +435,7 @@ def test_train_mm_mmdit_with_a_vae(tmp_path, capsys):
 def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
     """A run replaces the earlier run's t2i-* files, whole: fewer images leave no stale ones behind,
     other files stay, and a failure while writing leaves the earlier set as it was."""
-    from mmdlm import recipes
+    from mmdlm.commands import t2i as t2i_command
 
     pipe.save_pretrained(tmp_path / "p")
     out = tmp_path / "out"
@@ -457,7 +457,7 @@ def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
     def broken(history, path):
         raise ValueError("the GIF cannot be written")
 
-    monkeypatch.setattr(recipes, "write_denoising_gif", broken)
+    monkeypatch.setattr(t2i_command, "write_denoising_gif", broken)
     capsys.readouterr()
     assert t2i("--n", "3", "--seed", "1") == 2
     assert "the GIF cannot be written" in capsys.readouterr().err

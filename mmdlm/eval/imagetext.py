@@ -214,7 +214,7 @@ def write_record(path: str | Path, record: dict) -> dict:
     its own. Returns the file's content."""
     from importlib.metadata import version
 
-    from ..recipes import machine, versions
+    from ..provenance import machine, versions
 
     for key in ("backbone", "dataset"):
         if not record.get(key):

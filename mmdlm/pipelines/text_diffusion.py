@@ -73,8 +73,8 @@ class TextDiffusionPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TextDiffusionPipeline":
         """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`)."""
         path = Path(pretrained_model_name_or_path)
-        if not (path / "model_index.json").is_file() and (path / CONFIG_NAME).is_file():
-            return cls.from_dlm(path)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            return cls.from_dlm(path)  # (which says what a folder that is neither lacks)
         if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
             raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
                              "model's diffusion settings)")

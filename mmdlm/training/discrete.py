@@ -95,7 +95,7 @@ def train_discrete(c) -> Path:
     transformer, save OUTPUT_DIR/model as a `UnifiedDiscretePipeline`."""
     from ..multimodal.discrete import UnifiedDiscreteTransformer
     from ..multimodal.tokenizers import VQImageTokenizer
-    from ..recipes import command_line, versions
+    from ..provenance import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import check_pretrained_architecture, check_task_weights, sampling_scheduler
 

@@ -197,7 +197,7 @@ def train_mmdit(c) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
-    from ..recipes import command_line, versions
+    from ..provenance import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import encode_split, lora_transformer, mm_training_data, sampling_scheduler, savable_transformer
 
