@@ -8,7 +8,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class DemoConfig:
-    """Launch the Gradio demo (demos/app.py): text, text-to-image, captioning and questions, shown step by step."""
+    """Launch the Gradio demo (mmdlm/demo/app.py): text, text-to-image, captioning and questions, shown step by step."""
 
     text_model: str = field(default="assets/dlm", metadata={
         "help": "text checkpoint: a mmdlm diffusion LM folder or a saved TextDiffusionPipeline"})
