@@ -155,12 +155,12 @@ bench-sft: install
 # interrupted one resumes from its checkpoint): bench/results/adaptation_study.{json,png}, then the
 # README section. Passive OpenMP waiting keeps two threads from spinning against other jobs.
 study: install
-	OMP_WAIT_POLICY=PASSIVE TQDM_MININTERVAL=30 $(BIN)/mmdlm study --config configs/study.yaml
+	OMP_WAIT_POLICY=PASSIVE TQDM_MININTERVAL=30 $(BIN)/python bench/study.py --config configs/study.yaml
 	$(BIN)/python bench/report.py
 
 # Its smoke test (a minute or two; CI can run it): tiny runs, results under outputs/study-quick/.
 study-quick: install
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/mmdlm study --config configs/study.yaml --quick
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/study.py --config configs/study.yaml --quick
 
 report: install
 	$(BIN)/python bench/report.py

@@ -29,7 +29,7 @@ from train_worker import run  # noqa: E402
 from mmdlm.data import load_text_splits, pack_texts  # noqa: E402
 from mmdlm.data.tokenizer import train_bpe  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402
-from mmdlm.recipes import machine, versions  # noqa: E402
+from mmdlm.provenance import machine, versions  # noqa: E402
 from mmdlm.text.adapt import DiffusionLM  # noqa: E402
 from mmdlm.text.base import build_causal_lm  # noqa: E402
 

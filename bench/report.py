@@ -1,4 +1,4 @@
-"""Regenerate the README's benchmark tables from bench/results/*.json (never typed by hand).
+"""Regenerate the benchmark tables of the README and docs/ from bench/results/*.json (never typed by hand).
 
     python bench/report.py          # rewrites the blocks between <!-- bench:NAME --> markers
 
@@ -487,23 +487,34 @@ def load_result(name: str) -> dict | None:
 
 
 def blocks():
-    """(name, table) of every README block that bench/results/NAME.json (or assets/) has data for."""
+    """(name, table) of every block that bench/results/NAME.json (or assets/) has data for."""
     for name, render in RENDERERS.items():
         block = render(load_result(name))
         if block is not None:
             yield name, block
 
 
+def pages() -> list[Path]:
+    """The files whose <!-- bench:NAME --> blocks are generated: the README and docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def block_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    texts = {page: page.read_text() for page in pages()}
     for name, block in blocks():
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
-        if not pattern.search(text):
-            print(f"README has no <!-- bench:{name} --> block", file=sys.stderr)
+        holders = [page for page, text in texts.items() if block_pattern(name).search(text)]
+        if not holders:
+            print(f"no page has a <!-- bench:{name} --> block (README.md, docs/*.md)", file=sys.stderr)
             return 1
-        text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
-    readme.write_text(text)
+        for page in holders:
+            texts[page] = block_pattern(name).sub(lambda m: m.group(1) + block + "\n" + m.group(2), texts[page])
+    for page, text in texts.items():
+        if text != page.read_text():
+            page.write_text(text)
     plot_imagetext_stages(load_result("imagetext_stages"), load_result("imagetext"), RESULTS / "imagetext_stages.png")
     return 0
 

@@ -197,7 +197,7 @@ def main() -> None:
         print(json.dumps({k: rec[k] for k in ("method", "block_length", "threshold", "tokens_per_s",
                                               "nfe_per_token", "gen_ppl", "distinct_2", "infill_exact_match")}))
         records.append(rec)
-    from mmdlm.recipes import machine, versions
+    from mmdlm.provenance import machine, versions
 
     keys = ("prompts", "prompt_len", "gen_length", "spans", "span", "left", "right", "rounds")
     result = {

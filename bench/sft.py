@@ -34,7 +34,7 @@ from mmdlm.data.sft import encode_sft, load_sft_splits  # noqa: E402
 from mmdlm.diffusion import corrupt, get_schedule, masked_diffusion_loss  # noqa: E402
 from mmdlm.io import atomic_write_text  # noqa: E402
 from mmdlm.pipelines import TextDiffusionPipeline  # noqa: E402
-from mmdlm.recipes import machine, versions  # noqa: E402
+from mmdlm.provenance import machine, versions  # noqa: E402
 from mmdlm.text.adapt import load_dlm  # noqa: E402
 
 

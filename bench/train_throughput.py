@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmdlm.data import load_text_splits, pack_texts  # noqa: E402
 from mmdlm.io import atomic_write_text, save_figure  # noqa: E402
-from mmdlm.recipes import machine, versions  # noqa: E402
+from mmdlm.provenance import machine, versions  # noqa: E402
 from mmdlm.text.adapt import DiffusionLM  # noqa: E402
 from mmdlm.text.base import load_causal_lm, load_tokenizer  # noqa: E402
 from mmdlm.training import TrainArgs  # noqa: E402

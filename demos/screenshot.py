@@ -18,10 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import app as demo_app  # noqa: E402
 import browser  # noqa: E402
 
-from mmdlm.cli import DemoConfig  # noqa: E402
+from mmdlm.demo import app as demo_app  # noqa: E402
+from mmdlm.demo.config import DemoConfig  # noqa: E402
 
 PROMPT = "def main():\n    path = os.path.join(<|mask:6|>)\n    return path\n\n\ndef "
 

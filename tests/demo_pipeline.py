@@ -14,8 +14,8 @@ import torch
 from diffusers import DiffusionPipeline
 
 from mmdlm.data import shapes as S
-from mmdlm.data.imagetext import to_tensor
 from mmdlm.data.tokenizer import train_word_tokenizer
+from mmdlm.images import to_tensor
 from mmdlm.multimodal.text import decode_captions, encode_captions
 from mmdlm.pipelines.multimodal import MultimodalPipelineOutput, format_images, register_pipeline, resolve_task
 

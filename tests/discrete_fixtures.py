@@ -31,7 +31,7 @@ def tiny_transformer(tokenizer, seed: int = 0, fresh: bool = False, **overrides)
     """A tiny transformer; unless `fresh`, its weights are perturbed away from the adaLN-Zero start
     (where every block is the identity), as a trained model's are."""
     torch.manual_seed(seed)
-    config = dict(codebook_size=CODEBOOK, vocab_size=len(tokenizer), text_mask_token_id=tokenizer.mask_token_id,
+    config = dict(codebook_size=CODEBOOK, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
                   sample_size=GRID, text_length=TEXT_LENGTH, num_layers=1, num_single_layers=1, num_attention_heads=2,
                   attention_head_dim=16, axes_dims_rope=(4, 6, 6), timestep_channels=32)
     model = UnifiedDiscreteTransformer(**{**config, **overrides}).eval()

@@ -81,7 +81,7 @@ class OraclePipeline(DiffusionPipeline):
                 images = [self._digit(y, rng) for y in labels]
                 texts = [D.digit_caption((y + wrong) % 10, rng.randrange(3)) for y in labels]
         if images is not None and output_type != "pil":
-            from mmdlm.data.imagetext import to_tensor
+            from mmdlm.images import to_tensor
 
             images = format_images(to_tensor(images, size), output_type)
         if not return_dict:

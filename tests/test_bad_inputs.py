@@ -6,9 +6,9 @@ import os
 import pytest
 from bad_inputs import build_paths, case, check, copy_dir, plant_pickle, tiny_run, truncate
 
+from mmdlm.placeholders import parse_infill
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import load_dlm
-from mmdlm.text.generate import parse_infill
 
 NAN, INF = float("nan"), float("inf")
 FINITE = "must be a finite number >= 0"

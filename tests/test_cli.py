@@ -165,12 +165,12 @@ def test_console_script_runs():
 
 
 def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
-    import mmdlm.recipes
+    from mmdlm.commands import COMMANDS
 
     def interrupted(c):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mmdlm.recipes, "generate", interrupted)
+    monkeypatch.setitem(COMMANDS, "generate", (COMMANDS["generate"][0], interrupted))
     assert _main("generate", "--prompt", "x") == 130
     err = capsys.readouterr().err
     assert err.strip() == "mmdlm generate: interrupted" and "Traceback" not in err

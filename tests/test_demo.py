@@ -1,4 +1,4 @@
-"""The Gradio demo (demos/app.py): step-by-step runs, the app through its API, and the page in a
+"""The Gradio demo (mmdlm/demo/app.py): step-by-step runs, the app through its API, and the page in a
 real headless Chromium.
 
 The app runs in this process on a free local port, over the shipped `assets/dlm` for text and
@@ -35,10 +35,10 @@ from mmdlm.text.adapt import DiffusionLM
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "demos"))
-import app as demo_app  # noqa: E402
 import browser  # noqa: E402
 
-from mmdlm.cli import DemoConfig  # noqa: E402
+from mmdlm.demo import app as demo_app  # noqa: E402
+from mmdlm.demo.config import DemoConfig  # noqa: E402
 
 SCENE = "a small red circle left of a large blue square"
 
@@ -53,8 +53,7 @@ def _join_pipeline_workers():
 @pytest.fixture
 def text_pipe(tokenizer):
     dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
-    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(),
-                                 mask_token_id=dlm.config.mask_token_id)
+    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(), diffusion_config=dlm.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,7 +63,7 @@ def test_iterate_steps_shows_every_step_and_ends_with_the_same_output(text_pipe)
                                generator=torch.Generator().manual_seed(3), stop_at_eos=False))
     steps, done = items[:-1], items[-1]
     assert [s.index for s in steps] == [1, 2, 3, 4, 5, 6] and isinstance(done, Done)
-    mask_id = text_pipe.config.mask_token_id
+    mask_id = text_pipe.mask_token_id
     masked = [int((s.tensors["sequences"] == mask_id).sum()) for s in steps]
     assert masked == [5, 4, 3, 2, 1, 0]  # one token committed per step, seen live
     direct = text_pipe("def", gen_length=6, num_inference_steps=6, generator=torch.Generator().manual_seed(3),
@@ -234,13 +233,13 @@ def test_image_controls_follow_the_checkpoint_and_every_offered_rule_runs(tmp_pa
     assert discrete.scheduler.config.remasking  # the shared pipeline keeps its own scheduler
 
 
-def test_mmdlm_demo_runs_the_app_from_its_file(monkeypatch):
+def test_mmdlm_demo_serves_the_app(monkeypatch):
     from mmdlm import cli
 
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda app, **options: launched.append(options))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # (the app sets it for the process)
-    assert cli.main(["demo", "--port", "7999"]) == 0  # loads demos/app.py by path, the default checkpoints, ...
+    assert cli.main(["demo", "--port", "7999"]) == 0  # the package's app, the default checkpoints, ...
     assert launched[0]["server_port"] == 7999 and launched[0]["show_error"] is False  # ... and serves the app
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mmdlm.diffusion import (
-    COMMIT_RULES,
+    SCORES,
     CosineSchedule,
     LinearSchedule,
     LogLinearSchedule,
+    SamplingOptions,
     Schedule,
     block_t,
     commit_scores,
@@ -19,8 +20,8 @@ from mmdlm.diffusion import (
     get_schedule,
     masked_diffusion_loss,
     predict,
+    reverse_step,
     tokens_to_commit,
-    unmask_step,
 )
 
 NAMES = ["linear", "cosine", "loglinear"]
@@ -365,64 +366,83 @@ def _unmask_case():
     return M, x, logits
 
 
-def test_unmask_step_commits_most_confident():
+LINEAR = get_schedule("linear")
+
+
+def test_reverse_step_commits_most_confident():
     M, x, logits = _unmask_case()
     orig = logits.clone()
-    new_x, x0_pred = unmask_step(x, logits, M, torch.tensor([2, 1]))
+    out = reverse_step(logits, x, 1.0, 0.5, M, LINEAR)  # 4 and 3 masked: commit 4 - 2 and 3 - round(1.5)
     assert torch.equal(logits, orig)  # caller's logits untouched
-    assert new_x.tolist() == [[1, 0, M, 2, 2, M], [M, 2, 3, 3, M, 0]]
-    assert x0_pred.tolist() == [[1, 0, 5, 2, 2, 3], [1, 2, 3, 3, 0, 0]]
-    assert not (x0_pred == M).any()
+    assert out.ids.tolist() == [[1, 0, M, 2, 2, M], [M, 2, 3, 3, M, 0]]
+    assert out.pred.tolist() == [[1, 0, 5, 2, 2, 3], [1, 2, 3, 3, 0, 0]]
+    assert not (out.pred == M).any() and torch.equal(out.committed, (x == M) & (out.ids != M))
 
 
-@pytest.mark.parametrize("rule", COMMIT_RULES)
+@pytest.mark.parametrize("rule", SCORES)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_unmask_step_invariants(rule, temperature):
+def test_reverse_step_invariants(rule, temperature):
     M, V, B, L = 7, 8, 6, 40
     g = gen(11)
     x = torch.randint(0, M, (B, L), generator=g)
     x[torch.rand(B, L, generator=g) < 0.6] = M
     logits = torch.randn(B, L, V, generator=g)
     logits[..., M] += 10.0
-    n = torch.tensor([0, 1, 3, 10, 100, 5])
     n_masked = (x == M).sum(1)
-    new_x, x0_pred = unmask_step(x, logits, M, n, rule=rule, temperature=temperature, generator=g)
-    committed = (x == M) & (new_x != M)
-    assert torch.equal(committed.sum(1), torch.minimum(n, n_masked))
-    assert torch.equal(new_x[x != M], x[x != M])  # unmasked tokens never change
-    assert not (x0_pred == M).any()
-    assert torch.equal(new_x[committed], x0_pred[committed])
+    out = reverse_step(logits, x, 0.5, 0.25, M, LINEAR, SamplingOptions(rule=rule, temperature=temperature),
+                       generator=g)
+    committed = (x == M) & (out.ids != M)
+    assert torch.equal(committed.sum(1), tokens_to_commit(n_masked, 0.5, 0.25, LINEAR))
+    assert torch.equal(out.ids[x != M], x[x != M])  # unmasked tokens never change
+    assert not (out.pred == M).any()
+    assert torch.equal(out.ids[committed], out.pred[committed])
 
 
-def test_unmask_step_respects_editable():
+def test_reverse_step_respects_editable():
     M, x, logits = _unmask_case()
     editable = torch.ones_like(x, dtype=torch.bool)
     editable[0, 3] = False  # the most confident position of row 0 is frozen
     editable[1] = False
-    new_x, x0_pred = unmask_step(x, logits, M, torch.tensor([2, 3]), editable=editable)
-    assert new_x.tolist() == [[1, 0, M, M, 2, 3], x[1].tolist()]
-    assert x0_pred[0, 3].item() == 2  # still predicted, just not committed
+    out = reverse_step(logits, x, 1.0, 0.3, M, LINEAR, editable=editable)  # 3 candidates: commit 2
+    assert out.ids.tolist() == [[1, 0, M, M, 2, 3], x[1].tolist()]
+    assert out.pred[0, 3].item() == 2  # still predicted, just not committed
 
 
-def test_unmask_step_seeded_reproducible():
+def test_reverse_step_seeded_and_a_generator_per_row():
     M, x, logits = _unmask_case()
-    a = unmask_step(x, logits, M, torch.tensor([2, 2]), rule="random", temperature=1.0, generator=gen(4))
-    b = unmask_step(x, logits, M, torch.tensor([2, 2]), rule="random", temperature=1.0, generator=gen(4))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    options = SamplingOptions(rule="random", temperature=1.0)
+    a = reverse_step(logits, x, 1.0, 0.5, M, LINEAR, options, generator=gen(4))
+    b = reverse_step(logits, x, 1.0, 0.5, M, LINEAR, options, generator=gen(4))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.pred, b.pred)
+    both = reverse_step(logits, x, 1.0, 0.5, M, LINEAR, options, generator=[gen(5), gen(6)])
+    for row, seed in enumerate((5, 6)):  # each row draws from its own generator, as it would alone
+        alone = reverse_step(logits[row:row + 1], x[row:row + 1], 1.0, 0.5, M, LINEAR, options, generator=gen(seed))
+        assert torch.equal(both.ids[row:row + 1], alone.ids)
+    with pytest.raises(ValueError, match="3 generators for a batch of 2"):
+        reverse_step(logits, x, 1.0, 0.5, M, LINEAR, options, generator=[gen(), gen(), gen()])
 
 
-def test_unmask_step_bad_inputs():
+def test_reverse_step_bad_inputs():
     M, x, logits = _unmask_case()
-    n = torch.tensor([1, 1])
     with pytest.raises(ValueError, match="rule"):
-        unmask_step(x, logits, M, n, rule="best")
+        SamplingOptions(rule="best")
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        SamplingOptions(temperature=float("nan"))
+    with pytest.raises(TypeError, match="unexpected arguments: colour"):
+        SamplingOptions().replace(colour=1)
     with pytest.raises(ValueError, match="mask_id"):
-        unmask_step(x, logits, 6, n)
+        reverse_step(logits, x, 1.0, 0.5, 6, LINEAR)
     with pytest.raises(ValueError, match="mask_id"):
-        unmask_step(x, logits, -1, n)
+        reverse_step(logits, x, 1.0, 0.5, -1, LINEAR)
     with pytest.raises(ValueError, match="logits"):
-        unmask_step(x, logits[:, :3], M, n)
-    with pytest.raises(ValueError, match="n_commit"):
-        unmask_step(x, logits, M, torch.tensor([1, 1, 1]))
+        reverse_step(logits[:, :3], x, 1.0, 0.5, M, LINEAR)
     with pytest.raises(ValueError, match="editable"):
-        unmask_step(x, logits, M, n, editable=torch.ones(2, 5, dtype=torch.bool))
+        reverse_step(logits, x, 1.0, 0.5, M, LINEAR, editable=torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_guidance_pushes_away_from_the_unconditional_and_keeps_forbidden_entries():
+    from mmdlm.diffusion import guide
+
+    c, u = torch.tensor([1.0, 2.0, float("-inf")]), torch.tensor([0.0, 3.0, float("-inf")])
+    assert torch.equal(guide(c, u, 1.0), torch.tensor([2.0, 1.0, float("-inf")]))  # u + 2 (c - u)
+    assert torch.equal(guide(c, u, 0.0), c)

@@ -43,7 +43,7 @@ def test_classifier_judges_real_test_digits():
     assert accuracy >= 0.95, accuracy  # measured 0.994 (SVM on area-averaged 8x8 features)
     images, labels, _ = D.split_arrays("test")
     # same preprocessing for any size and for tensors in [-1, 1]
-    from mmdlm.data.imagetext import to_tensor
+    from mmdlm.images import to_tensor
 
     big = [D.render_digit(p, 64) for p in images[:40]]
     assert (clf.predict(big) == labels[:40]).mean() >= 0.9

@@ -13,6 +13,7 @@ from PIL import Image
 from mmdlm import cli
 from mmdlm.data import shapes as S
 from mmdlm.data.tokenizer import train_word_tokenizer
+from mmdlm.diffusion import mask_ratio
 from mmdlm.multimodal import encode_captions
 from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel
 from mmdlm.pipelines import DualDiffusionPipeline, load_pipeline
@@ -34,7 +35,8 @@ def make_pipe(tok, vae=None, size=16, seed=0):
     model = DualDiffusionTransformer2DModel(
         sample_size=side, patch_size=2, in_channels=channels, out_channels=channels, num_layers=1,
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
-        pooled_projection_dim=16, pos_embed_max_size=side // 2, vocab_size=len(tok), text_length=LENGTH).eval()
+        pooled_projection_dim=16, pos_embed_max_size=side // 2, vocab_size=len(tok), text_length=LENGTH,
+        mask_token_id=tok.mask_token_id).eval()
     with torch.no_grad():  # random weights everywhere, so that every input matters
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -141,20 +143,20 @@ def test_guidance_in_both_directions(pipe, monkeypatch):
     assert len(seen[0][0]) == 1
     seen.clear()
     guided = pipe(PROMPT, num_inference_steps=2, generator=gen(), output_type="pt", guidance_scale=3.0).images
-    x, ids, t, r = seen[0][:4]
+    x, ids, t = seen[0][:3]
     mask = pipe.tokenizer.mask_token_id
-    assert len(x) == 2 and (ids[1] == mask).all() and r.tolist() == [0.0, 1.0]  # unconditional: caption masked
+    assert len(x) == 2 and mask_ratio(ids, mask).tolist() == [0.0, 1.0]  # unconditional: caption masked
     assert not torch.allclose(plain, guided)
     seen.clear()
     pipe(image=shapes_image(), num_inference_steps=2, text_guidance_scale=2.0)
-    x, ids, t, r = seen[0][:4]
+    x, ids, t = seen[0][:3]
     assert t.tolist() == [0.0, 1000.0] and not torch.allclose(x[0], x[1])  # unconditional: the image is noise
     assert torch.allclose(x[0], pipe._pixels(shapes_image())[0])
     seen.clear()  # joint: the image is guided by the words committed so far, from the second step on
     pipe(task="joint", num_inference_steps=3, guidance_scale=2.0, generator=gen())
     assert [len(a[0]) for a in seen] == [1, 2, 2]
-    ids, r = seen[1][1], seen[1][3]
-    assert (ids[0] != mask).any() and (ids[1] == mask).all() and r[1] == 1.0
+    ids = seen[1][1]
+    assert (ids[0] != mask).any() and (ids[1] == mask).all()
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
         pipe(PROMPT, num_inference_steps=2, guidance_scale=-1.0)
 
@@ -315,21 +317,25 @@ def test_training_losses_follow_the_task(caption_tokenizer):
 
     def trainer(**kw):
         return MMDiTTrainer(model, data, TrainArgs(output_dir="/tmp/unused", max_steps=1, batch_size=4),
-                            tokenizer=caption_tokenizer, mask_token_id=mask, **kw)
+                            tokenizer=caption_tokenizer, **kw)
 
     out = trainer(task_weights={"t2i": 1}, caption_dropout=0.0).losses(model, data, gen())
-    x, ids, t, r = seen[-1][:4]
+    x, ids, t = seen[-1][:3]
+    r = mask_ratio(ids, mask)  # the text noise level the model measures
     assert torch.equal(ids, data["text_ids"]) and (r == 0).all() and (t > 0).all() and out["text_loss"] == 0
     assert out["image_loss"] > 0
     out = trainer(task_weights={"caption": 1}, image_dropout=0.0).losses(model, data, gen())
-    x, ids, t, r = seen[-1][:4]
+    x, ids, t = seen[-1][:3]
+    r = mask_ratio(ids, mask)  # the text noise level the model measures
     assert torch.equal(x, data["pixels"]) and (t == 0).all() and out["image_loss"] == 0 and out["text_loss"] > 0
     assert (ids == mask).any() and torch.allclose(r, (ids == mask).float().mean(1))
     trainer(task_weights={"t2i": 1}, caption_dropout=0.99).losses(model, data, gen())
-    x, ids, t, r = seen[-1][:4]
+    x, ids, t = seen[-1][:3]
+    r = mask_ratio(ids, mask)  # the text noise level the model measures
     assert (ids == mask).all() and (r == 1).all()  # a dropped caption is the fully masked canvas
     trainer(task_weights={"caption": 1}, image_dropout=0.99).losses(model, data, gen())
-    x, ids, t, r = seen[-1][:4]
+    x, ids, t = seen[-1][:3]
+    r = mask_ratio(ids, mask)  # the text noise level the model measures
     assert (t == 1000).all() and not torch.allclose(x, data["pixels"])  # a hidden image is pure noise
     out = trainer(task_weights={"joint": 1}).losses(model, data, gen())
     assert out["image_loss"] > 0 and out["text_loss"] > 0
@@ -357,7 +363,7 @@ def test_ema_is_saved_and_resumes_exactly(caption_tokenizer, tmp_path):
         model = make_pipe(caption_tokenizer).transformer.train()
         args = TrainArgs(output_dir=str(tmp_path / folder), max_steps=4, batch_size=4, save_every=2, warmup_steps=1,
                          lr=1e-2, resume=resume)
-        return cls(model, data, args, tokenizer=caption_tokenizer, mask_token_id=caption_tokenizer.mask_token_id,
+        return cls(model, data, args, tokenizer=caption_tokenizer,
                    task_weights={"t2i": 1, "caption": 1}, ema_decay=0.9)
 
     full = run(MMDiTTrainer, "a")
@@ -429,7 +435,7 @@ def test_train_mm_mmdit_with_a_vae(tmp_path, capsys):
 def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
     """A run replaces the earlier run's t2i-* files, whole: fewer images leave no stale ones behind,
     other files stay, and a failure while writing leaves the earlier set as it was."""
-    from mmdlm import recipes
+    from mmdlm.commands import t2i as t2i_command
 
     pipe.save_pretrained(tmp_path / "p")
     out = tmp_path / "out"
@@ -451,7 +457,7 @@ def test_t2i_writes_one_consistent_set(pipe, tmp_path, monkeypatch, capsys):
     def broken(history, path):
         raise ValueError("the GIF cannot be written")
 
-    monkeypatch.setattr(recipes, "write_denoising_gif", broken)
+    monkeypatch.setattr(t2i_command, "write_denoising_gif", broken)
     capsys.readouterr()
     assert t2i("--n", "3", "--seed", "1") == 2
     assert "the GIF cannot be written" in capsys.readouterr().err

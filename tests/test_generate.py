@@ -2,9 +2,10 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 
+from mmdlm.placeholders import mask_spans, parse_infill
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import DiffusionLM
-from mmdlm.text.generate import block_ranges, continue_text, generate, infill_text, mask_spans, parse_infill
+from mmdlm.text.generate import block_ranges, generate
 
 
 def _dlm(tokenizer, family="llama", **kw):
@@ -114,12 +115,8 @@ def test_guidance_and_eos_stop(tokenizer):
     assert out.nfe == 4 and (out.sequences[0, 3:] == eos).all()
 
 
-def test_text_helpers(tokenizer):
+def test_placeholders(tokenizer):
     dlm = _dlm(tokenizer, "gpt2")
-    g = torch.Generator().manual_seed(0)
-    text = infill_text(dlm, tokenizer, "def f(x):\n    return <|mask:4|>\n", steps=4, generator=g)
-    assert text.startswith("def f(x):\n    return ") and text.endswith("\n") and "<|mask" not in text
-    assert isinstance(continue_text(dlm, tokenizer, "import", gen_length=6, steps=3), str)
     ids = parse_infill(tokenizer, "a<|mask:2|>b", dlm.mask_token_id)
     assert ids.count(dlm.mask_token_id) == 2
     with pytest.raises(ValueError, match="N >= 1"):

@@ -5,9 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mmdlm import images
 from mmdlm.data import imagetext
-from mmdlm.data.imagetext import load_image_text, load_image_texts, to_pil, to_tensor
+from mmdlm.data.imagetext import load_image_text, load_image_texts
 from mmdlm.data.tokenizer import train_word_tokenizer
+from mmdlm.images import to_pil, to_tensor
 
 
 def test_to_tensor_converts_modes_resizes_and_crops():
@@ -63,12 +65,12 @@ def test_image_size_guard(tmp_path, monkeypatch):
         to_tensor(Image.new("RGB", (30, 20)), 8)
     with pytest.warns(Image.DecompressionBombWarning), \
             pytest.raises(ValueError, match=r"a.png is too large to decode safely: 30x20"):
-        imagetext.open_image(tmp_path / "a.png")
+        images.open_image(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
     with pytest.raises(ValueError, match=r"a.png is too large to decode safely: Image size \(600 pixels\)"):
-        imagetext.open_image(tmp_path / "a.png")
+        images.open_image(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the guard lifted: any size
-    assert imagetext.open_image(tmp_path / "a.png").size == (30, 20)
+    assert images.open_image(tmp_path / "a.png").size == (30, 20)
 
 
 def test_to_tensor_errors():

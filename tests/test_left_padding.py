@@ -63,9 +63,7 @@ def test_cached_windows_of_padded_rows_match_the_row_alone(tokenizer, cache):
 
 
 def _pipe(dlm, tokenizer):
-    c = dlm.config
-    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(), mask_token_id=c.mask_token_id,
-                                 shift=c.shift, attention=c.attention, block_size=c.block_size)
+    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(), diffusion_config=dlm.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

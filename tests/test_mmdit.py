@@ -10,7 +10,7 @@ from mmdlm.multimodal.mmdit import DualDiffusionTransformer2DModel, MaskedJointA
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=2, attention_head_dim=8,
             num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16,
-            pos_embed_max_size=8, vocab_size=20, text_length=6)
+            pos_embed_max_size=8, vocab_size=20, text_length=6, mask_token_id=3)
 SD3_TINY = dict(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
                 num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=16, pooled_projection_dim=12,
                 pos_embed_max_size=8)
@@ -135,8 +135,8 @@ def test_from_sd3_loads_everything_sd3_has_and_names_the_new_parts(tmp_path, cap
             p.add_(torch.randn_like(p) * 0.05)
     sd3.save_pretrained(tmp_path / "sd3")
     with caplog.at_level("WARNING"):
-        model, info = DualDiffusionTransformer2DModel.from_pretrained(tmp_path / "sd3", vocab_size=11, text_length=5,
-                                                                     output_loading_info=True)
+        model, info = DualDiffusionTransformer2DModel.from_pretrained(
+            tmp_path / "sd3", vocab_size=11, text_length=5, mask_token_id=3, output_loading_info=True)
     assert "initialised fresh" in caplog.text and "text_embedding.weight" in caplog.text
     assert model.config.joint_attention_dim == 24 and model.config.vocab_size == 11
     last = "transformer_blocks.1."
@@ -170,7 +170,7 @@ def test_from_sd3_loads_everything_sd3_has_and_names_the_new_parts(tmp_path, cap
 def test_loading_refuses_other_checkpoints(tmp_path):
     torch.manual_seed(0)
     SD3Transformer2DModel(**SD3_TINY).save_pretrained(tmp_path / "sd3")
-    with pytest.raises(ValueError, match="give vocab_size and text_length"):
+    with pytest.raises(ValueError, match="give vocab_size, text_length and mask_token_id"):
         DualDiffusionTransformer2DModel.from_pretrained(tmp_path / "sd3")
     AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4).save_pretrained(tmp_path / "vae")
     with pytest.raises(ValueError, match="holds a AutoencoderKL, not a DualDiffusionTransformer2DModel"):

@@ -24,7 +24,9 @@ def test_save_load_round_trip(pipe, tmp_path):
     again = TextDiffusionPipeline.from_pretrained(tmp_path / "pipe")
     again.set_progress_bar_config(disable=True)
     assert isinstance(again.scheduler, MaskedDiffusionScheduler)
-    assert again.config.mask_token_id == pipe.config.mask_token_id
+    assert again.mask_token_id == pipe.mask_token_id
+    index = (tmp_path / "pipe" / "model_index.json").read_text()
+    assert "mask_token_id" not in index and (tmp_path / "pipe" / "model" / "mmdlm.json").is_file()  # one owner
     b = again(["def f(x):", "import os"], generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
 
@@ -57,7 +59,7 @@ def test_callbacks_history_and_output_types(pipe):
                   callback_on_step_end_tensor_inputs=["sequences"], output_type="ids")
     assert (forced.sequences[:, -1] == 7).all()
     assert out.texts is None and len(out.history) == 5
-    frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)
+    frames = h.frames(pipe.tokenizer, out.history, pipe.mask_token_id, start=1)
     assert [s for _, s in frames[0]].count("masked") == 4 and "masked" not in [s for _, s in frames[-1]]
     assert sum(s == "new" for _, s in frames[1]) == 1
 
@@ -79,7 +81,7 @@ def test_infill_and_bad_inputs(pipe):
 
 def test_remasking_is_a_call_option(pipe):
     out = pipe("a", gen_length=6, num_inference_steps=6, remasking=True, output_type="ids")
-    assert not (out.sequences == pipe.config.mask_token_id).any()
+    assert not (out.sequences == pipe.mask_token_id).any()
     assert pipe.scheduler.config.remasking is False  # a call option, not a change to the scheduler
     with pytest.raises(ValueError, match="remasking ranks by confidence"):  # it reaches the scheduler
         pipe("a", gen_length=6, remasking=True, threshold=0.5)
@@ -87,7 +89,7 @@ def test_remasking_is_a_call_option(pipe):
 
 def test_history_writers(tmp_path, pipe):
     out = pipe("a", gen_length=3, num_inference_steps=3, return_history=True)
-    frames = h.frames(pipe.tokenizer, out.history, pipe.config.mask_token_id, start=1)
+    frames = h.frames(pipe.tokenizer, out.history, pipe.mask_token_id, start=1)
     h.write_html(frames, tmp_path / "u.html")
     h.write_gif(frames, tmp_path / "u.gif")
     assert "const frames" in (tmp_path / "u.html").read_text()

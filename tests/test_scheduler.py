@@ -120,5 +120,5 @@ def test_remasking_errors():
     x = torch.full((1, 4), M)
     with pytest.raises(ValueError, match="confidence=out.confidence"):
         s.step(_probs(4), s.timesteps[1], x, mask_token_id=M)
-    with pytest.raises(ValueError, match="shape of sample"):
+    with pytest.raises(ValueError, match="shape of the ids"):
         s.step(_probs(4), s.timesteps[1], x, mask_token_id=M, confidence=torch.zeros(1, 3))

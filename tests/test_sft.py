@@ -9,9 +9,10 @@ from conftest import tiny_causal_lm
 from mmdlm import cli
 from mmdlm.data.sft import encode_sft, format_chat_prompt, function_pairs
 from mmdlm.diffusion import corrupt, get_schedule
+from mmdlm.pipelines import TextDiffusionPipeline
+from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text import attention as attn
 from mmdlm.text.adapt import DiffusionLM, load_dlm
-from mmdlm.text.generate import continue_text
 from mmdlm.training import TrainArgs
 from mmdlm.training.diffusion import DiffusionTrainer
 
@@ -141,7 +142,9 @@ def test_sft_learns_the_responses_and_to_stop(tmp_path, tokenizer):
     trainer = DiffusionTrainer(dlm, data, args, tokenizer=tokenizer)
     trainer.train()
     dlm = trainer.accelerator.unwrap_model(trainer.model).eval()
-    outputs = [continue_text(dlm, tokenizer, r["prompt"], gen_length=22, steps=22) for r in records]
+    pipe = TextDiffusionPipeline(dlm.model, tokenizer, MaskedDiffusionScheduler(), diffusion_config=dlm.config)
+    pipe.set_progress_bar_config(disable=True)
+    outputs = [pipe(r["prompt"], gen_length=22, num_inference_steps=22).texts[0] for r in records]
     assert outputs == [r["response"] for r in records]  # cut at the first EOS: the model stopped
 
 

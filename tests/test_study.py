@@ -10,11 +10,13 @@ import torch
 from conftest import tiny_causal_lm
 
 from mmdlm import cli
+from mmdlm.commands.adapt import build_dlm
 from mmdlm.config import build
-from mmdlm.recipes import build_dlm
-from mmdlm.study import analyse, curve_steps, run_study, tokens_to_reach
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from study import StudyConfig, analyse, curve_steps, run_study, tokens_to_reach  # noqa: E402
+from study import main as study_main  # noqa: E402
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def _config(tmp_path, teacher_dir, **kw):
         scratch={"shift": False}, curve_points=3, curve_rows=4, curve_grid=2, eval_rows=6, grid=2, replicates=2,
         eval_batch_size=4, infill_spans=3, span=2, left=4, right=2, prompts=2, prompt_len=3, gen_length=4,
         threads=1)
-    return build(cli.StudyConfig, {**base, **kw})
+    return build(StudyConfig, {**base, **kw})
 
 
 def test_study_end_to_end_and_reuse(tmp_path, teacher_dir, capsys):
@@ -72,9 +74,9 @@ def test_study_end_to_end_and_reuse(tmp_path, teacher_dir, capsys):
 
 
 def test_quick_overrides_and_validation(tmp_path, teacher_dir):
-    from mmdlm.study import apply_quick, validate
+    from study import apply_quick, validate
 
-    c = cli.StudyConfig(quick=True)
+    c = StudyConfig(quick=True)
     q = apply_quick(c)
     assert q.adapt_steps == c.quick_overrides["adapt_steps"] and q.adapt["lr"] == c.adapt["lr"]
     assert not q.results.startswith("bench/")  # the smoke test never overwrites the committed results
@@ -90,7 +92,7 @@ def test_quick_overrides_and_validation(tmp_path, teacher_dir):
 
 
 def test_study_command_line_errors(tmp_path, capsys):
-    assert cli.main(["study", "--teacher", str(tmp_path / "missing"), "--output-dir", str(tmp_path),
+    assert study_main(["--teacher", str(tmp_path / "missing"), "--output-dir", str(tmp_path),
                      "--scratch-steps", "1", "--results", str(tmp_path / "r.json"), "--max-files", "5"]) == 2
     assert "could not load" in capsys.readouterr().err
 
@@ -170,7 +172,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
 
 
 def test_runs_recorded_before_a_new_adapt_key_still_match():
-    from mmdlm.study import same_settings
+    from study import same_settings
 
     key = {"adapt": {"lr": 1e-3, "lora_r": 0}, "seed": 0}
     assert same_settings({"adapt": {"lr": 1e-3}, "seed": 0}, key)  # lora_r added later, at its default

@@ -7,6 +7,7 @@ import torch
 from mmdlm import cli
 from mmdlm.config import build
 from mmdlm.training import multimodal as M
+from mmdlm.training.backbones import BACKBONES
 
 
 def test_draw_tasks_keeps_the_shares_and_is_reproducible():
@@ -126,7 +127,7 @@ def test_train_mm_dispatches_to_the_registered_backbone(tmp_path, monkeypatch, c
     assert cli.main(["train-mm"]) == 2
     assert "no backbone given" in capsys.readouterr().err
     seen = []
-    monkeypatch.setitem(M.BACKBONES, "toy", seen.append)
+    monkeypatch.setitem(BACKBONES, "toy", seen.append)
     recipe = tmp_path / "mm.yaml"
     recipe.write_text("backbone: toy\ntask_weights: {t2i: 1, caption: 1}\nmodel_config: {hidden: 8}\n")
     assert cli.main(["train-mm", "--config", str(recipe), "--image-size", "16"]) == 0

@@ -144,6 +144,17 @@ def _load_source(source: str, data_files: list[str] | None,
                          f"{builtins}; or pass data files): {err}") from err
 
 
+def train_validation(dsd, train, validation_fraction: float):
+    """(train, validation): the source's validation split, or `validation_fraction` of `train` carved
+    off deterministically (seed 0); None when `train` has a single record to give."""
+    if "validation" in dsd:
+        return train, dsd["validation"]
+    if len(train) < 2:
+        return train, None
+    parts = train.train_test_split(test_size=validation_fraction, seed=0)
+    return parts["train"], parts["test"]
+
+
 def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = None,
                      text_column: str = "text", validation_fraction: float = 0.05,
                      max_files: int | None = None):
@@ -165,13 +176,8 @@ def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = No
     train = train.filter(lambda ex: isinstance(ex[text_column], str) and ex[text_column].strip() != "")
     if len(train) == 0:
         raise ValueError(f"dataset {source!r} has no non-empty text in column {text_column!r}")
-    if "validation" in dsd:
-        validation = dsd["validation"]
-    elif len(train) >= 2:
-        parts = train.train_test_split(test_size=validation_fraction, seed=0)
-        train, validation = parts["train"], parts["test"]
-    else:
-        validation = train
+    train, validation = train_validation(dsd, train, validation_fraction)
+    validation = train if validation is None else validation
     if text_column != "text":
         train = train.rename_column(text_column, "text")
         validation = validation.rename_column(text_column, "text")

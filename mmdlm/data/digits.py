@@ -93,7 +93,7 @@ def to_digit_features(images) -> np.ndarray:
     Takes PIL images (any mode and size) or a (N, 3, H, W) tensor/array in [-1, 1].
     """
     if hasattr(images, "ndim") and not isinstance(images, Image.Image):
-        from .imagetext import to_pil
+        from ..images import to_pil
 
         images = to_pil(images)
     if isinstance(images, Image.Image):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus
+from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus, train_validation
 
 ROLES = ("system", "user", "assistant")
 
@@ -90,14 +90,8 @@ def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = Non
     dsd = _load_source(source, data_files)
     if "train" not in dsd:
         raise ValueError(f"dataset {source!r} has no 'train' split (splits: {list(dsd)})")
-    train = dsd["train"]
-    if "validation" in dsd:
-        validation = dsd["validation"]
-    elif len(train) >= 2:
-        parts = train.train_test_split(test_size=validation_fraction, seed=0)
-        train, validation = parts["train"], parts["test"]
-    else:
-        validation = train.select([])
+    train, validation = train_validation(dsd, dsd["train"], validation_fraction)
+    validation = train.select([]) if validation is None else validation
     return list(train), list(validation), {"source": source if not data_files else ",".join(data_files)}
 
 

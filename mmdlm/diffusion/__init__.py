@@ -3,7 +3,8 @@
 Pure torch and modality-agnostic: the same code drives text tokens and VQ image tokens.
 """
 
-from .corruption import block_t, corrupt
+from .corruption import block_t, corrupt, mask_ratio
+from .guidance import guide
 from .loss import masked_diffusion_loss
 from .schedules import (
     SCHEDULES,
@@ -14,13 +15,17 @@ from .schedules import (
     get_schedule,
 )
 from .unmask import (
-    COMMIT_RULES,
+    RULES,
+    SCORES,
+    ReverseStep,
+    SamplingOptions,
+    check_generators,
     commit_scores,
     filter_logits,
     predict,
+    reverse_step,
     select_top,
     tokens_to_commit,
-    unmask_step,
 )
 
 __all__ = [
@@ -32,12 +37,18 @@ __all__ = [
     "get_schedule",
     "corrupt",
     "block_t",
+    "mask_ratio",
+    "guide",
     "masked_diffusion_loss",
     "tokens_to_commit",
     "filter_logits",
     "predict",
     "select_top",
     "commit_scores",
-    "unmask_step",
-    "COMMIT_RULES",
+    "reverse_step",
+    "ReverseStep",
+    "SamplingOptions",
+    "RULES",
+    "SCORES",
+    "check_generators",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 from ._checks import check_bool_mask, check_mask_id, per_position_t
 from .schedules import Schedule
 
-__all__ = ["corrupt", "block_t"]
+__all__ = ["corrupt", "block_t", "mask_ratio"]
 
 
 def corrupt(
@@ -66,3 +66,13 @@ def block_t(t_blocks: Tensor, block_size: int, length: int) -> Tensor:
             f"t_blocks has {t_blocks.shape[1]} blocks, expected ceil({length}/{block_size}) = {n_blocks}"
         )
     return t_blocks.repeat_interleave(block_size, dim=1)[:, :length]
+
+
+def mask_ratio(ids: Tensor, mask_id: int, real: Tensor | None = None) -> Tensor:
+    """The observed noise level of each row of ``ids`` (B, L): the share of ``mask_id`` among its
+    positions, or among its real ones where ``real`` (bool (B, L)) marks them (padding left out)."""
+    masked = (ids == mask_id).float()
+    if real is None:
+        return masked.mean(1)
+    real = real.float()
+    return (masked * real).sum(1) / real.sum(1).clamp_min(1)

@@ -1,22 +1,107 @@
-"""One reverse (unmasking) step, shared by all samplers.
+"""The reverse (unmasking) step, written once for every sampler and every modality.
 
-Going from noise level ``t`` to ``s < t``, a masked token stays masked with
-probability ``m(s) / m(t)``; the rest are revealed.  Samplers reveal that many
-tokens deterministically, choosing them by a score (confidence, margin, ...).
+Going from noise level ``t`` to ``s < t``, a masked token stays masked with probability
+``m(s) / m(t)``; the rest are revealed. `reverse_step` predicts every masked token and commits
+some of them:
+
+- how many: a commit schedule (default), n - round(n m(s)/m(t)) of the n masked tokens, at least
+  one; or every token whose confidence reaches `threshold` (Fast-dLLM's parallel decoding), at
+  least the single best one; or rule "origin" (LLaDA / Dream): each masked token independently with
+  probability 1 - m(s)/m(t);
+- which: the highest scores under the rule ("confidence" = max probability, "margin" = top1 -
+  top2, "entropy" = negative entropy, "random"), or with `alg_temp` > 0 a draw without replacement
+  from softmax(score / alg_temp) (Dream);
+- with `remasking`, a committed token can be taken back: each step ranks every generated
+  position, the masked ones by the confidence of their new prediction and the committed ones by
+  the confidence they were committed with, keeps the best (the schedule's count, so as many stay
+  masked as without remasking) and masks the rest again; the ranking is log-confidence plus Gumbel
+  noise of scale `alg_temp` x t (MaskGIT's annealed choice temperature). The caller carries the
+  confidences from step to step; tokens that were never masked are never taken back.
+
+`generator` is one torch.Generator, or a list with one per row: every random draw of a row then
+comes from its own generator, so a row samples the same in any batch.
+`MaskedDiffusionScheduler` (mmdlm.schedulers) is this step in diffusers' shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ._checks import check_bool_mask, check_mask_id
+from ._checks import check_bool, check_bool_mask, check_finite, check_int, check_mask_id, is_real
 from .schedules import Schedule
 
-__all__ = ["tokens_to_commit", "filter_logits", "predict", "commit_scores", "select_top", "unmask_step",
-           "COMMIT_RULES"]
+__all__ = ["RULES", "SCORES", "SamplingOptions", "ReverseStep", "reverse_step", "tokens_to_commit",
+           "filter_logits", "predict", "commit_scores", "select_top", "check_generators"]
 
-COMMIT_RULES = ("confidence", "margin", "entropy", "random")
+SCORES = ("confidence", "margin", "entropy", "random")  # rules that rank the masked positions
+RULES = (*SCORES, "origin")  # "origin" commits each position by a coin instead
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How a reverse step chooses tokens and positions; checked when made."""
+
+    rule: str = "confidence"
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    alg_temp: float = 0.0
+    threshold: float | None = None
+    remasking: bool = False
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        check_finite(self.temperature, "temperature")
+        check_finite(self.alg_temp, "alg_temp")
+        if self.top_k is not None:
+            check_int(self.top_k, "top_k", 1)
+        for name in ("top_p", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not (is_real(value) and 0 < value <= 1):  # NaN fails too
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if check_bool(self.remasking, "remasking") and (self.rule != "confidence" or self.threshold is not None):
+            raise ValueError(f"remasking ranks by confidence on the commit schedule: it needs rule 'confidence' "
+                             f"and no threshold, got rule={self.rule!r}, threshold={self.threshold}")
+
+    def replace(self, **overrides) -> "SamplingOptions":
+        """These options with some changed (checked); an unknown name is a TypeError."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass
+class ReverseStep:
+    """ids: after the step; pred: every masked position filled with its prediction; committed: the
+    positions this step committed; confidence (remasking only): what the next step needs, the
+    confidence of each generated token (inf where a token was given)."""
+
+    ids: Tensor
+    pred: Tensor
+    committed: Tensor
+    confidence: Tensor | None = None
+
+
+def check_generators(generator: Generators, rows: int) -> None:
+    """A list of generators must hold one per row."""
+    if isinstance(generator, (list, tuple)) and len(generator) != rows:
+        raise ValueError(f"{len(generator)} generators for a batch of {rows} samples; give one, or one per sample")
+
+
+def rand(shape, generator: Generators = None, device=None) -> Tensor:
+    """U(0, 1) of `shape`; with a list of generators, row i from generator i."""
+    if isinstance(generator, (list, tuple)):
+        check_generators(generator, shape[0])
+        return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=device) for g in generator])
+    return torch.rand(shape, generator=generator, device=device)
 
 
 def tokens_to_commit(n_masked: Tensor, t: float, s: float, schedule: Schedule) -> Tensor:
@@ -57,7 +142,7 @@ def predict(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> tuple[Tensor, Tensor]:
     """Predict a token at every position.
 
@@ -74,8 +159,13 @@ def predict(
         tokens = logits.argmax(dim=-1)
     else:
         sample_probs = (filter_logits(logits, top_k, top_p) / temperature).softmax(dim=-1)
-        flat = sample_probs.reshape(-1, sample_probs.shape[-1])
-        tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
+        if isinstance(generator, (list, tuple)):  # row i from generator i
+            check_generators(generator, len(sample_probs))
+            tokens = torch.cat([torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=g).view(1, *p.shape[:-1])
+                                for p, g in zip(sample_probs, generator)])
+        else:
+            flat = sample_probs.reshape(-1, sample_probs.shape[-1])
+            tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
     return tokens, probs
 
 
@@ -85,7 +175,7 @@ def select_top(
     candidates: Tensor,
     *,
     alg_temp: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Boolean mask of the ``n[b]`` best-scoring candidates of each row.
 
@@ -94,7 +184,7 @@ def select_top(
     """
     scores = scores.float()
     if alg_temp > 0:
-        u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
+        u = rand(scores.shape, generator, scores.device).clamp_(1e-20, 1.0)
         scores = scores / alg_temp - torch.log(-torch.log(u))
     # Candidates get finite scores, everything else -inf, so candidates always rank first.
     scores = torch.where(candidates, scores.clamp_min(torch.finfo(scores.dtype).min), float("-inf"))
@@ -105,9 +195,7 @@ def select_top(
     return (rank < n[:, None]) & candidates
 
 
-def commit_scores(
-    probs: Tensor, tokens: Tensor, rule: str, *, generator: torch.Generator | None = None
-) -> Tensor:
+def commit_scores(probs: Tensor, tokens: Tensor, rule: str, *, generator: Generators = None) -> Tensor:
     """Score each position; higher = commit first.
 
     * ``"confidence"``: ``p(token)`` of the chosen token (MaskGIT / LLaDA low-confidence remasking)
@@ -123,55 +211,65 @@ def commit_scores(
     if rule == "entropy":
         return torch.special.xlogy(probs, probs).sum(dim=-1)
     if rule == "random":
-        return torch.rand(tokens.shape, generator=generator, device=probs.device)
-    raise ValueError(f"unknown commit rule {rule!r}; valid: {', '.join(COMMIT_RULES)}")
+        return rand(tokens.shape, generator, probs.device)
+    raise ValueError(f"unknown commit rule {rule!r}; valid: {', '.join(SCORES)}")
 
 
-def unmask_step(
-    x: Tensor,
-    logits: Tensor,
-    mask_id: int,
-    n_commit: Tensor,
-    *,
-    rule: str = "confidence",
-    temperature: float = 0.0,
-    editable: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Reveal the ``n_commit[b]`` best-scoring masked positions of each row.
+def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, schedule: Schedule,
+                 options: SamplingOptions = SamplingOptions(), *, editable: Tensor | None = None,
+                 confidence: Tensor | None = None, first: bool = True, generator: Generators = None) -> ReverseStep:
+    """One step from noise level `t` to `s < t` (see the module docstring).
 
-    Candidates are positions with ``x == mask_id`` (and ``editable``, if given);
-    ``n_commit`` is clamped to the number of candidates per row.  ``mask_id`` is
-    never predicted.  Returns ``(new_x, x0_pred)``: ``new_x`` differs from ``x`` only
-    at committed positions; ``x0_pred`` is ``x`` with every masked position filled by
-    its prediction.
+    `logits` (B, L, V) predict `ids` (B, L) position by position; only masked positions that are
+    `editable` (default: all) can be committed (or, with remasking, taken back). [MASK] itself is
+    never predicted, and the caller's logits are left untouched. `confidence`: the previous step's
+    (remasking only; None at the `first` step). At s <= 0 every candidate is committed.
     """
-    if x.dim() != 2 or logits.dim() != 3 or logits.shape[:2] != x.shape:
-        raise ValueError(
-            f"need x (B, L) and logits (B, L, V), got {tuple(x.shape)} and {tuple(logits.shape)}"
-        )
+    if ids.ndim != 2 or logits.ndim != 3 or logits.shape[:2] != ids.shape:
+        raise ValueError(f"need ids (B, L) and logits (B, L, V); got {tuple(ids.shape)} and {tuple(logits.shape)}")
     mask_id = check_mask_id(mask_id)
     if mask_id >= logits.shape[-1]:
         raise ValueError(f"mask_id {mask_id} is outside the vocabulary of size {logits.shape[-1]}")
-    check_bool_mask(editable, x.shape, "editable")
-    if rule not in COMMIT_RULES:
-        raise ValueError(f"unknown commit rule {rule!r}; valid: {', '.join(COMMIT_RULES)}")
-    b = x.shape[0]
-    n_commit = torch.as_tensor(n_commit, device=x.device).long()
-    if n_commit.dim() == 0:
-        n_commit = n_commit.expand(b)
-    if n_commit.shape != (b,):
-        raise ValueError(f"n_commit has shape {tuple(n_commit.shape)}, expected ({b},)")
-
-    # Never predict [MASK] itself (new tensor: the caller's logits stay untouched).
+    check_bool_mask(editable, ids.shape, "editable")
+    masked = ids == mask_id
+    candidates = masked if editable is None else masked & editable
     logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
-    tokens, probs = predict(logits, temperature=temperature, generator=generator)
+    tokens, probs = predict(logits, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                            generator=generator)
+    filled = torch.where(masked, tokens, ids)
+    n_cand = candidates.sum(-1)
 
-    is_masked = x == mask_id
-    candidates = is_masked if editable is None else is_masked & editable
-    scores = commit_scores(probs, tokens, rule, generator=generator)
-    commit = select_top(scores, n_commit, candidates)
+    if options.remasking:
+        if confidence is None:
+            if not first:
+                raise ValueError("remasking needs the confidences of the previous step: pass "
+                                 "confidence=out.confidence from the step before")
+            confidence = torch.full(ids.shape, float("inf"), device=ids.device)  # all but [MASK] given
+        elif confidence.shape != ids.shape:
+            raise ValueError(f"confidence must have the shape of the ids {tuple(ids.shape)}, got "
+                             f"{tuple(confidence.shape)}")
+        committed = ~masked & torch.isfinite(confidence)
+        pool = candidates | (committed if editable is None else committed & editable)
+        ranked = torch.where(masked, probs.gather(-1, tokens[..., None])[..., 0], confidence)
+        stay_masked = n_cand - tokens_to_commit(n_cand, t, s, schedule)  # as many as without remasking
+        keep = select_top(ranked.clamp_min(1e-30).log(), pool.sum(-1) - stay_masked, pool,
+                          alg_temp=options.alg_temp * t, generator=generator)
+        new = torch.where(pool, torch.where(keep, filled, torch.full_like(ids, mask_id)), ids)
+        conf = torch.where(pool, torch.where(keep, ranked, 0.0), confidence)
+        return ReverseStep(ids=new, pred=filled, committed=keep & masked, confidence=conf)
 
-    new_x = torch.where(commit, tokens, x)
-    x0_pred = torch.where(is_masked, tokens, x)
-    return new_x, x0_pred
+    if options.rule == "origin":
+        keep_p = float(schedule.mask_prob(torch.tensor(s)) / schedule.mask_prob(torch.tensor(t)))
+        commit = candidates & (rand(ids.shape, generator, ids.device) >= keep_p)
+    else:
+        scores = commit_scores(probs, tokens, options.rule, generator=generator)
+        if options.threshold is not None:
+            conf = probs.gather(-1, tokens[..., None])[..., 0]
+            commit = candidates & (conf >= options.threshold)
+            commit |= select_top(scores, torch.ones_like(n_cand), candidates)  # at least one
+        else:
+            n = tokens_to_commit(n_cand, t, s, schedule) if t > 0 else n_cand
+            commit = select_top(scores, n, candidates, alg_temp=options.alg_temp, generator=generator)
+    if s <= 0.0:  # the last step leaves nothing masked
+        commit = candidates
+    return ReverseStep(ids=torch.where(commit, tokens, ids), pred=filled, committed=commit)

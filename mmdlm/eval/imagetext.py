@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..data import shapes as S
+from ..images import image_grid
 from ..io import atomic_write_text
 
 DATASETS = ("shapes", "digits")
@@ -76,18 +77,6 @@ def _check(out, n: int, field: str, task: str):
 def _mean(values) -> float | None:
     values = list(values)
     return round(sum(map(float, values)) / len(values), 4) if values else None
-
-
-def image_grid(images, cols: int = 8):
-    """Paste PIL images side by side, `cols` per row."""
-    from PIL import Image
-
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid
 
 
 def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps: int | None = None, seed: int = 0,
@@ -225,7 +214,7 @@ def write_record(path: str | Path, record: dict) -> dict:
     its own. Returns the file's content."""
     from importlib.metadata import version
 
-    from ..recipes import machine, versions
+    from ..provenance import machine, versions
 
     for key in ("backbone", "dataset"):
         if not record.get(key):

@@ -15,7 +15,8 @@ def reconstruction_report(tokenizer, datasets=("shapes", "digits"), *, n: int = 
                           batch_size: int = 64) -> dict:
     """Per dataset: judge accuracy on originals and on reconstructions, mean squared error in
     [-1, 1], PSNR, and the share of the codebook the held-out images use."""
-    from ..data.imagetext import load_image_text, to_pil
+    from ..data.imagetext import load_image_text
+    from ..images import to_pil
 
     report: dict = {"image_size": image_size, "codebook_size": tokenizer.codebook_size,
                     "downsample": tokenizer.downsample}

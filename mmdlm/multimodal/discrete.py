@@ -3,7 +3,8 @@
 Both modalities are token ids, some of them [MASK]:
 - image stream: an (h, w) grid of VQ codes in [0, codebook_size), [MASK] = codebook_size,
   embedded by one table of codebook_size + 1 rows;
-- text stream: caption ids in [0, vocab_size), [MASK] = the tokenizer's mask token.
+- text stream: caption ids in [0, vocab_size), [MASK] = `mask_token_id` (the tokenizer's mask token).
+`mask_token_ids` gives both: {"image": codebook_size, "text": mask_token_id}.
 The streams meet in diffusers' own Flux blocks: `num_layers` double-stream
 `FluxTransformerBlock`s (separate weights per stream, joint attention), then
 `num_single_layers` single-stream `FluxSingleTransformerBlock`s over the concatenation
@@ -45,6 +46,8 @@ from diffusers.models.transformers.transformer_flux import (
 )
 from diffusers.utils import BaseOutput
 
+from ..diffusion import mask_ratio
+
 
 @dataclass
 class UnifiedDiscreteTransformerOutput(BaseOutput):
@@ -68,7 +71,7 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
     Args:
         codebook_size: entries of the VQ codebook; the image [MASK] id is `codebook_size`.
         vocab_size: text vocabulary (the tokenizer's length, its mask token included).
-        text_mask_token_id: the tokenizer's mask token id.
+        mask_token_id: the text [MASK] id (the tokenizer's mask token).
         sample_size: side of the code grid the model is trained on (h = w).
         text_length: positions of the caption canvas.
         num_layers / num_single_layers: double-stream / single-stream Flux blocks.
@@ -83,7 +86,7 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
     _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
 
     @register_to_config
-    def __init__(self, codebook_size: int = 256, vocab_size: int = 64, text_mask_token_id: int = 3,
+    def __init__(self, codebook_size: int = 256, vocab_size: int = 64, mask_token_id: int = 3,
                  sample_size: int = 8, text_length: int = 16, num_layers: int = 2, num_single_layers: int = 2,
                  num_attention_heads: int = 4, attention_head_dim: int = 32, axes_dims_rope: tuple = (8, 12, 12),
                  rope_theta: int = 10000, timestep_channels: int = 128, mlp_ratio: float = 4.0):
@@ -96,8 +99,8 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
         if num_layers < 0 or num_single_layers < 0 or num_layers + num_single_layers < 1:
             raise ValueError(f"need at least one block, got num_layers={num_layers}, "
                              f"num_single_layers={num_single_layers}")
-        if not 0 <= text_mask_token_id < vocab_size:
-            raise ValueError(f"text_mask_token_id {text_mask_token_id} is outside the vocabulary of {vocab_size}")
+        if not 0 <= mask_token_id < vocab_size:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary of {vocab_size}")
         axes = list(axes_dims_rope)
         if len(axes) != 3 or sum(axes) != attention_head_dim or any(a % 2 for a in axes):
             raise ValueError(f"axes_dims_rope must be three even numbers summing to attention_head_dim "
@@ -142,8 +145,9 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
             nn.init.normal_(table.weight, std=0.02)
 
     @property
-    def image_mask_token_id(self) -> int:
-        return self.config.codebook_size
+    def mask_token_ids(self) -> dict[str, int]:
+        """The [MASK] id of each stream: the image's is the row after the codebook."""
+        return {"image": self.config.codebook_size, "text": self.config.mask_token_id}
 
     def positions(self, text_length: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary (cos, sin) for [text ; image]: text i at (i, 0, 0), image (r, c) at (0, r, c)."""
@@ -178,14 +182,9 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
         image_ids = image_ids.reshape(b, h * w)
 
         if image_ratio is None:
-            image_ratio = (image_ids == self.image_mask_token_id).float().mean(1)
+            image_ratio = mask_ratio(image_ids, c.codebook_size)
         if text_ratio is None:
-            hidden = text_ids == c.text_mask_token_id
-            if text_attention_mask is None:
-                text_ratio = hidden.float().mean(1)
-            else:
-                real = text_attention_mask.float()
-                text_ratio = (hidden.float() * real).sum(1) / real.sum(1).clamp_min(1)
+            text_ratio = mask_ratio(text_ids, c.mask_token_id, text_attention_mask)
         dtype = self.image_embed.weight.dtype
         temb = self.image_ratio_embed(self.ratio_proj(image_ratio.reshape(b) * 1000).to(dtype)) \
             + self.text_ratio_embed(self.ratio_proj(text_ratio.reshape(b) * 1000).to(dtype))

@@ -35,6 +35,8 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..diffusion import mask_ratio
+
 logger = logging.getLogger(__name__)
 
 SD3_CLASS = "SD3Transformer2DModel"
@@ -99,6 +101,8 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
 
     vocab_size: rows of the text embedding and the text head (the tokenizer's length, mask
     token included). text_length: the longest caption canvas (learned positions).
+    mask_token_id: the text [MASK] id (the tokenizer's mask token), which pipelines and trainers
+    read here (`mask_token_ids`) and from which the model measures the text's noise level.
     prediction_type: what the image head predicts. "velocity" is SD3's (noise - x_0);
     "sample" predicts the clean image x_0 and the model returns the velocity it implies,
     (x_sigma - x_0_hat) / max(sigma, min_sigma) ("x-prediction", Li & He 2025, JiT): a small
@@ -128,6 +132,7 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         text_length: int = 16,
         prediction_type: str = "velocity",
         min_sigma: float = 0.05,
+        mask_token_id: int | None = None,
     ):
         inner = num_attention_heads * attention_head_dim
         if caption_projection_dim != inner:
@@ -142,6 +147,8 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
             raise ValueError(f"min_sigma must be in (0, 1], got {min_sigma}")
         if vocab_size < 2 or text_length < 1:
             raise ValueError(f"vocab_size must be >= 2 and text_length >= 1, got {vocab_size} and {text_length}")
+        if mask_token_id is not None and not 0 <= mask_token_id < vocab_size:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary of {vocab_size}")
         super().__init__(sample_size=sample_size, patch_size=patch_size, in_channels=in_channels,
                          num_layers=num_layers, attention_head_dim=attention_head_dim,
                          num_attention_heads=num_attention_heads, joint_attention_dim=joint_attention_dim,
@@ -172,6 +179,14 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         return self
+
+    @property
+    def mask_token_ids(self) -> dict[str, int]:
+        """The [MASK] id of each masked stream: {"text": id} (the image is flow-matched)."""
+        if self.config.mask_token_id is None:
+            raise ValueError(f"this {type(self).__name__}'s config has no mask_token_id (saved before mmdlm 0.2): "
+                             "set it in its config.json to the caption tokenizer's mask token id")
+        return {"text": self.config.mask_token_id}
 
     # ------------------------------------------------------------------ inputs
     def embed_text(self, text_ids: torch.LongTensor) -> torch.Tensor:
@@ -207,11 +222,12 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
 
     # ------------------------------------------------------------------ forward
     def forward(self, hidden_states: torch.Tensor, text_ids: torch.LongTensor, timestep: torch.Tensor,
-                text_mask_ratio: torch.Tensor, text_attention_mask: torch.Tensor | None = None,
+                text_mask_ratio: torch.Tensor | None = None, text_attention_mask: torch.Tensor | None = None,
                 joint_attention_kwargs: dict | None = None, return_dict: bool = True):
         """hidden_states: images or latents (B, C, H, W); text_ids: (B, L); timestep: the image's
         flow-matching time on SD3's scale (sigma x 1000; 0 = clean), (B,); text_mask_ratio: the
-        text noise level, (B,) in [0, 1] (0 = clean caption, 1 = fully masked);
+        text noise level, (B,) in [0, 1] (0 = clean caption, 1 = fully masked; default: the share of
+        [MASK] among the real tokens of `text_ids`);
         text_attention_mask: (B, L), True at real tokens (padding is never attended to).
 
         Runs `SD3Transformer2DModel.forward` unchanged; the text stream leaving the last block is
@@ -220,6 +236,8 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         if text_ids.shape[0] != b:
             raise ValueError(f"{b} images but {text_ids.shape[0]} texts")
         timestep = torch.as_tensor(timestep, device=hidden_states.device)
+        if text_mask_ratio is None:
+            text_mask_ratio = mask_ratio(text_ids, self.mask_token_ids["text"], text_attention_mask)
         ratio = torch.as_tensor(text_mask_ratio, device=hidden_states.device, dtype=torch.float32)
         timestep, ratio = (x.expand(b) if x.ndim == 0 else x for x in (timestep, ratio))
         kwargs = dict(joint_attention_kwargs or {})
@@ -251,7 +269,8 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
         """Load a saved `DualDiffusionTransformer2DModel`, or start one from an SD3 transformer.
 
         From an SD3 folder (`_class_name` SD3Transformer2DModel; a hub id needs network access)
-        give `vocab_size` and `text_length` (and nothing else of the architecture: it is SD3's).
+        give `vocab_size`, `text_length` and `mask_token_id` (and nothing else of the architecture:
+        it is SD3's).
         Every SD3 weight is loaded; in the last block the text stream's input norm, a continuous
         (scale, shift) norm in SD3, becomes an adaLN-Zero norm whose shift and scale are SD3's and
         whose gates start at zero, so the new text output of that block starts as its input.
@@ -277,12 +296,13 @@ class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigM
 
     @classmethod
     def _from_sd3(cls, path, *, vocab_size: int | None = None, text_length: int | None = None,
-                  output_loading_info: bool = False, **kwargs):
-        if vocab_size is None or text_length is None:
-            raise ValueError(f"{path} is an SD3 transformer: give vocab_size and text_length for the text branch")
+                  mask_token_id: int | None = None, output_loading_info: bool = False, **kwargs):
+        if vocab_size is None or text_length is None or mask_token_id is None:
+            raise ValueError(f"{path} is an SD3 transformer: give vocab_size, text_length and mask_token_id for the "
+                             "text branch")
         base = SD3Transformer2DModel.from_pretrained(path, **kwargs)
         sd3 = {k: v for k, v in base.config.items() if not k.startswith("_")}
-        model = cls(**sd3, vocab_size=vocab_size, text_length=text_length).to(base.dtype)
+        model = cls(**sd3, vocab_size=vocab_size, text_length=text_length, mask_token_id=mask_token_id).to(base.dtype)
         state = base.state_dict()
         del base
         own = model.state_dict()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..text.generate import PLACEHOLDER, parse_infill
+from ..placeholders import PLACEHOLDER, parse_infill
 
 FILLS = ("eos", "pad")
 

@@ -6,7 +6,8 @@ Components: the `DualDiffusionTransformer2DModel`, the caption tokenizer, diffus
 refused whenever they are set, see `check_image_scheduler`), `MaskedDiffusionScheduler` for the
 text, and an optional `AutoencoderKL` (SD3-style latents; without one the model works on pixels). The
 call follows the shared multimodal convention (`mmdlm.pipelines.multimodal`); the loop is
-`mmdlm.multimodal.dual_generate`.
+`mmdlm.pipelines.joint_loop`, with the image as a `FlowImage` stream and the caption as a
+`MaskedTokens` stream.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..multimodal.dual_generate import check_image_scheduler, dual_generate
+from ..images import to_tensor
 from ..multimodal.mmdit import DualDiffusionTransformer2DModel
 from ..multimodal.text import attention_mask, decode_captions, encode_captions
 from ..schedulers import MaskedDiffusionScheduler
+from .joint_loop import FlowImage, Guidance, MaskedTokens, joint_loop
 from .multimodal import (
     MultimodalPipelineOutput,
     check_call_options,
@@ -27,7 +29,34 @@ from .multimodal import (
     register_pipeline,
     resolve_task,
     resolve_text_steps,
+    step_callback,
 )
+
+
+def check_image_scheduler(scheduler) -> None:
+    """Refuse an image scheduler the loop cannot drive: it takes one Euler step per timestep on
+    flow-matching noise levels sigma = t / num_train_timesteps running from 1 to 0, which is what
+    `FlowMatchEulerDiscreteScheduler` lays out in any of its settings but `invert_sigmas`."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError("scheduler must be a FlowMatchEulerDiscreteScheduler (any of its settings: shift, "
+                         "stochastic_sampling, Karras / exponential / beta sigmas, dynamic shifting), got "
+                         f"{type(scheduler).__name__}: the loop takes one flow-matching Euler step per timestep")
+    if scheduler.config.invert_sigmas:
+        raise ValueError("the scheduler's invert_sigmas=True runs the noise levels from 0 up to 1; the image is "
+                         "denoised from sigma 1 down to 0: use invert_sigmas=False")
+
+
+def image_timesteps_kwargs(scheduler, latents: torch.Tensor, patch_size: int) -> dict:
+    """What `scheduler.set_timesteps` needs beyond the step count: `mu` under `use_dynamic_shifting`
+    (the shift of the noise levels grows with the image's sequence length, in patches, as in diffusers'
+    SD3 and Flux pipelines)."""
+    c = scheduler.config
+    if not c.use_dynamic_shifting:
+        return {}
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    seq_len = (latents.shape[-2] // patch_size) * (latents.shape[-1] // patch_size)
+    return {"mu": calculate_shift(seq_len, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)}
 
 
 @register_pipeline
@@ -46,6 +75,9 @@ class DualDiffusionPipeline(DiffusionPipeline):
         check_component("transformer", transformer, DualDiffusionTransformer2DModel)
         if getattr(tokenizer, "mask_token_id", None) is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a mask and an EOS token (mmdlm.multimodal.ensure_caption_tokens)")
+        if tokenizer.mask_token_id != transformer.mask_token_ids["text"]:
+            raise ValueError(f"the tokenizer's mask token id is {tokenizer.mask_token_id} but the transformer's is "
+                             f"{transformer.mask_token_ids['text']}: they do not belong together")
         if len(tokenizer) > transformer.config.vocab_size:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the transformer's vocabulary has "
                              f"{transformer.config.vocab_size}: they do not belong together")
@@ -96,8 +128,6 @@ class DualDiffusionPipeline(DiffusionPipeline):
         return self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1, 1)
 
     def _pixels(self, image) -> torch.Tensor:
-        from ..data.imagetext import to_tensor
-
         return to_tensor(image, self.image_size).to(self.device)
 
     # ------------------------------------------------------------------ the call
@@ -124,7 +154,7 @@ class DualDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {sorted(bad)}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         k = num_images_per_prompt
-        tok, mask_id, length = self.tokenizer, self.tokenizer.mask_token_id, self.text_length
+        tok, mask_id, length = self.tokenizer, self.transformer.mask_token_ids["text"], self.text_length
         n = max(len(prompts), count_images(image), 1)
 
         pixels = self._pixels(image) if image is not None else None
@@ -151,35 +181,39 @@ class DualDiffusionPipeline(DiffusionPipeline):
             regenerate = self._pixels(mask_image)[:, :1].add(1).div(2)  # white (1) = regenerate
             regenerate = torch.nn.functional.interpolate(regenerate, size=(h, h), mode="area").round()
             keep = (1 - regenerate).expand(n, -1, -1, -1).repeat_interleave(k, 0)
-        latents = noise if image_noisy else known
-
-        text_scheduler = self.text_scheduler
-        overrides = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
-        if overrides:
-            text_scheduler = MaskedDiffusionScheduler.from_config(self.text_scheduler.config, **overrides)
+        text_options = {key: v for key, v in dict(rule=rule, temperature=temperature).items() if v is not None}
         text_steps = resolve_text_steps(text_steps, num_inference_steps, task)
+        if image_noisy:
+            check_image_scheduler(self.scheduler)  # its settings may have changed since it was set
+        patch = self.transformer.config.patch_size
+        streams = [
+            FlowImage(noise if image_noisy else known, scheduler=self.scheduler, generated=image_noisy,
+                      num_steps=num_inference_steps, known=known, keep=keep, noise=noise,
+                      to_image=self.decode_latents if return_history else None,
+                      timesteps_kwargs=image_timesteps_kwargs(self.scheduler, noise, patch)),
+            MaskedTokens("text", ids, mask_token_id=mask_id, scheduler=self.text_scheduler,
+                         generated=bool((ids == mask_id).any()), num_steps=text_steps, options=text_options,
+                         attention_mask=text_mask)]
+        if not image_noisy and not streams[1].generated:
+            raise ValueError("nothing to generate: the image is given and the caption has no [MASK] position")
+
+        def denoise(x):
+            out = self.transformer(x["image"].to(self.transformer.dtype), x["text"], x["image_timestep"],
+                                   text_attention_mask=x.get("text_attention_mask"))
+            return {"image": out.sample.to(torch.float32), "text": out.text_logits}
+
         bar = self.progress_bar(total=num_inference_steps if image_noisy else text_steps)
-        names = callback_on_step_end_tensor_inputs or []
-
-        def on_step(i, t, state):
-            bar.update(1)
-            if callback_on_step_end is None:
-                return None
-            return callback_on_step_end(self, i, t, {key: state[key] for key in names}) or {}
-
-        out = dual_generate(self.transformer, latents, ids, image_noisy=image_noisy, mask_token_id=mask_id,
-                            image_scheduler=self.scheduler, text_scheduler=text_scheduler,
-                            num_inference_steps=num_inference_steps, text_steps=text_steps,
-                            guidance_scale=guidance_scale, text_guidance_scale=text_guidance_scale,
-                            text_attention_mask=text_mask,
-                            known_image=known, keep=keep, noise=noise, generator=generator, callback=on_step,
-                            record_history=return_history, to_image=self.decode_latents if return_history else None)
+        out = joint_loop(streams, denoise, guidance=(Guidance("image", "text", guidance_scale),
+                                                     Guidance("text", "image", text_guidance_scale)),
+                         generator=generator, callback=step_callback(self, bar, callback_on_step_end,
+                                                                     callback_on_step_end_tensor_inputs),
+                         record_history=return_history)
         bar.close()
         images = texts = None
         if image_noisy:
-            images = format_images(self.decode_latents(out.latents), output_type)
+            images = format_images(self.decode_latents(out.streams["image"].latents), output_type)
         if task in ("caption", "joint", "vqa", "infill"):
-            texts = decode_captions(tok, out.text_ids, stop_at_eos=task in ("caption", "joint"))
+            texts = decode_captions(tok, out.streams["text"].ids, stop_at_eos=task in ("caption", "joint"))
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, texts

@@ -14,7 +14,7 @@ name::
 - `prompt`: a string or a list; `<|mask:N|>` placeholders mark N text tokens to generate.
 - `image`: PIL image(s) or numpy arrays ((H, W, C) or (B, H, W, C), uint8 in [0, 255] or float
   in [0, 1]), any mode and size: converted to RGB, resized and centre-cropped to the model's
-  `image_size` (see `mmdlm.data.imagetext.to_tensor`), or a (B, 3, H, W) tensor in [-1, 1] at
+  `image_size` (see `mmdlm.images.to_tensor`), or a (B, 3, H, W) tensor in [-1, 1] at
   the model's size. `mask_image` (inpainting): white = regenerate.
 - `task`: one of `TASKS`, or None to infer it from the inputs (`resolve_task`):
 
@@ -64,8 +64,8 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..diffusion._checks import check_finite
-from ..multimodal.dual_generate import check_text_steps
-from ..text.generate import PLACEHOLDER
+from ..images import to_pil
+from ..placeholders import PLACEHOLDER
 from .text_diffusion import TextDiffusionPipeline
 
 TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
@@ -218,9 +218,27 @@ def resolve_task(prompt=None, image=None, task: str | None = None, *, mask_image
 def resolve_text_steps(text_steps: int | None, num_inference_steps: int, task: str) -> int:
     """How many of the steps generate the text: `text_steps`, else all of them, but the first
     `JOINT_TEXT_SHARE` of them in joint generation (see the module docstring)."""
-    if text_steps is None and task == "joint":
-        return math.ceil(JOINT_TEXT_SHARE * num_inference_steps)
-    return check_text_steps(text_steps, num_inference_steps)
+    if text_steps is None:
+        return math.ceil(JOINT_TEXT_SHARE * num_inference_steps) if task == "joint" else num_inference_steps
+    if isinstance(text_steps, bool) or not isinstance(text_steps, int) or not 1 <= text_steps <= num_inference_steps:
+        raise ValueError(f"text_steps must be an integer from 1 to num_inference_steps ({num_inference_steps}), "
+                         f"got {text_steps!r}")
+    return text_steps
+
+
+def step_callback(pipe, bar, callback_on_step_end, tensor_inputs):
+    """The joint loop's callback for a pipeline call: it advances the progress bar `bar` and hands
+    the tensors named in `tensor_inputs` to `callback_on_step_end(pipe, step, timestep, tensors)`
+    (diffusers' convention), whose returned dict replaces them."""
+    names = list(tensor_inputs or [])
+
+    def on_step(i, t, tensors):
+        bar.update(1)
+        if callback_on_step_end is None:
+            return None
+        return callback_on_step_end(pipe, i, t, {key: tensors[key] for key in names}) or {}
+
+    return on_step
 
 
 def format_images(images: torch.Tensor, output_type: str = "pil"):
@@ -228,8 +246,6 @@ def format_images(images: torch.Tensor, output_type: str = "pil"):
     [0, 1] ("np") or a (B, 3, H, W) tensor in [0, 1] ("pt")."""
     check_call_options(output_type=output_type)
     if output_type == "pil":
-        from ..data.imagetext import to_pil
-
         return to_pil(images)
     x = (images.detach().float().clamp(-1, 1) + 1) / 2
     return x if output_type == "pt" else x.permute(0, 2, 3, 1).cpu().numpy()

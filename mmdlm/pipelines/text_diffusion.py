@@ -1,9 +1,11 @@
 """`TextDiffusionPipeline`: text generation with a diffusion LM, the diffusers way.
 
 A sibling of diffusers' `LLaDA2Pipeline`: the components are the transformers model, its
-tokenizer and a `MaskedDiffusionScheduler`; the diffusion settings of the model (mask id,
-shift, attention mode, block size) are pipeline config, saved in `model_index.json`. The
-pipeline orchestrates; the sampling loop is `mmdlm.text.generate`.
+tokenizer and a `MaskedDiffusionScheduler`. The model's diffusion settings (mask id, shift,
+attention mode, block size, schedule) are its `DiffusionConfig`, which lives with its weights:
+`mmdlm.json` in a DLM folder and in a saved pipeline's `model/` folder alike (the tokenizer holds
+the mask token itself, and must agree). The pipeline orchestrates; the sampling loop is
+`mmdlm.text.generate`. `from_pretrained` takes a saved pipeline or a DLM folder.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..diffusion import check_generators
 from ..diffusion._checks import check_bool, check_int, check_steps
+from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
-from ..text.adapt import DiffusionConfig, DiffusionLM, load_dlm
-from ..text.generate import PLACEHOLDER, check_options, default_blocks, generate, parse_infill
+from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
+from ..text.generate import check_options, default_blocks, generate
 
 
 @dataclass
@@ -36,18 +40,25 @@ class TextDiffusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "model"
     _callback_tensor_inputs = ["sequences"]
 
-    def __init__(self, model, tokenizer, scheduler: MaskedDiffusionScheduler, mask_token_id: int | None = None,
-                 shift: bool = True, attention: str = "bidirectional", block_size: int | None = None):
+    def __init__(self, model, tokenizer, scheduler: MaskedDiffusionScheduler,
+                 diffusion_config: DiffusionConfig | None = None):
         super().__init__()
         self.register_modules(model=model, tokenizer=tokenizer, scheduler=scheduler)
-        if mask_token_id is None:
+        if diffusion_config is None:
             mask_token_id = getattr(tokenizer, "mask_token_id", None)
-        if mask_token_id is None:
-            raise ValueError("the pipeline needs a mask token: the tokenizer has none and no mask_token_id was given")
-        self.register_to_config(mask_token_id=mask_token_id, shift=shift, attention=attention, block_size=block_size)
-        self.dlm = DiffusionLM(model, DiffusionConfig(
-            mask_token_id=mask_token_id, shift=shift, attention=attention, block_size=block_size,
-            schedule=scheduler.config.schedule, eps=scheduler.config.eps))
+            if mask_token_id is None:
+                raise ValueError("the pipeline needs a mask token: the tokenizer has none and no diffusion_config "
+                                 "names one")
+            diffusion_config = DiffusionConfig(mask_token_id=mask_token_id, schedule=scheduler.config.schedule,
+                                               eps=scheduler.config.eps)
+        if getattr(tokenizer, "mask_token_id", None) not in (None, diffusion_config.mask_token_id):
+            raise ValueError(f"the tokenizer's mask token id {tokenizer.mask_token_id} is not the model's "
+                             f"{diffusion_config.mask_token_id}: they do not belong together")
+        self.dlm = DiffusionLM(model, diffusion_config)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.dlm.mask_token_id
 
     @classmethod
     def from_dlm(cls, path: str | Path, **scheduler_options) -> "TextDiffusionPipeline":
@@ -56,13 +67,29 @@ class TextDiffusionPipeline(DiffusionPipeline):
         dlm, tokenizer = load_dlm(path, merge_lora=True)
         c = dlm.config
         scheduler = MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, **scheduler_options)
-        return cls(dlm.model.eval(), tokenizer, scheduler, mask_token_id=c.mask_token_id, shift=c.shift,
-                   attention=c.attention, block_size=c.block_size)
+        return cls(dlm.model.eval(), tokenizer, scheduler, diffusion_config=c)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TextDiffusionPipeline":
+        """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`)."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            return cls.from_dlm(path)  # (which says what a folder that is neither lacks)
+        if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
+            raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
+                             "model's diffusion settings)")
+        config = DiffusionConfig.load(path / "model") if path.is_dir() else None
+        return super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' save, with the model's `DiffusionConfig` beside its weights (model/mmdlm.json)."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.dlm.config.save(Path(save_directory) / "model")
 
     def _tokenize(self, prompts: list[str], gen_length: int) -> tuple[list[int], list[list[int]]]:
         """(BOS ids, the token ids of each prompt with its placeholders as masks), checked against
         the model's context before any mask is made."""
-        tok, mask_id, limit = self.tokenizer, self.config.mask_token_id, self.dlm.max_length
+        tok, mask_id, limit = self.tokenizer, self.mask_token_id, self.dlm.max_length
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         bodies = []
         for p in prompts:
@@ -79,7 +106,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         return bos, bodies
 
     def _encode(self, prompts: list[str], gen_length: int):
-        tok, mask_id = self.tokenizer, self.config.mask_token_id
+        tok, mask_id = self.tokenizer, self.mask_token_id
         bos, bodies = self._tokenize(prompts, gen_length)
         rows = [bos + body + [mask_id] * gen_length for body in bodies]
         n_prompt = [len(bos) + len(body) for body in bodies]
@@ -128,14 +155,15 @@ class TextDiffusionPipeline(DiffusionPipeline):
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
                  threshold: float | None = None, remasking: bool | None = None, cache: str = "none",
                  guidance_scale: float = 0.0,
-                 stop_at_eos: bool = True, generator: torch.Generator | None = None, output_type: str = "text",
+                 stop_at_eos: bool = True, generator: torch.Generator | list[torch.Generator] | None = None,
+                 output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
 
         Sampling options left as None take the scheduler's config (`remasking`: a committed token
         can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
-        (decoded texts) or "ids" (sequences only).
+        (decoded texts) or "ids" (sequences only). `generator`: one, or a list with one per prompt.
         """
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
                                            alg_temp=alg_temp, threshold=threshold,
@@ -146,6 +174,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
                           return_dict=return_dict,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        check_generators(generator, len(prompts))
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
         pads = [width - len(r) for r in rows]
@@ -181,7 +210,8 @@ class TextDiffusionPipeline(DiffusionPipeline):
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
                            attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
                            prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
-                           stop_at_eos=stop_at_eos, callback=on_step, generator=generator, **overrides)
+                           stop_at_eos=stop_at_eos, callback=on_step, **overrides,
+                           generator=[generator[i] for i in index] if isinstance(generator, list) else generator)
             sequences[index, cut:] = out.sequences
             return out.nfe
 
@@ -199,7 +229,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
 
     def _row_blocks(self, ids, pads, gen_length: int, block_length: int | None) -> list[tuple]:
         """The blocks each row is decoded on: those it has alone, moved right by its padding."""
-        mask_id, width = self.config.mask_token_id, ids.shape[1]
+        mask_id, width = self.mask_token_id, ids.shape[1]
         out = []
         for row, pad in zip(ids, pads):
             masked = (row == mask_id).nonzero().flatten()

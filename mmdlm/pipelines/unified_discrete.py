@@ -41,11 +41,12 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, VQModel
 
-from ..data.imagetext import to_tensor
+from ..images import to_tensor
 from ..multimodal.discrete import UnifiedDiscreteTransformer
 from ..multimodal.text import decode_captions, encode_captions
 from ..multimodal.tokenizers import VQImageTokenizer
 from ..schedulers import MaskedDiffusionScheduler
+from .joint_loop import Guidance, MaskedTokens, joint_loop
 from .multimodal import (
     MultimodalPipelineOutput,
     check_call_options,
@@ -54,14 +55,10 @@ from .multimodal import (
     register_pipeline,
     resolve_task,
     resolve_text_steps,
+    step_callback,
 )
 
 JOINT_TEMPERATURE = JOINT_ALG_TEMP = 1.0
-
-
-def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """u + (1 + w)(c - u), leaving -inf entries (the [MASK] column) as they are."""
-    return torch.where(torch.isfinite(cond), uncond + (1 + scale) * (cond - uncond), cond)
 
 
 @register_pipeline
@@ -83,9 +80,9 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         if len(tokenizer) != c.vocab_size:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the transformer's text vocabulary is "
                              f"{c.vocab_size}; use the tokenizer it was trained with")
-        if getattr(tokenizer, "mask_token_id", None) != c.text_mask_token_id:
+        if getattr(tokenizer, "mask_token_id", None) != c.mask_token_id:
             raise ValueError(f"the tokenizer's mask token id is {getattr(tokenizer, 'mask_token_id', None)} but the "
-                             f"transformer's is {c.text_mask_token_id}")
+                             f"transformer's is {c.mask_token_id}")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; the caption canvas needs one")
         if image_size is None:
@@ -156,7 +153,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
 
     def _inputs(self, task, prompts, image, mask_image, per):
         """Initial (image ids (B, h*w), text ids (B, L)) and which streams are generated."""
-        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
+        k, mask_id = self.transformer.mask_token_ids["image"], self.transformer.mask_token_ids["text"]
         size, length = self.grid ** 2, self.text_length
         dev = self.device
 
@@ -198,41 +195,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         img, txt = img.repeat_interleave(per, 0), txt.repeat_interleave(per, 0)
         return img, txt, gen_image, gen_text
 
-    # ---------------------------------------------------------------- the model with guidance
-    def _logits(self, img, txt, gen_image, gen_text, guidance_scale, text_guidance_scale):
-        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
-        b, side = img.shape[0], self.grid
-        guide_image = gen_image and guidance_scale != 0 and bool((txt != mask_id).any())
-        guide_text = gen_text and text_guidance_scale != 0 and bool((img != k).any())
-        imgs, txts = [img], [txt]
-        if guide_image:  # the caption hidden
-            imgs.append(img)
-            txts.append(torch.full_like(txt, mask_id))
-        if guide_text:  # the image hidden
-            imgs.append(torch.full_like(img, k))
-            txts.append(txt)
-        out = self.transformer(torch.cat(imgs).view(-1, side, side), torch.cat(txts))
-        image_logits, text_logits = out.image_logits.split(b), out.text_logits.split(b)
-        il, tl = image_logits[0], text_logits[0]
-        if guide_image:
-            il = _guide(il, image_logits[1], guidance_scale)
-        if guide_text:
-            tl = _guide(tl, text_logits[-1], text_guidance_scale)
-        return il, tl
-
-    @staticmethod
-    def _step(scheduler, logits, t, ids, mask_id, generator, confidence=None, **options):
-        """One scheduler step: (ids, every masked position predicted, confidences for the next step)."""
-        if isinstance(generator, list):  # one generator per sample
-            outs = [scheduler.step(logits[i:i + 1], t, ids[i:i + 1], mask_token_id=mask_id, generator=g,
-                                   confidence=None if confidence is None else confidence[i:i + 1], **options)
-                    for i, g in enumerate(generator)]
-            conf = None if outs[0].confidence is None else torch.cat([o.confidence for o in outs])
-            return torch.cat([o.prev_sample for o in outs]), torch.cat([o.pred_original_sample for o in outs]), conf
-        out = scheduler.step(logits, t, ids, mask_token_id=mask_id, generator=generator, confidence=confidence,
-                             **options)
-        return out.prev_sample, out.pred_original_sample, out.confidence
-
+    # ---------------------------------------------------------------- images
     def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
         return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
 
@@ -246,7 +209,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         ids = tensors.get("image_ids")
         if ids is None:
             return None
-        masked = ids == self.transformer.config.codebook_size
+        masked = ids == self.transformer.mask_token_ids["image"]
         images = self._decode_images(ids.masked_fill(masked, 0))
         f = self.image_size // self.grid
         cells = masked.view(-1, 1, self.grid, self.grid).repeat_interleave(f, 2).repeat_interleave(f, 3)
@@ -285,45 +248,36 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
 
         img, txt, gen_image, gen_text = self._inputs(task, self._prompts(prompt), image, mask_image,
                                                      num_images_per_prompt)
-        if isinstance(generator, list) and len(generator) != len(img):
-            raise ValueError(f"{len(generator)} generators for a batch of {len(img)} samples; give one, or one "
-                             "per sample")
-        k, mask_id = self.transformer.config.codebook_size, self.tokenizer.mask_token_id
+        mask_ids = self.transformer.mask_token_ids
         if task == "joint":  # sampling from nothing: draw the words and the commit order too (see above)
             temperature = JOINT_TEMPERATURE if temperature is None else temperature
             alg_temp = JOINT_ALG_TEMP if alg_temp is None else alg_temp
         options = {key: v for key, v in dict(rule=rule, alg_temp=alg_temp).items() if v is not None}
         text_steps = resolve_text_steps(text_steps, num_inference_steps, task)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         text_scheduler = self.scheduler
-        if text_steps != num_inference_steps:
+        if text_steps != num_inference_steps:  # the text on a schedule of its own
             text_scheduler = type(self.scheduler).from_config(self.scheduler.config)
-            text_scheduler.set_timesteps(text_steps, device=self.device)
         text_options = options if temperature is None else {**options, "temperature": temperature}
-        history = [] if return_history else None
-        img_conf = txt_conf = None  # what a remasking scheduler carries from step to step
-        total = num_inference_steps if gen_image else text_steps
-        with self.progress_bar(total=total) as bar:
-            for i in range(total):
-                t = self.scheduler.timesteps[i] if gen_image else text_scheduler.timesteps[i]
-                text_now = gen_text and i < text_steps  # the text has a schedule of its own
-                image_logits, text_logits = self._logits(img, txt, gen_image, text_now, guidance_scale,
-                                                         text_guidance_scale)
-                img_pred = img
-                if gen_image:
-                    img, img_pred, img_conf = self._step(self.scheduler, image_logits, t, img, k, generator,
-                                                         img_conf, temperature=image_temperature, **options)
-                if text_now:
-                    txt, _, txt_conf = self._step(text_scheduler, text_logits, text_scheduler.timesteps[i], txt,
-                                                  mask_id, generator, txt_conf, **text_options)
-                if history is not None:
-                    history.append({"images": self._decode_images(img_pred) if gen_image else None,
-                                    "text_ids": txt.clone() if gen_text else None})
-                if callback_on_step_end is not None:
-                    state = {"image_ids": img, "text_ids": txt, "image_pred_ids": img_pred}
-                    changed = callback_on_step_end(self, i, t, {key: state[key] for key in tensor_inputs}) or {}
-                    img, txt = changed.get("image_ids", img), changed.get("text_ids", txt)
-                bar.update()
+        streams = [
+            MaskedTokens("image", img, mask_token_id=mask_ids["image"], scheduler=self.scheduler, generated=gen_image,
+                         num_steps=num_inference_steps, options={"temperature": image_temperature, **options},
+                         names=("image_ids", "image_pred_ids"), history_key="images",
+                         to_history=self._decode_images),
+            MaskedTokens("text", txt, mask_token_id=mask_ids["text"], scheduler=text_scheduler, generated=gen_text,
+                         num_steps=text_steps, options=text_options)]
+
+        def denoise(x):
+            out = self.transformer(x["image"].view(-1, self.grid, self.grid), x["text"])
+            return {"image": out.image_logits, "text": out.text_logits}
+
+        with self.progress_bar(total=num_inference_steps if gen_image else text_steps) as bar:
+            out = joint_loop(streams, denoise, guidance=(Guidance("image", "text", guidance_scale),
+                                                         Guidance("text", "image", text_guidance_scale)),
+                             generator=generator, callback=step_callback(self, bar, callback_on_step_end,
+                                                                         tensor_inputs),
+                             record_history=return_history)
+        img, txt = out.streams["image"].ids, out.streams["text"].ids
+        history = out.history
 
         images = texts = None
         if gen_image:

@@ -19,15 +19,13 @@ just before the block.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from ..diffusion._checks import check_finite, check_int, check_steps
+from ..diffusion._checks import check_finite, check_steps
 
-PLACEHOLDER = re.compile(r"<\|mask:(\d+)\|>")
 CACHES = ("none", "prefix", "dual")
 
 
@@ -179,94 +177,3 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 break
     return GenerationResult(x, runner.nfe, history)
 
-
-# ---- text helpers -----------------------------------------------------------------------------
-def parse_infill(tokenizer, text: str, mask_id: int | None, max_length: int | None = None) -> list[int]:
-    """Token ids of `text` with each `<|mask:N|>` replaced by N mask ids. With `max_length` (the
-    model's context), placeholders asking for more tokens are refused before any is made."""
-    pieces = PLACEHOLDER.split(text)
-    if len(pieces) == 1:
-        raise ValueError("infill text has no <|mask:N|> placeholder (e.g. 'def f(x):<|mask:8|>')")
-    if mask_id is None:
-        raise ValueError("this model has no mask token, so it cannot fill <|mask:N|> placeholders")
-    counts = [int(n) for n in pieces[1::2]]
-    if min(counts) < 1:
-        raise ValueError("a <|mask:N|> placeholder needs N >= 1")
-    if max_length is not None and sum(counts) > max_length:
-        raise ValueError(f"the <|mask:N|> placeholders ask for {sum(counts)} tokens but the model's context is "
-                         f"{max_length}")
-    ids: list[int] = []
-    for i, piece in enumerate(pieces):
-        if i % 2:
-            ids += [mask_id] * int(piece)
-        elif piece:
-            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
-    return ids
-
-
-def mask_spans(text: str, spans, tokenizer=None) -> str:
-    """Replace character spans of `text` by `<|mask:N|>` placeholders.
-
-    `spans` holds (start, end) or (start, end, n_tokens) tuples; without n_tokens, N is the
-    number of tokens the span has now (needs `tokenizer`). Spans must not overlap.
-    """
-    out, last = [], 0
-    for span in sorted(spans):
-        start, end, *n = span
-        if not 0 <= start < end <= len(text):
-            raise ValueError(f"span {span} is outside the text (length {len(text)}) or empty")
-        if start < last:
-            raise ValueError(f"span {span} overlaps the previous one")
-        if not n:
-            if tokenizer is None:
-                raise ValueError("give n_tokens for each span, or a tokenizer to count them")
-            n = [len(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])]
-        out += [text[last:start], f"<|mask:{int(n[0])}|>"]
-        last = end
-    return "".join(out + [text[last:]])
-
-
-def _default_scheduler(dlm, **kw):
-    from ..schedulers import MaskedDiffusionScheduler
-
-    return MaskedDiffusionScheduler(schedule=dlm.config.schedule, eps=dlm.config.eps, **kw)
-
-
-def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-
-def _check_length(dlm, n: int, what: str) -> None:
-    if dlm.max_length is not None and n > dlm.max_length:
-        raise ValueError(f"{what} needs {n} tokens but the model's context is {dlm.max_length}; shorten it")
-
-
-def continue_text(dlm, tokenizer, prompt: str, *, gen_length: int = 64, steps: int = 64,
-                  block_length: int | None = None, scheduler=None, **options) -> str:
-    """Generate `gen_length` tokens after `prompt`; the text stops at the first EOS."""
-    check_int(gen_length, "gen_length", 1)
-    prompt_ids = _bos(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if not prompt_ids:
-        raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
-    _check_length(dlm, len(prompt_ids) + gen_length, f"prompt ({len(prompt_ids)} tokens) + gen_length")
-    device = next(dlm.parameters()).device
-    ids = torch.tensor([prompt_ids + [dlm.mask_token_id] * gen_length], device=device)
-    blocks = default_blocks(dlm, len(prompt_ids), ids.shape[1], block_length)
-    prompt_mask = torch.zeros_like(ids, dtype=torch.bool)
-    prompt_mask[:, len(_bos(tokenizer)):len(prompt_ids)] = True  # what guidance masks
-    out = generate(dlm, ids, scheduler or _default_scheduler(dlm), steps=steps, blocks=blocks, prompt_mask=prompt_mask,
-                   eos_token_id=tokenizer.eos_token_id, **options).sequences[0, len(prompt_ids):].tolist()
-    if tokenizer.eos_token_id in out:
-        out = out[: out.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(out)
-
-
-def infill_text(dlm, tokenizer, text: str, *, steps: int = 32, scheduler=None, **options) -> str:
-    """Fill the `<|mask:N|>` spans of `text`, keeping everything else; returns the whole text."""
-    prefix = _bos(tokenizer)
-    ids = prefix + parse_infill(tokenizer, text, dlm.mask_token_id, dlm.max_length)
-    _check_length(dlm, len(ids), "the infill text")
-    x = torch.tensor([ids], device=next(dlm.parameters()).device)
-    blocks = default_blocks(dlm, len(prefix), len(ids), None) if dlm.config.attention == "block" else None
-    out = generate(dlm, x, scheduler or _default_scheduler(dlm), steps=steps, blocks=blocks, **options)
-    return tokenizer.decode(out.sequences[0, len(prefix):].tolist())

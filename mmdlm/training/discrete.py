@@ -48,7 +48,7 @@ class DiscreteTrainer(Trainer):
     def losses(self, model, batch, generator):
         """(image loss, text loss) of one batch."""
         core = self.accelerator.unwrap_model(model)
-        k, text_mask = core.config.codebook_size, core.config.text_mask_token_id
+        k, text_mask = core.mask_token_ids["image"], core.mask_token_ids["text"]
         codes = batch["codes"]
         b, side = codes.shape[0], core.config.sample_size
         tasks = draw_tasks(b, self.task_weights, generator).to(codes.device)
@@ -95,7 +95,7 @@ def train_discrete(c) -> Path:
     transformer, save OUTPUT_DIR/model as a `UnifiedDiscretePipeline`."""
     from ..multimodal.discrete import UnifiedDiscreteTransformer
     from ..multimodal.tokenizers import VQImageTokenizer
-    from ..recipes import command_line, versions
+    from ..provenance import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import check_pretrained_architecture, check_task_weights, sampling_scheduler
 
@@ -119,13 +119,13 @@ def train_discrete(c) -> Path:
                                                            if (Path(c.pretrained) / "transformer").is_dir() else None)
         check_pretrained_architecture(model.config, c.model_config, c.pretrained)
         mc = model.config
-        if (mc.codebook_size, mc.vocab_size, mc.text_mask_token_id, mc.sample_size) != \
+        if (mc.codebook_size, mc.vocab_size, mc.mask_token_id, mc.sample_size) != \
                 (image_tok.codebook_size, len(tok), tok.mask_token_id, grid):
             raise ValueError(f"the pretrained transformer (codebook {mc.codebook_size}, vocabulary {mc.vocab_size}, "
                              f"grid {mc.sample_size}) does not match this data (codebook {image_tok.codebook_size}, "
                              f"vocabulary {len(tok)}, grid {grid}); give its tokenizer and VQ model")
     else:
-        fixed = dict(codebook_size=image_tok.codebook_size, vocab_size=len(tok), text_mask_token_id=tok.mask_token_id,
+        fixed = dict(codebook_size=image_tok.codebook_size, vocab_size=len(tok), mask_token_id=tok.mask_token_id,
                      sample_size=grid, text_length=c.text_length)
         clash = set(fixed) & set(c.model_config)
         if clash:

@@ -30,7 +30,6 @@ import torch
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from ..diffusion import corrupt, get_schedule, masked_diffusion_loss
-from ..multimodal.dual_generate import mask_ratio
 from .multimodal import (
     TRAIN_TASKS,
     check_pretrained_architecture,
@@ -47,7 +46,7 @@ T2I, CAPTION, JOINT = (TRAIN_TASKS.index(t) for t in ("t2i", "caption", "joint")
 class MMDiTTrainer(Trainer):
     """The shared trainer with the D-DiT loss; data: {"pixels" or "latents", "text_ids"[, "caption_ids"]}."""
 
-    def __init__(self, model, train_data, args, *, tokenizer, mask_token_id: int, task_weights: dict,
+    def __init__(self, model, train_data, args, *, tokenizer, task_weights: dict,
                  text_loss_weight: float = 1.0, caption_dropout: float = 0.1, image_dropout: float = 0.1,
                  text_schedule: str = "linear", logit_mean: float = 0.0, logit_std: float = 1.0,
                  ema_decay: float = 0.0, save_pipeline=None, **kwargs):
@@ -58,7 +57,7 @@ class MMDiTTrainer(Trainer):
 
             self.ema = EMAModel(self._params(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
             self.register_state("ema", self.ema)
-        self.tokenizer, self.mask_token_id = tokenizer, mask_token_id
+        self.tokenizer, self.mask_token_id = tokenizer, model.mask_token_ids["text"]
         self.task_weights = check_task_weights(task_weights)
         self.text_loss_weight = text_loss_weight
         self.caption_dropout, self.image_dropout = caption_dropout, image_dropout
@@ -91,7 +90,7 @@ class MMDiTTrainer(Trainer):
         masked = masked | dropped[:, None]
         t = torch.where(dropped, 1.0, t)
 
-        out = model(x_sigma, x_text, sigma * 1000, mask_ratio(x_text, self.mask_token_id))
+        out = model(x_sigma, x_text, sigma * 1000)  # the model measures the text's noise level itself
         noisy_image = ~caption
         per_sample = (out.sample.float() - (noise - x0).float()).pow(2).flatten(1).mean(1)
         image_loss = (per_sample * noisy_image).sum() / noisy_image.sum().clamp_min(1)
@@ -156,11 +155,11 @@ def encode_dataset(pipe_encode, pixels: torch.Tensor, batch_size: int = 64) -> t
     return torch.cat([pipe_encode(pixels[i:i + batch_size]).float().cpu() for i in range(0, len(pixels), batch_size)])
 
 
-def build_transformer(c, vocab_size: int, sample_size: int, channels: int):
+def build_transformer(c, vocab_size: int, mask_token_id: int, sample_size: int, channels: int):
     from ..multimodal.mmdit import DualDiffusionTransformer2DModel
 
-    fixed = {"vocab_size": vocab_size, "text_length": c.text_length, "sample_size": sample_size,
-             "in_channels": channels, "out_channels": channels}
+    fixed = {"vocab_size": vocab_size, "mask_token_id": mask_token_id, "text_length": c.text_length,
+             "sample_size": sample_size, "in_channels": channels, "out_channels": channels}
     clash = sorted(set(c.model_config) & set(fixed))
     if clash:
         raise ValueError(f"model_config sets {clash}, which follow from the data (tokenizer, text_length, "
@@ -173,7 +172,7 @@ def build_transformer(c, vocab_size: int, sample_size: int, channels: int):
             is_sd3 = DualDiffusionTransformer2DModel.load_config(c.pretrained, **sub).get("_class_name") == SD3_CLASS
         except EnvironmentError as err:
             raise ValueError(f"pretrained: {c.pretrained} holds no diffusers model ({err})") from err
-        text = {"vocab_size": vocab_size, "text_length": c.text_length} if is_sd3 else {}
+        text = {k: fixed[k] for k in ("vocab_size", "text_length", "mask_token_id")} if is_sd3 else {}
         model = DualDiffusionTransformer2DModel.from_pretrained(c.pretrained, **sub, **text)
         check_pretrained_architecture(model.config, c.model_config, c.pretrained)
         for key, want in fixed.items():
@@ -198,7 +197,7 @@ def train_mmdit(c) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..pipelines.dual_diffusion import DualDiffusionPipeline
-    from ..recipes import command_line, versions
+    from ..provenance import command_line, versions
     from ..schedulers import MaskedDiffusionScheduler
     from .multimodal import encode_split, lora_transformer, mm_training_data, sampling_scheduler, savable_transformer
 
@@ -209,7 +208,7 @@ def train_mmdit(c) -> Path:
     if c.image_size % factor:
         raise ValueError(f"image_size {c.image_size} is not a multiple of the VAE's downsampling factor {factor}")
     channels = vae.config.latent_channels if vae is not None else 3
-    model = build_transformer(c, len(data.tokenizer), c.image_size // factor, channels)
+    model = build_transformer(c, len(data.tokenizer), data.tokenizer.mask_token_id, c.image_size // factor, channels)
     if (c.image_size // factor) % model.config.patch_size:
         raise ValueError(f"the {'latent' if vae else 'image'} side {c.image_size // factor} is not a multiple of "
                          f"patch_size {model.config.patch_size}")
@@ -231,7 +230,7 @@ def train_mmdit(c) -> Path:
     run_info = {"command": command_line(), "config": asdict(c), "data": data.info,
                 "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
     trainer = MMDiTTrainer(model, train, c, eval_data=evaluation, run_info=run_info, tokenizer=data.tokenizer,
-                           mask_token_id=data.tokenizer.mask_token_id, task_weights=c.task_weights,
+                           task_weights=c.task_weights,
                            text_loss_weight=c.text_loss_weight, caption_dropout=c.caption_dropout,
                            image_dropout=c.image_dropout, text_schedule=c.text_schedule, logit_mean=c.logit_mean,
                            logit_std=c.logit_std, ema_decay=c.ema_decay, save_pipeline=save_pipeline)

@@ -1,8 +1,8 @@
 """What every multimodal backbone's training shares: the backbone registry, the data, the
 per-sample task draw and caption dropout. Nothing here knows a model.
 
-`mmdlm train-mm --config ...` reads a `TrainMMConfig` (mmdlm/cli.py) and calls
-`BACKBONES[config.backbone](config)`.
+`mmdlm train-mm --config ...` reads a `TrainMMConfig` (mmdlm/commands/train_mm.py) and calls
+`mmdlm.training.backbones.BACKBONES[config.backbone](config)`.
 """
 from __future__ import annotations
 
@@ -14,28 +14,6 @@ import torch
 
 TRAIN_TASKS = ("t2i", "caption", "joint")  # t2i: text clean; caption: image clean; joint: both noisy
 
-# Backbone name -> a function of TrainMMConfig that builds, trains and saves the model. Each
-# backbone adds its entry here (with its imports inside the function, so that the CLI stays
-# quick to start).
-BACKBONES: dict[str, Callable] = {}
-
-
-def _train_mmdit(c):
-    from .mmdit import train_mmdit
-
-    return train_mmdit(c)
-
-
-BACKBONES["mmdit"] = _train_mmdit
-
-
-def _train_discrete(c):
-    from .discrete import train_discrete
-
-    return train_discrete(c)
-
-
-BACKBONES["discrete"] = _train_discrete
 
 
 def check_pretrained_architecture(config: Mapping, model_config: Mapping, source: str) -> None:

@@ -151,7 +151,7 @@ def train_vq(c) -> Path:
     from ..eval.vq import reconstruction_report
     from ..io import atomic_write_text
     from ..multimodal.tokenizers import VQImageTokenizer
-    from ..recipes import command_line, versions
+    from ..provenance import command_line, versions
 
     c.validate()
     if not c.datasets:

@@ -19,6 +19,8 @@ A finished run (its `study_run.json` matching the current settings) is reused on
 an unfinished one continues from its latest checkpoint (every `checkpoint_every` steps; resume
 is exact, and the curve points measured so far are kept in `curve.json`), so an interrupted
 study continues where it stopped.
+
+    python bench/study.py --config configs/study.yaml [--quick]   # (make study, make study-quick)
 """
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import yaml
 
-from .io import atomic_write_text, save_figure
+from mmdlm.io import atomic_write_text, save_figure
 
 RECIPE_NAMES = {"bidirectional": "Dream / DiffuGPT (bidirectional)", "annealed": "DiffuLLaMA (annealed mask)",
                 "block": "NBDiff (block curriculum + AR guidance)", "causal": "causal"}
@@ -46,6 +48,71 @@ CURVE_FILE = "curve.json"
 
 
 # ---- configuration ----------------------------------------------------------------------------
+def _default_recipes() -> dict:
+    return {
+        "dream": {"attention": "bidirectional", "shift": True, "mask_init": "mean"},
+        "dream_noshift": {"attention": "bidirectional", "shift": False, "mask_init": "mean"},
+        "dream_special": {"attention": "bidirectional", "shift": True, "mask_init": "special"},
+        "diffullama": {"attention": "annealed", "anneal_steps": 150, "shift": True},
+        "diffullama_noshift": {"attention": "annealed", "anneal_steps": 150, "shift": False},
+        "nbdiff": {"attention": "block", "block_size": 16, "block_warmup_steps": 150, "ar_loss_weight": 0.5,
+                   "shift": True},
+    }
+
+
+def _default_quick() -> dict:
+    return {"output_dir": "outputs/study-quick", "results": "outputs/study-quick/adaptation_study.json",
+            "max_files": 120, "adapt_steps": 2, "scratch_steps": 3, "adapt": {"batch_size": 4, "seq_len": 64},
+            "curve_points": 2, "curve_rows": 8, "curve_grid": 2, "eval_rows": 8, "grid": 2, "replicates": 2,
+            "infill_spans": 4, "span": 4, "left": 16, "right": 8, "prompts": 2, "prompt_len": 8, "gen_length": 8}
+
+
+@dataclass
+class StudyConfig:
+    """Adaptation against training from scratch: every recipe measured on held-out text, one table."""
+
+    teacher: str = field(default="assets/teacher", metadata={
+        "help": "the AR teacher (N tokens, read from its log.csv); its architecture and tokenizer are used throughout"})
+    output_dir: str = field(default="outputs/study", metadata={"help": "one folder per run"})
+    results: str = field(default="bench/results/adaptation_study.json", metadata={
+        "help": "the study's JSON (the plot goes beside it, .png)"})
+    adapt_steps: int = field(default=300, metadata={"help": "optimizer steps of every adapted run (M tokens)"})
+    scratch_steps: int | None = field(default=None, metadata={
+        "help": "steps of the from-scratch run (default: as many as N + M tokens take)"})
+    adapt: dict = field(default_factory=lambda: {"batch_size": 32, "seq_len": 128, "lr": 1.0e-3,
+                                                 "warmup_steps": 30}, metadata={
+        "help": "mmdlm adapt keys shared by every run"})
+    recipes: dict = field(default_factory=_default_recipes, metadata={
+        "help": "name -> mmdlm adapt keys of each adapted run"})
+    scratch: dict = field(default_factory=lambda: {"attention": "bidirectional", "shift": False, "lr": 2.0e-3,
+                                                   "warmup_steps": 100}, metadata={
+        "help": "mmdlm adapt keys of the from-scratch run (init: random)"})
+    max_files: int | None = field(default=None, metadata={"help": "use only the first N files of the corpus"})
+    curve_points: int = field(default=14, metadata={"help": "log-spaced validation points per run (plus step 0)"})
+    curve_rows: int = field(default=256, metadata={"help": "held-out rows of the curve estimator"})
+    curve_grid: int = field(default=4, metadata={"help": "t strata of the curve estimator"})
+    eval_rows: int = field(default=512, metadata={"help": "held-out rows of the final estimator"})
+    grid: int = field(default=8, metadata={"help": "t strata of the final ELBO estimator"})
+    replicates: int = field(default=2, metadata={"help": "draws per (row, stratum) of the final estimator (>= 2)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "rows per evaluation batch"})
+    infill_spans: int = field(default=64, metadata={"help": "held-out infilling spans"})
+    span: int = field(default=6, metadata={"help": "tokens per infilling span"})
+    left: int = field(default=48, metadata={"help": "left context of a span (tokens)"})
+    right: int = field(default=16, metadata={"help": "right context of a span (tokens)"})
+    prompts: int = field(default=16, metadata={"help": "held-out prompts for generative perplexity"})
+    prompt_len: int = field(default=32, metadata={"help": "tokens per prompt"})
+    gen_length: int = field(default=64, metadata={"help": "tokens sampled per prompt (one step per token)"})
+    gen_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the samples"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+    checkpoint_every: int = field(default=50, metadata={
+        "help": "checkpoint every run this often (steps), so an interrupted study resumes mid-run (0: never)"})
+    seed: int = field(default=0, metadata={"help": "seed of every run and of the held-out draws"})
+    fresh: bool = field(default=False, metadata={"help": "retrain runs that already finished with these settings"})
+    quick: bool = field(default=False, metadata={
+        "help": "smoke test: apply quick_overrides (tiny runs, a slice of the corpus, results under outputs/)"})
+    quick_overrides: dict = field(default_factory=_default_quick, metadata={"help": "what --quick changes"})
+
+
 def apply_quick(c):
     """With `quick`, the keys of `quick_overrides` replace the config's (dicts merge one level)."""
     if not c.quick:
@@ -63,7 +130,7 @@ def apply_quick(c):
 
 
 def validate(c) -> None:
-    from .cli import AdaptConfig
+    from mmdlm.commands.adapt import AdaptConfig
 
     for name in ("adapt_steps", "curve_points", "curve_rows", "curve_grid", "eval_rows", "grid", "eval_batch_size",
                  "infill_spans", "span", "prompts", "gen_length", "threads"):
@@ -95,8 +162,8 @@ def validate(c) -> None:
 
 def run_configs(c, teacher_tokens: int | None):
     """{name: AdaptConfig} for every recipe and the from-scratch run, and M, N + M."""
-    from .cli import AdaptConfig
-    from .config import build
+    from mmdlm.commands.adapt import AdaptConfig
+    from mmdlm.config import build
 
     out = Path(c.output_dir)
     common = dict(model=c.teacher, dataset="stdlib", max_files=c.max_files, seed=c.seed, save_every=0,
@@ -158,9 +225,9 @@ def teacher_info(path: str) -> dict:
 
 # ---- one run ----------------------------------------------------------------------------------
 def _curve_trainer_cls():
-    from .eval.likelihood import dlm_elbo
-    from .training.diffusion import DiffusionTrainer
-    from .training.trainer import STATE_FILE, latest_checkpoint
+    from mmdlm.eval.likelihood import dlm_elbo
+    from mmdlm.training.diffusion import DiffusionTrainer
+    from mmdlm.training.trainer import STATE_FILE, latest_checkpoint
 
     class CurveTrainer(DiffusionTrainer):
         """Measures the validation ELBO with the fixed-grid estimator at chosen steps (kept in curve.json)."""
@@ -214,7 +281,7 @@ def _settings_key(c, cfg) -> dict:
 def same_settings(stored: dict | None, key: dict) -> bool:
     """Whether a run recorded with `stored` settings matches `key`. An mmdlm adapt key added
     after the run was recorded matches when it holds its default (defaults keep old behaviour)."""
-    from .cli import AdaptConfig
+    from mmdlm.commands.adapt import AdaptConfig
 
     if not stored:
         return False
@@ -229,10 +296,10 @@ def same_settings(stored: dict | None, key: dict) -> bool:
 
 def measure_dlm(dlm, c, data: dict, teacher) -> dict:
     """Final held-out metrics of a trained DLM."""
-    from .eval.infill import exact_match, fill_spans_dlm
-    from .eval.likelihood import continuation_nll, dlm_elbo
-    from .eval.samples import sample_dlm, token_entropy
-    from .schedulers import MaskedDiffusionScheduler
+    from mmdlm.eval.infill import exact_match, fill_spans_dlm
+    from mmdlm.eval.likelihood import continuation_nll, dlm_elbo
+    from mmdlm.eval.samples import sample_dlm, token_entropy
+    from mmdlm.schedulers import MaskedDiffusionScheduler
 
     dlm.eval()
     t0 = time.perf_counter()
@@ -252,8 +319,8 @@ def measure_dlm(dlm, c, data: dict, teacher) -> dict:
 
 def run_one(name: str, cfg, c, data: dict, teacher, log) -> dict:
     """Train one run (or reuse a finished one) and measure it."""
-    from .recipes import adapt
-    from .text.adapt import load_dlm
+    from mmdlm.commands.adapt import run as adapt
+    from mmdlm.text.adapt import load_dlm
 
     folder = Path(cfg.output_dir)
     record_path = folder / "study_run.json"
@@ -373,12 +440,12 @@ def plot(result: dict, path: Path) -> None:
 
 # ---- the study --------------------------------------------------------------------------------
 def run_study(c, command: str | None = None) -> dict:
-    from .data import load_text_splits, pack_texts
-    from .eval.infill import exact_match, fill_spans_ar, held_out
-    from .eval.likelihood import ar_nll, continuation_nll
-    from .eval.samples import sample_ar, token_entropy
-    from .recipes import command_line, machine, versions
-    from .text.base import load_causal_lm, load_tokenizer
+    from mmdlm.data import load_text_splits, pack_texts
+    from mmdlm.eval.infill import exact_match, fill_spans_ar, held_out
+    from mmdlm.eval.likelihood import ar_nll, continuation_nll
+    from mmdlm.eval.samples import sample_ar, token_entropy
+    from mmdlm.provenance import command_line, machine, versions
+    from mmdlm.text.base import load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
     c = apply_quick(c)
@@ -470,7 +537,7 @@ def run_study(c, command: str | None = None) -> dict:
         "threads": c.threads,
         "machine": machine(),
         "versions": versions(),
-        "command": command or command_line(),
+        "command": command or command_line("python bench/study.py"),
         "config": {k: v for k, v in asdict(c).items() if k != "quick_overrides"},
         "elapsed_s": time.perf_counter() - started,
     }
@@ -480,3 +547,22 @@ def run_study(c, command: str | None = None) -> dict:
     log(f"results written to {out} and {out.with_suffix('.png')}")
     return copy.deepcopy(result)
 
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from mmdlm.config import add_arguments, resolve
+
+    parser = argparse.ArgumentParser(prog="bench/study.py", description=StudyConfig.__doc__)
+    add_arguments(parser, StudyConfig)
+    try:
+        run_study(resolve(StudyConfig, parser.parse_args(argv)))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"study: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

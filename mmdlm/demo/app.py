@@ -3,11 +3,11 @@ answering, each shown step by step while the diffusion runs.
 
     mmdlm demo                                  # the shipped checkpoints, on http://127.0.0.1:7860
     mmdlm demo --mm-model outputs/mmdit/model   # a saved multimodal pipeline for the image tabs
-    python demos/app.py --help                  # the same flags
+    mmdlm demo --help                           # every flag (each one a key of a --config YAML)
 
 The app only orchestrates: pipelines come from `mmdlm.pipelines` (`TextDiffusionPipeline`,
 `load_pipeline`), the step-by-step run from `mmdlm.pipelines.streaming.iterate_steps`, the
-unmasking view from `mmdlm.text.history`. Settings are `mmdlm.cli.DemoConfig` (every flag a
+unmasking view from `mmdlm.text.history`. Settings are `mmdlm.demo.config.DemoConfig` (every flag a
 config key); the default multimodal checkpoint is its `mm_model` field. What the page offers
 follows the loaded checkpoint: the length limits come from the text model's context, the image
 tabs show only the sampling controls the pipeline reads for their task.
@@ -19,30 +19,27 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no usage reports, no version checks
 
 import logging
-import sys
 import threading
 import time
 import warnings
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple  # (no dataclasses: `mmdlm demo` runs this file without importing it)
+from typing import NamedTuple
 
-REPO = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and str(REPO) not in sys.path:  # `python demos/app.py` from a checkout
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]  # a source checkout: relative checkpoint paths also resolve here
 
 import gradio as gr
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmdlm.cli import DemoConfig
-from mmdlm.data import shapes as S
-from mmdlm.pipelines import TextDiffusionPipeline, load_pipeline
-from mmdlm.pipelines.streaming import Done, Step, Waiting, call_parameters, can_preview, iterate_steps, split_supported
-from mmdlm.schedulers import MaskedDiffusionScheduler
-from mmdlm.text import history as view
-from mmdlm.text.generate import PLACEHOLDER, parse_infill
+from ..data import shapes as S
+from ..pipelines import TextDiffusionPipeline, load_pipeline
+from ..pipelines.streaming import Done, Step, Waiting, call_parameters, can_preview, iterate_steps, split_supported
+from ..placeholders import PLACEHOLDER, parse_infill
+from ..schedulers import MaskedDiffusionScheduler
+from ..text import history as view
+from .config import DemoConfig
 
 log = logging.getLogger("mmdlm.demo")
 
@@ -164,7 +161,7 @@ def _find(path: str) -> Path:
 def _prompt_tokens(pipe: TextDiffusionPipeline, prompt: str) -> int:
     """The tokens `prompt` takes in `pipe`'s sequence (BOS, its <|mask:N|> placeholders as N)."""
     tok = pipe.tokenizer
-    body = (parse_infill(tok, prompt, pipe.config.mask_token_id) if PLACEHOLDER.search(prompt)
+    body = (parse_infill(tok, prompt, pipe.mask_token_id) if PLACEHOLDER.search(prompt)
             else tok(prompt, add_special_tokens=False)["input_ids"])
     return int(tok.bos_token_id is not None) + len(body)
 
@@ -455,7 +452,7 @@ class Demo:
                           f"{n_prompt + gen_length} tokens, over the model's context of {context}; "
                           + " or ".join(fixes))
         options = self._sampling(steps, rule, temperature, seed, pipe.device)
-        tok, mask_id = pipe.tokenizer, pipe.config.mask_token_id
+        tok, mask_id = pipe.tokenizer, pipe.mask_token_id
         start = int(tok.bos_token_id is not None)
         yield gr.skip(), WAITING, gr.skip()
         prev, began = None, time.perf_counter()
@@ -727,7 +724,7 @@ def _unmasking(frame) -> str:
 
 def _first_image(images) -> Image.Image:
     if isinstance(images, torch.Tensor):
-        from mmdlm.data.imagetext import to_pil
+        from ..images import to_pil
 
         return to_pil(images[:1])[0]
     if isinstance(images, (list, tuple)):
@@ -806,13 +803,3 @@ def serve(config: DemoConfig) -> None:
               + ("; visitors can load checkpoint folders by path (--no-allow-paths to stop it)"
                  if demo.allow_paths else ""))
     launch(app, config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from mmdlm import cli
-
-    return cli.main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,96 @@
+"""What several commands share: the text data options, the data and provenance of a training run,
+LoRA, and loading the pipeline a sampling command runs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..data import load_text_splits, pack_texts
+from ..provenance import command_line, versions
+
+
+@dataclass
+class DataArgs:
+    dataset: str = field(default="stdlib", metadata={
+        "help": "'stdlib' (built-in: this Python's standard library), a hub dataset name or a local folder"})
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .txt/.json/.jsonl/.csv/.parquet files"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out"})
+    max_files: int | None = field(default=None, metadata={"help": "built-in corpus: use only the first N files"})
+    max_train_sequences: int | None = field(default=None, metadata={"help": "cap on packed training sequences"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per packed training sequence"})
+
+
+def packed_splits(c, tokenizer):
+    train, validation, info = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
+                                               validation_fraction=c.validation_fraction, max_files=c.max_files)
+    train_ids = pack_texts(train["text"], tokenizer, c.seq_len)
+    if c.max_train_sequences is not None:
+        train_ids = train_ids[: c.max_train_sequences]
+    try:
+        val_ids = pack_texts(validation["text"], tokenizer, c.seq_len)
+    except ValueError:  # a validation split shorter than one sequence: no evaluation
+        val_ids = None
+    return train_ids, val_ids, info
+
+
+def check_positions(model, seq_len: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions "
+                         "(max_position_embeddings); lower seq_len")
+
+
+def run_info(c, info, model, n_train) -> dict:
+    return {"command": command_line(), "config": asdict(c), "corpus": info.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()), "train_sequences": n_train,
+            "versions": versions()}
+
+
+def maybe_lora(c, dlm, state) -> None:
+    """LoRA on the DLM when lora_r > 0 (adapters initialised from the run's seed)."""
+    if not c.lora_r:
+        return
+    from ..training.lora import lora_dlm, trainable_parameters
+
+    torch.manual_seed(c.seed)
+    lora_dlm(dlm, c, base=c.model)
+    n, total = trainable_parameters(dlm)
+    state.print(f"LoRA r={c.lora_r}: training {n:,} of {total:,} parameters ({100 * n / total:.2f}%)")
+
+
+def load_text_pipeline(path: str, **scheduler_options):
+    """A TextDiffusionPipeline from a saved pipeline or a DLM folder, its scheduler set to `scheduler_options`."""
+    from ..pipelines import TextDiffusionPipeline
+
+    pipe = TextDiffusionPipeline.from_pretrained(path)
+    pipe.scheduler.register_to_config(**scheduler_options)
+    return pipe
+
+
+MM_MODEL = "assets/mmdit-shapes"
+
+
+def multimodal_pipeline(path: str, device: str | None):
+    from ..pipelines.multimodal import load_pipeline
+
+    pipe = load_pipeline(path)
+    if not hasattr(pipe, "image_size"):
+        raise ValueError(f"{path} holds a {type(pipe).__name__}, not a multimodal (image-text) pipeline")
+    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_options(c, *names) -> dict:
+    """The sampling options given (None: the pipeline's default), checked before the model loads."""
+    from ..pipelines.multimodal import check_call_options
+
+    out = {k: getattr(c, k) for k in names if getattr(c, k) is not None}
+    check_call_options(**out)
+    if getattr(c, "steps", None) is not None:
+        if c.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {c.steps}")
+        out["num_inference_steps"] = c.steps
+    return out

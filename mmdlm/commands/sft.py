@@ -1,0 +1,83 @@
+"""`mmdlm sft`: supervised fine-tuning of a diffusion LM (the prompt never noised)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..provenance import command_line, versions
+from ..training.lora import LoraArgs
+from ..training.trainer import TrainArgs
+from .common import check_positions, maybe_lora
+
+
+@dataclass
+class SftConfig(LoraArgs, TrainArgs):
+    """Supervised fine-tuning of a diffusion LM on prompt/response pairs (the prompt is never noised)."""
+
+    model: str = field(default="assets/dlm", metadata={"help": "the diffusion LM to fine-tune (a mmdlm DLM folder)"})
+    output_dir: str = field(default="outputs/sft", metadata={"help": "where the model, logs and checkpoints go"})
+    dataset: str = field(default="stdlib", metadata={
+        "help": "'stdlib' (built-in: the standard library's documented functions, prompt = signature + docstring, "
+                "response = body), a hub dataset name or a local folder"})
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet files"})
+    prompt_field: str = field(default="prompt", metadata={"help": "field holding the prompt"})
+    response_field: str = field(default="response", metadata={"help": "field holding the response"})
+    messages_field: str = field(default="messages", metadata={
+        "help": "field holding a chat (list of {role, content}, the assistant's answer last); "
+                "used with the chat template"})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "format with the tokenizer's chat template (default: when the tokenizer has one)"})
+    validation_fraction: float = field(default=0.05, metadata={
+        "help": "share held out when the data has no validation split"})
+    max_files: int | None = field(default=None, metadata={"help": "built-in set: use only the first N stdlib files"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
+    seq_len: int = field(default=128, metadata={
+        "help": "tokens per example: [BOS] prompt response EOS..., padded with EOS; longer examples are dropped"})
+    t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
+    loss_normalize: str = field(default="token", metadata={
+        "help": "token (negative ELBO per response token) | masked (per masked token, DiffuLLaMA)"})
+
+
+def run(c) -> None:
+    """Supervised fine-tuning of a diffusion LM: the prompt stays clean, the response is noised."""
+    from ..data.sft import encode_sft, load_sft_splits
+    from ..text.adapt import load_dlm
+    from ..training import process_state
+    from ..training.diffusion import DiffusionTrainer
+
+    c.validate()
+    c.validate_lora()
+    state = process_state()
+    dlm, tokenizer = load_dlm(c.model, merge_lora=True)  # a LoRA DLM is merged first, then trained on
+    check_positions(dlm.model, c.seq_len)
+    maybe_lora(c, dlm, state)
+    train_records, val_records, source = load_sft_splits(c.dataset, data_files=c.data_files,
+                                                         validation_fraction=c.validation_fraction,
+                                                         max_files=c.max_files)
+    fields = dict(prompt_field=c.prompt_field, response_field=c.response_field, messages_field=c.messages_field,
+                  chat_template=c.chat_template)
+    train, train_stats = encode_sft(train_records, tokenizer, c.seq_len, **fields)
+    val, val_stats = encode_sft(val_records, tokenizer, c.seq_len, **fields)
+    if train_stats.kept == 0:
+        raise ValueError(f"no training example fits in seq_len {c.seq_len} with at least one EOS "
+                         f"({train_stats.records} records, {train_stats.dropped_too_long} too long, "
+                         f"{train_stats.dropped_empty} empty); raise seq_len or shorten the data")
+    if c.max_train_examples is not None:
+        train = {k: v[: c.max_train_examples] for k, v in train.items()}
+    # Validation in a fixed shuffled order, so that a few eval batches span many sources.
+    order = torch.randperm(val_stats.kept, generator=torch.Generator().manual_seed(0))
+    val = {k: v[order] for k, v in val.items()} if val_stats.kept else None
+    state.print(f"SFT data: {len(train['input_ids'])} training and {val_stats.kept} validation examples; dropped as "
+                f"longer than seq_len {c.seq_len} (prompt + response + one EOS): {train_stats.dropped_too_long} "
+                f"training, {val_stats.dropped_too_long} validation")
+    info = {"command": command_line(), "config": asdict(c), "data": source,
+            "train_stats": train_stats.to_dict(), "validation_stats": val_stats.to_dict(),
+            "parameters": sum(p.numel() for p in dlm.parameters()),
+            "trainable_parameters": sum(p.numel() for p in dlm.parameters() if p.requires_grad),
+            "train_sequences": len(train["input_ids"]), "versions": versions()}
+    trainer = DiffusionTrainer(dlm, train, c, eval_data=val, tokenizer=tokenizer, t_sampling=c.t_sampling,
+                               loss_normalize=c.loss_normalize, run_info=info)
+    final = trainer.train()
+    what = "LoRA adapter" if c.lora_r else "fine-tuned diffusion LM"
+    trainer.announce(what, final)
