@@ -34,6 +34,16 @@ FAMILIES = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run on a CUDA GPU: skipped where there is none (CI), run by `make gpu-check`."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs it)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_factory():
     def make():

@@ -52,7 +52,8 @@ def masked_diffusion_loss(
     nothing is masked the loss is a zero that is still connected to ``logits``.
 
     ``logits`` may also be ``(N, V)``: the logits of the N masked positions only, in
-    row-major order, so that a model can skip its output head everywhere else.
+    row-major order, so that a model can skip its output head everywhere else (N must be the
+    number of masked positions: counting them would make the host wait, so it is not checked).
     """
     if normalize not in _NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(_NORMALIZATIONS)}")
@@ -61,14 +62,16 @@ def masked_diffusion_loss(
     if logits.dim() == 3 and x0.shape != logits.shape[:2]:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected {tuple(logits.shape[:2])}")
     check_bool_mask(masked, x0.shape, "masked")
-    # The masked positions in row-major order: finding them is the loss's one host synchronisation
-    # (their number depends on the draw); everything after selects by index.
-    index = masked.flatten().nonzero().squeeze(1)
+    # The masked positions in row-major order. Their number depends on the draw: finding them makes the host wait
+    # for the device, unless the (#masked, V) logits already tell it (whoever selected them has waited).
     if logits.dim() == 3:
+        index = masked.flatten().nonzero().squeeze(1)
         logits = logits.flatten(0, 1).index_select(0, index)
-    elif logits.dim() != 2 or logits.shape[0] != index.numel():
-        raise ValueError(f"logits must be (B, L, V) or (#masked, V), got shape {tuple(logits.shape)} "
-                         f"for {index.numel()} masked positions")
+    elif logits.dim() == 2 and logits.shape[0] <= masked.numel():
+        index = torch.nonzero_static(masked.flatten(), size=logits.shape[0]).squeeze(1)
+    else:
+        raise ValueError(f"logits must be (B, L, V) or (#masked, V), got shape {tuple(logits.shape)} for "
+                         f"{tuple(masked.shape)} positions")
     check_bool_mask(eligible, x0.shape, "eligible")
     t_full = per_position_t(torch.as_tensor(t, device=logits.device), x0.shape)
 

@@ -9,7 +9,6 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # those that run diffusion attention (adapt.py)
 
 
