@@ -6,7 +6,7 @@ Each case runs twice, with n and 2n steps: what the second run adds is the cost 
 call costs once (tokenising, reading the prompt's layout, copying the results to the host)."""
 import pytest
 import torch
-from conftest import tiny_causal_lm
+from conftest import TEXT, tiny_causal_lm
 from discrete_fixtures import tiny_pipeline
 from test_dual_pipeline import make_pipe
 
@@ -143,8 +143,6 @@ def test_diffusion_training_step_one_sync(tmp_path, tokenizer, device):
     from mmdlm.data import pack_texts
     from mmdlm.training import TrainArgs
     from mmdlm.training.diffusion import DiffusionTrainer
-
-    from conftest import TEXT
 
     dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer)
     args = TrainArgs(output_dir=str(tmp_path / "run"), max_steps=10, batch_size=4, warmup_steps=0,
