@@ -21,6 +21,7 @@ from ..diffusion._checks import check_bool, check_int, check_steps
 from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
+from ..text.base import check_attn_implementation
 from ..text.generate import check_options, default_blocks, generate
 
 
@@ -61,25 +62,39 @@ class TextDiffusionPipeline(DiffusionPipeline):
         return self.dlm.mask_token_id
 
     @classmethod
-    def from_dlm(cls, path: str | Path, **scheduler_options) -> "TextDiffusionPipeline":
-        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output); a LoRA
-        adapter folder is merged into its base on load."""
-        dlm, tokenizer = load_dlm(path, merge_lora=True)
+    def from_dlm(cls, path: str | Path, *, dtype=torch.float32, attn_implementation: str = "sdpa",
+                 **scheduler_options) -> "TextDiffusionPipeline":
+        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output), the weights in `dtype`,
+        the attention by `attn_implementation`; a LoRA adapter folder is merged into its base on load."""
+        dlm, tokenizer = load_dlm(path, merge_lora=True, dtype=dtype, attn_implementation=attn_implementation)
         c = dlm.config
         scheduler = MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, **scheduler_options)
         return cls(dlm.model.eval(), tokenizer, scheduler, diffusion_config=c)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TextDiffusionPipeline":
-        """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, attn_implementation: str | None = None,
+                        **kwargs) -> "TextDiffusionPipeline":
+        """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`). `dtype`: the
+        model's weights (default float32); `attn_implementation`: sdpa (default), eager or flash_attention_2."""
         path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and not (path / "model_index.json").is_file():
-            return cls.from_dlm(path)  # (which says what a folder that is neither lacks)
+        if path.is_dir() and not (path / "model_index.json").is_file():  # a DLM folder (else from_dlm says why)
+            return cls.from_dlm(path, dtype=dtype or torch.float32, attn_implementation=attn_implementation or "sdpa")
         if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
             raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
                              "model's diffusion settings)")
         config = DiffusionConfig.load(path / "model") if path.is_dir() else None
-        return super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config,
+                                       **({"torch_dtype": dtype} if dtype is not None else {}), **kwargs)
+        if attn_implementation is not None:
+            pipe.set_attn_implementation(attn_implementation)
+        return pipe
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Run the model's attention by `name` (sdpa, eager, flash_attention_2), checked, its probe run again."""
+        check_attn_implementation(name)
+        if self.model.config._attn_implementation != name:
+            self.model.set_attn_implementation(name)
+        self.dlm = DiffusionLM(self.model, self.dlm.config)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers' save, with the model's `DiffusionConfig` beside its weights (model/mmdlm.json)."""

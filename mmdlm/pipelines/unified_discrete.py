@@ -101,6 +101,13 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             check_component(name, value, MaskedDiffusionScheduler)
         super().__setattr__(name, value)
 
+    def to(self, *args, **kwargs):
+        """diffusers' move to a device and dtype, except that the VQ model stays in float32: its nearest-code
+        search has no half-precision kernel, and would pick other codes. It is small next to the transformer."""
+        super().to(*args, **kwargs)
+        self.vqvae.to(torch.float32)
+        return self
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         index = Path(pretrained_model_name_or_path) / "model_index.json"

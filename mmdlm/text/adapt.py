@@ -205,9 +205,13 @@ class DiffusionLM(nn.Module):
         model = _load_adapter(Path(path), config, base_model, **load)
         return cls(model.merge_and_unload() if merge_lora else model, config)
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        """transformers' gradient checkpointing of the wrapped model (its decoder layers)."""
-        self.model.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the wrapped model's layers: transformers' switch (`activation_checkpointing_enable` where
+        a newer transformers names it so)."""
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     @property
     def is_lora(self) -> bool:

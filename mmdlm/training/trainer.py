@@ -94,11 +94,11 @@ class TrainArgs:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got "
                              f"{self.mixed_precision!r}")
-        if self.device is not None and resolve_device(self.device).type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
-        if self.device is not None and ":" in self.device:
-            raise ValueError(f"device {self.device!r}: choose the GPU with CUDA_VISIBLE_DEVICES (or accelerate "
-                             "launch), and give device cuda")
+        if self.device is not None and self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r} (accelerate places each process on "
+                             "its GPU: choose them with CUDA_VISIBLE_DEVICES)")
+        if self.device is not None:
+            resolve_device(self.device)  # available on this machine
         for name in ("gradient_checkpointing", "compile"):
             check_bool(getattr(self, name), name)
 
@@ -415,10 +415,13 @@ class Trainer:
 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in the backward pass, through the model's own switch: transformers'
-    `gradient_checkpointing_enable` (a DiffusionLM passes it on) or diffusers' `enable_gradient_checkpointing`
-    (a peft model passes either to its base)."""
-    if hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    (`activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`, which a DiffusionLM passes on)
+    or diffusers' `enable_gradient_checkpointing` (a peft model passes either to its base)."""
+    reentrant = {"use_reentrant": False}  # no need for inputs that require grad (frozen embeddings, LoRA)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=reentrant)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=reentrant)
     elif getattr(model, "_supports_gradient_checkpointing", False):
         model.enable_gradient_checkpointing()
     else:
