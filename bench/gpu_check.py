@@ -361,8 +361,6 @@ def phase_sampling(phase: Phase) -> None:
                               sampler_overhead=round(1 - forward / total, 4), host_syncs_per_step=round(
                                   syncs.count / gen_len, 3))
             phase.add(record)
-    del model, dlm
-    released()
 
 
 def phase_multimodal(phase: Phase, peak: float | None) -> None:
@@ -439,8 +437,8 @@ def run_phase(name: str, a, out_dir: Path, peak: float | None, limit: float) -> 
             status, error = "failed", f"{type(err).__name__}: {err}"
             traceback.print_exc()
     else:
-        command = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--device", a.device, "--phase-out", str(path),
-                   "--out-dir", str(out_dir), *(["--tiny"] if a.tiny else []),
+        command = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--device", a.device,
+                   "--phase-out", str(path), "--out-dir", str(out_dir), *(["--tiny"] if a.tiny else []),
                    *(["--peak", str(peak)] if peak else [])]
         process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
         try:
@@ -480,8 +478,8 @@ def environment(device: str) -> dict:
     gpu = {}
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        gpu = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count,
-               "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
+        gpu = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+               "multiprocessors": p.multi_processor_count, "bf16": torch.cuda.is_bf16_supported()}
     return {"machine": machine(), "versions": {**versions(), **packages}, "gpu": gpu}
 
 
