@@ -139,43 +139,62 @@ def mfu(tokens_per_s: float, flops: float, peak_tflops: float | None) -> float |
 
 
 # ---------------------------------------------------------------- phases
-def phase_tests(phase: Phase, out_dir: Path) -> None:
-    """pytest on the tests marked gpu; at tiny sizes (the CPU) they are collected only."""
+def phase_tests(phase: Phase, out_dir: Path, limit: float | None) -> None:
+    """pytest on the tests marked gpu, stopped a little before `limit` (the results so far are read from its
+    verbose output); at tiny sizes (the CPU) they are collected only."""
     import importlib.util
+    import re
     import xml.etree.ElementTree as ET
 
-    files = ["tests/test_gpu.py", "tests/test_host_syncs.py"]
-    junit = out_dir / "gpu-tests.xml"
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--junitxml", str(junit),
-               *files]
+    files = ["tests/test_gpu.py", "tests/test_host_syncs.py"]  # (importing all of tests/ would need gradio)
+    junit, output = out_dir / "gpu-tests.xml", out_dir / "gpu-tests.log"
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider"]
     if phase.tiny:
-        command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--collect-only",
-                   *files]
-    elif importlib.util.find_spec("xdist") is not None:
-        command[4:4] = ["-n", "4"]
+        command += ["-q", "--collect-only"]
+    else:
+        command += ["-v", "--junitxml", str(junit)]
+        if importlib.util.find_spec("pytest_timeout") is not None:
+            command += ["--timeout", "60"]  # one hanging test must not take the others with it
+        if importlib.util.find_spec("xdist") is not None:  # 4 processes share the GPU: the models are tiny
+            command += ["-n", "4"]
+    command += files
     t0 = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    with output.open("w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(timeout=None if limit is None else max(limit - 15, 5))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
     seconds = round(time.perf_counter() - t0, 1)
-    print(done.stdout[-4000:], done.stderr[-2000:], sep="\n", flush=True)
+    text = output.read_text()
+    print(text[-6000:], flush=True)
     if phase.tiny:
-        collected = sum(1 for line in done.stdout.splitlines() if "::" in line)
-        phase.set(collected=collected, ran=False, seconds=seconds, exit_code=done.returncode)
-        if done.returncode != 0:
-            raise RuntimeError(f"pytest could not collect the gpu tests (exit {done.returncode})")
+        collected = sum(1 for line in text.splitlines() if "::" in line)
+        phase.set(collected=collected, ran=False, seconds=seconds, exit_code=code)
+        if code != 0:
+            raise RuntimeError(f"pytest could not collect the gpu tests (exit {code})")
         return
-    if not junit.exists():
-        raise RuntimeError(f"pytest wrote no report (exit {done.returncode}): {done.stderr[-500:]}")
-    root = ET.parse(junit).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root)
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    outcome = {}  # test id -> PASSED / FAILED / ERROR / SKIPPED, from the verbose lines
+    for line in text.splitlines():
+        m = re.search(r"(PASSED|FAILED|ERROR|SKIPPED)\s+(tests/\S+::\S+)", line) or \
+            re.search(r"(tests/\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED)", line)
+        if m:
+            word, test = (m.group(1), m.group(2)) if m.group(1).isupper() else (m.group(2), m.group(1))
+            outcome[test] = word
     failed = []
-    for case in root.iter("testcase"):
-        for bad in list(case.findall("failure")) + list(case.findall("error")):
-            message = (bad.get("message") or "").strip().splitlines()
-            failed.append(f"{case.get('classname')}::{case.get('name')}: {message[0][:300] if message else ''}")
-    phase.set(ran=True, seconds=seconds, exit_code=done.returncode, failed_tests=failed,
-              passed=counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-              failed=counts["failures"] + counts["errors"], skipped=counts["skipped"])
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            for bad in list(case.findall("failure")) + list(case.findall("error")):
+                message = (bad.get("message") or "").strip().splitlines()
+                failed.append(f"{case.get('classname')}::{case.get('name')}: {message[0][:300] if message else ''}")
+    else:
+        failed = [test for test, word in outcome.items() if word in ("FAILED", "ERROR")]
+    counts = {word: sum(1 for w in outcome.values() if w == word) for word in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+    phase.set(ran=True, seconds=seconds, exit_code=code, complete=junit.exists(), failed_tests=failed,
+              passed=counts["PASSED"], failed=counts["FAILED"] + counts["ERROR"], skipped=counts["SKIPPED"])
+    if not junit.exists():
+        raise TimeoutError(f"pytest stopped after {seconds:.0f} s; {len(outcome)} tests had finished")
 
 
 def phase_matmul(phase: Phase) -> None:
@@ -438,8 +457,8 @@ def run_phase(name: str, a, out_dir: Path, peak: float | None, limit: float) -> 
             traceback.print_exc()
     else:
         command = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--device", a.device,
-                   "--phase-out", str(path), "--out-dir", str(out_dir), *(["--tiny"] if a.tiny else []),
-                   *(["--peak", str(peak)] if peak else [])]
+                   "--phase-out", str(path), "--out-dir", str(out_dir), "--limit", str(limit),
+                   *(["--tiny"] if a.tiny else []), *(["--peak", str(peak)] if peak else [])]
         process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
         try:
             code = process.wait(timeout=max(limit, 1))
@@ -450,12 +469,15 @@ def run_phase(name: str, a, out_dir: Path, peak: float | None, limit: float) -> 
             process.wait()
             status, error = "timeout", f"stopped after {limit:.0f} s"
     result = json.loads(path.read_text()) if path.exists() else {}
+    error = result.pop("error", None) or error
+    if isinstance(error, str) and error.startswith("TimeoutError"):
+        status = "timeout"
     return {"status": status, "seconds": round(time.perf_counter() - t0, 1), "error": error, **result}
 
 
-def _phase(name: str, phase: Phase, out_dir: Path, peak: float | None) -> None:
+def _phase(name: str, phase: Phase, out_dir: Path, peak: float | None, limit: float | None = None) -> None:
     if name == "tests":
-        phase_tests(phase, out_dir)
+        phase_tests(phase, out_dir, limit)
     elif name == "matmul":
         phase_matmul(phase)
     elif name == "adaptation":
@@ -541,12 +563,18 @@ def main(argv=None) -> int:
     p.add_argument("--phase-out", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
     p.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here; run with --device cpu --tiny for the dry run", file=sys.stderr)
         return 2
-    if a.phase:
-        _phase(a.phase, Phase(Path(a.phase_out), a.device, a.tiny), Path(a.out_dir), a.peak)
+    if a.phase:  # a child process: one phase; its error goes into its JSON for the parent to report
+        phase = Phase(Path(a.phase_out), a.device, a.tiny)
+        try:
+            _phase(a.phase, phase, Path(a.out_dir), a.peak, a.limit)
+        except Exception as err:
+            phase.set(error=f"{type(err).__name__}: {err}")
+            raise
         return 0
 
     start = time.perf_counter()
@@ -578,8 +606,9 @@ def main(argv=None) -> int:
     if a.copy_to:
         Path(a.copy_to).mkdir(parents=True, exist_ok=True)
         shutil.copy(a.out, Path(a.copy_to) / "gpu.json")
-        if (out_dir / "gpu-tests.xml").exists():
-            shutil.copy(out_dir / "gpu-tests.xml", Path(a.copy_to) / "gpu-tests.xml")
+        for name in ("gpu-tests.xml", "gpu-tests.log"):
+            if (out_dir / name).exists():
+                shutil.copy(out_dir / name, Path(a.copy_to) / name)
     shutil.rmtree(out_dir, ignore_errors=True)
     return 0
 

@@ -96,6 +96,7 @@ def test_block_model_sampler_one_sync_per_step(tokenizer, device):
 
 MM_CASES = {
     "t2i": dict(prompt=PROMPT),
+    "t2i with history": dict(prompt=PROMPT, return_history=True),
     "caption, text guidance": dict(image="scene", text_guidance_scale=1.5),
     "joint": dict(task="joint", num_images_per_prompt=2),
     "inpaint": dict(prompt=PROMPT, image="scene", mask_image="half"),

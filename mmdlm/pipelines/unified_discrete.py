@@ -203,8 +203,12 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         return img, txt, gen_image, gen_text
 
     # ---------------------------------------------------------------- images
-    def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
-        return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
+    def _decode_images(self, codes: torch.LongTensor, check: bool = True) -> torch.Tensor:
+        return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid), check=check)
+
+    def _decode_predictions(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Images of a step's predicted codes (valid by construction: [MASK] is never predicted), for the history."""
+        return self._decode_images(codes, check=False)
 
     @torch.no_grad()
     def preview_images(self, tensors: dict) -> torch.Tensor | None:
@@ -269,7 +273,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             MaskedTokens("image", img, mask_token_id=mask_ids["image"], scheduler=self.scheduler, generated=gen_image,
                          num_steps=num_inference_steps, options={"temperature": image_temperature, **options},
                          names=("image_ids", "image_pred_ids"), history_key="images",
-                         to_history=self._decode_images),
+                         to_history=self._decode_predictions),
             MaskedTokens("text", txt, mask_token_id=mask_ids["text"], scheduler=text_scheduler, generated=gen_text,
                          num_steps=text_steps, options=text_options)]
 
