@@ -162,6 +162,8 @@ class DiffusionLM(nn.Module):
                     torch.allclose(kept, ref["bidirectional"][keep], rtol=1e-2, atol=1e-3)
             except Exception:  # noqa: BLE001 - an older transformers indexes the hidden states with it and fails
                 self.keeps_masked_logits = False
+        if self.config.attention not in (*OPEN_MODES, "causal"):
+            return  # block patterns always take the 4D mask
         mode = "causal" if self.config.attention == "causal" else "bidirectional"
         other = ref["bidirectional" if mode == "causal" else "causal"]
         with _eval_mode(self):

@@ -101,15 +101,15 @@ class TrainArgs:
             resolve_device(self.device)  # available on this machine
         for name in ("gradient_checkpointing", "compile"):
             check_bool(getattr(self, name), name)
+        if self.report_to not in (None, "none", *TRACKERS):
+            raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
+        check_output_dir(self.output_dir, "output_dir")
 
     def resolved_mixed_precision(self) -> str:
         """`mixed_precision` with "auto" resolved for this machine (and `device`)."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
         return "no" if self.device == "cpu" else default_mixed_precision()
-        if self.report_to not in (None, "none", *TRACKERS):
-            raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
-        check_output_dir(self.output_dir, "output_dir")
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
