@@ -154,7 +154,7 @@ def phase_tests(phase: Phase, out_dir: Path, limit: float | None) -> None:
     else:
         command += ["-v", "--junitxml", str(junit)]
         if importlib.util.find_spec("pytest_timeout") is not None:
-            command += ["--timeout", "60"]  # one hanging test must not take the others with it
+            command += ["--timeout", "100"]  # one hanging test must not take the others with it
         if importlib.util.find_spec("xdist") is not None:  # 4 processes share the GPU: the models are tiny
             command += ["-n", "4"]
     command += files

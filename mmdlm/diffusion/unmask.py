@@ -141,6 +141,7 @@ def _keep_ratio(schedule: Schedule, t: float, s: float, device, dtype) -> Tensor
     `device` (filled from Python numbers: no copy from the host). MPS has no float64: float32 there."""
     if dtype == torch.float64 and torch.device(device).type == "mps":
         dtype = torch.float32
+
     def level(x):
         return torch.full((), x, dtype=dtype, device=device)
 
