@@ -23,7 +23,8 @@ from mmdlm.text.adapt import DiffusionLM, load_dlm
 pytestmark = pytest.mark.gpu
 DEVICE = os.environ.get("MMDLM_GPU_TEST_DEVICE", "cuda")
 PROMPT = "a small red circle left of a large blue square"
-COMMON = ["--max-steps", "2", "--batch-size", "2", "--warmup-steps", "0", "--eval-batches", "1", "--log-every", "1"]
+STEPS = ["--max-steps", "2", "--batch-size", "2", "--warmup-steps", "0", "--eval-batches", "1", "--log-every", "1"]
+COMMON = [*STEPS, "--mixed-precision", "bf16"]  # the default on a GPU; said, so that a dry run on the CPU uses it
 
 
 def main(capsys, *argv) -> str:
@@ -70,7 +71,7 @@ def test_pretrain_defaults_to_bf16(files, capsys):
     main(capsys, "pretrain", "--dataset", "local", "--data-files", files / "corpus.txt", "--seq-len", "16",
          "--vocab-size", "300", "--model-config", json.dumps(
              {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "max_position_embeddings": 64}), "--output-dir", out, *COMMON)
+              "num_attention_heads": 2, "max_position_embeddings": 64}), "--output-dir", out, *STEPS)
     assert run_json(out)["mixed_precision"] == default_mixed_precision()  # bf16 on a GPU that has it
     assert (out / "model" / "config.json").is_file()
 
@@ -126,6 +127,15 @@ def test_train_mm_and_eval(files, capsys, backbone):
          "bfloat16", "--output", record)
     saved = json.loads(record.read_text())["records"][0]
     assert saved["device"].startswith(DEVICE) and saved["dtype"] == "bfloat16"
+
+
+def test_train_vq(files, capsys):
+    out = files / "vq-run"
+    main(capsys, "train-vq", "--datasets", "shapes", "--image-size", "16", "--n-train", "8", "--n-eval", "4",
+         "--n-report", "4", "--restart-every", "1", "--restart-until", "1.0", "--output-dir", out, "--vq-config",
+         json.dumps({"block_out_channels": [8, 8, 8], "latent_channels": 4, "num_vq_embeddings": 16,
+                     "norm_num_groups": 4}), *COMMON)
+    assert json.loads((out / "reconstruction.json").read_text())["restarted_codes"][0] == 16
 
 
 def test_train_mm_with_gradient_checkpointing(files, capsys):

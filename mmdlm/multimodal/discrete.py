@@ -52,10 +52,11 @@ from ..diffusion import mask_ratio
 @dataclass
 class UnifiedDiscreteTransformerOutput(BaseOutput):
     """image_logits: (B, h*w, codebook_size + 1), row-major over the code grid, [MASK] column -inf.
-    text_logits: (B, L, vocab_size)."""
+    text_logits: (B, L, vocab_size). (The default None lets the output be rebuilt from a dict, as accelerate does
+    when it casts a mixed-precision model's outputs to float32.)"""
 
     image_logits: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor = None
 
 
 def _check_ids(ids: torch.Tensor, name: str, high: int, what: str) -> None:

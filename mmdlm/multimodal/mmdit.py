@@ -87,10 +87,11 @@ class MaskedJointAttnProcessor:
 @dataclass
 class DualDiffusionTransformerOutput(BaseOutput):
     """sample: the image prediction (flow-matching velocity), (B, C, H, W); text_logits:
-    logits over the vocabulary for every text position, (B, L, V)."""
+    logits over the vocabulary for every text position, (B, L, V). (The default None lets the output be rebuilt
+    from a dict, as accelerate does when it casts a mixed-precision model's outputs to float32.)"""
 
     sample: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor = None
 
 
 class DualDiffusionTransformer2DModel(SD3Transformer2DModel, ModelMixin, ConfigMixin):
