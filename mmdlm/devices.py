@@ -77,7 +77,8 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 @dataclass
 class HostSyncs:
     """ops: operator events that wait for the device (`SYNC_OPS`, counted on every device); calls: CUDA runtime
-    synchronisations (`SYNC_CALLS`; None when CUDA was not profiled); names: each counted name's count."""
+    synchronisations (`SYNC_CALLS`; None when CUDA was not profiled, or the profiler saw no runtime call);
+    names: each counted name's count."""
 
     ops: int = 0
     calls: int | None = None
@@ -104,8 +105,10 @@ def count_host_syncs(cuda: bool | None = None):
     found = HostSyncs()
     with torch.profiler.profile(activities=activities) as prof:
         yield found
+    runtime = False  # whether the profiler saw the CUDA runtime at all (else its count would mean nothing)
     for event in prof.events():
+        runtime |= event.name.startswith("cuda")
         if event.name in SYNC_OPS or (cuda and event.name in SYNC_CALLS):
             found.names[event.name] += 1
     found.ops = sum(found.names[name] for name in SYNC_OPS)
-    found.calls = sum(found.names[name] for name in SYNC_CALLS) if cuda else None
+    found.calls = sum(found.names[name] for name in SYNC_CALLS) if cuda and runtime else None
