@@ -269,6 +269,19 @@ def joint_loop(streams: list[Stream], denoise: Callable[[dict], dict], *, guidan
                 s.replace(changed)
         if record_history:  # kept on the device until the end: copying each step would wait for it
             history.append({s.history_key: s.history(i) for s in streams})
-    if record_history:
-        history = [{k: None if v is None else v.cpu() for k, v in frame.items()} for frame in history]
-    return JointOutput(streams=by_name, history=history if record_history else None, nfe=nfe)
+    return JointOutput(streams=by_name, history=_on_host(history) if record_history else None, nfe=nfe)
+
+
+def _on_host(frames: list[dict]) -> list[dict]:
+    """The history's tensors on the host, each stream's steps copied at once (one wait for the device, not one
+    per step)."""
+    out = [dict(frame) for frame in frames]
+    for key in frames[0] if frames else ():
+        values = [frame[key] for frame in frames]
+        if any(v is None for v in values) or len({v.shape for v in values}) > 1:
+            copied = [None if v is None else v.cpu() for v in values]
+        else:
+            copied = torch.stack(values).cpu().unbind(0)
+        for frame, value in zip(out, copied):
+            frame[key] = value
+    return out
