@@ -178,12 +178,11 @@ def predict(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    logits = logits.float()
-    probs = logits.softmax(dim=-1)
+    probs = logits.softmax(dim=-1, dtype=torch.float32)  # float32 from any dtype, without a float32 copy first
     if temperature == 0:
-        tokens = logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)  # (the cast to float32 is exact: the same argmax)
     else:
-        sample_probs = (filter_logits(logits, top_k, top_p) / temperature).softmax(dim=-1)
+        sample_probs = (filter_logits(logits.float(), top_k, top_p) / temperature).softmax(dim=-1)
         tokens = sample_categorical(sample_probs, generator)
     return tokens, probs
 
@@ -264,7 +263,7 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
     check_bool_mask(editable, ids.shape, "editable")
     masked = ids == mask_id
     candidates = masked if editable is None else masked & editable
-    logits = logits.to(torch.float32, copy=True)  # one float32 copy, which the step may change
+    logits = logits.clone()  # the step's own copy (in the model's dtype: predict computes in float32)
     logits[..., mask_id] = float("-inf")
     tokens, probs = predict(logits, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                             generator=generator)
