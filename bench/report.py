@@ -354,8 +354,8 @@ def imagetext(r: dict | None) -> str | None:
         rows.append(f"| {name} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
                     f"{_pct(x.get('t2i_accuracy'))} | {_attributes(x, 't2i')} | {_pct(x.get('caption_accuracy'))} | "
                     f"{_pct(x.get('caption_exact_match'))} | {_attributes(x, 'caption')} | "
-                    f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | {x.get('s_per_image') or ''} | "
-                    f"{x.get('s_per_caption') or ''} |")
+                    f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | "
+                    f"{x.get('s_per_image') or ''} | {x.get('s_per_caption') or ''} |")
         guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
         machine = x.get("machine") or {}
         notes.append(f"{name} / {x['dataset']}: `{x.get('command', '')}`"
@@ -365,11 +365,11 @@ def imagetext(r: dict | None) -> str | None:
     return "\n".join(rows + [""] + ["Shapes: held-out scenes (never in training); accuracy = every attribute right "
                                     "(t2i: read back from the image by `parse_image`; captions: parsed, either "
                                     "phrasing of a relation counts; axis = the relation's axis, horizontal or "
-                                    "vertical, right whichever object comes first); exact match = the dataset's own caption "
-                                    "word for word; joint = the image's reading equals the caption's; joint distinct = "
-                                    "how many different pictures (shapes) or digits the n joint captions name. Digits: the "
-                                    "test split, judged by `DigitClassifier`. Seconds per sample at the batch size "
-                                    "given, after an untimed warm-up."] + [""] + notes)
+                                    "vertical, right whichever object comes first); exact match = the dataset's "
+                                    "own caption word for word; joint = the image's reading equals the caption's; "
+                                    "joint distinct = how many different pictures (shapes) or digits the n joint "
+                                    "captions name. Digits: the test split, judged by `DigitClassifier`. Seconds per "
+                                    "sample at the batch size given, after an untimed warm-up."] + [""] + notes)
 
 
 def _stage(record: dict) -> int:
@@ -416,10 +416,11 @@ def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | No
         stages = " / ".join(str(_stage(x)) for x in records)
         rows.append(f"| {BACKBONES.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
+    samplers = "; ".join(sorted({f"{BACKBONES.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
+                                 for group in groups.values() for x in group}))
     return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, with the pipeline's call "
-                                 "defaults (steps, guidance, temperatures) and the sampler its recipe saves (" + "; ".join(sorted(
-                                     {f"{BACKBONES.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
-                                      for group in groups.values() for x in group})) + "); the last stage's is the "
+                                 "defaults (steps, guidance, temperatures) and the sampler its recipe saves ("
+                                 + samplers + "); the last stage's is the "
                                  "shipped model" + "".join(f", except that {s}" for s in soups) + ". Commands of "
                                  f"the form `{records[-1]['command']}`."])
 
@@ -483,7 +484,8 @@ def gpu(r: dict | None) -> str | None:
     """bench/results/gpu.json (`make gpu-check`, bench/gpu_check.py): the GPU tests, training throughput and MFU,
     sampling speed, multimodal step times, and the issue's goals."""
     if r is None:
-        return None
+        return ("**Not run on a GPU yet** (no device time was available once `make gpu-check` was ready), so there "
+                "is no GPU figure here. The tests marked `gpu` are skipped without CUDA.")
     phases, g, peak = r["phases"], r.get("gpu") or {}, r["peak_tflops"]
     where = f"{g['name']} ({g['memory_gb']} GB, CUDA {g['cuda']})" if g else f"the {r['device']}"
     v = r["versions"]
