@@ -21,6 +21,7 @@ from ..diffusion._checks import check_bool, check_int, check_steps
 from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
+from ..text.chat import check_chat, end_of_turn_id, render_chat
 from ..text.generate import check_options, default_blocks, generate
 
 
@@ -119,18 +120,33 @@ class TextDiffusionPipeline(DiffusionPipeline):
             prompt_mask[i, width - len(r) + len(bos): width - len(r) + n] = True
         return ids, attention_mask, prompt_mask, n_prompt, rows
 
-    def check_inputs(self, prompt, *, gen_length: int = 64, block_length: int | None = None,
+    def _prompts(self, prompt, messages) -> list[str]:
+        """The prompt texts of a call: `prompt`, or each chat of `messages` under the chat template."""
+        if messages is not None:
+            if prompt is not None:
+                raise ValueError("give a prompt or messages, not both")
+            chats = [messages] if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
+                else messages
+            if not isinstance(chats, list) or not chats or not all(check_chat(c) for c in chats):
+                raise ValueError("messages must be a chat (a non-empty list of {'role', 'content'} dicts) or a "
+                                 "list of chats")
+            return [render_chat(self.tokenizer, c) for c in chats]
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings (or give messages), got "
+                             f"{type(prompt).__name__}" + (" with other items" if isinstance(prompt, (list, tuple))
+                                                           else ""))
+        if not prompts:
+            raise ValueError("no prompt given")
+        return list(prompts)
+
+    def check_inputs(self, prompt=None, *, messages=None, gen_length: int = 64, block_length: int | None = None,
                      num_inference_steps: int = 64, cache: str = "none", guidance_scale: float = 0.0,
                      stop_at_eos: bool = True, output_type: str = "text", return_history: bool = False,
                      return_dict: bool = True, callback_on_step_end_tensor_inputs: list[str] | None = None,
                      **sampling) -> None:
         """Refuse bad call arguments (a one-line ValueError) before anything is built or run."""
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
-                             + (" with other items" if isinstance(prompt, (list, tuple)) else ""))
-        if not prompts:
-            raise ValueError("no prompt given")
+        prompts = self._prompts(prompt, messages)
         check_int(gen_length, "gen_length", 0)
         if block_length is not None:
             check_int(block_length, "block_length", 1)
@@ -150,30 +166,38 @@ class TextDiffusionPipeline(DiffusionPipeline):
         self._tokenize(prompts, gen_length)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], *, gen_length: int = 64, block_length: int | None = None,
+    def __call__(self, prompt: str | list[str] | None = None, *, messages: list[dict] | list[list[dict]] | None = None,
+                 gen_length: int = 64, block_length: int | None = None,
                  num_inference_steps: int = 64, rule: str | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
-                 threshold: float | None = None, remasking: bool | None = None, cache: str = "none",
-                 guidance_scale: float = 0.0,
+                 threshold: float | None = None, remasking: bool | None = None,
+                 editing_threshold: float | None = None, cache: str = "none", guidance_scale: float = 0.0,
                  stop_at_eos: bool = True, generator: torch.Generator | list[torch.Generator] | None = None,
                  output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
 
-        Sampling options left as None take the scheduler's config (`remasking`: a committed token
-        can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
-        (decoded texts) or "ids" (sequences only). `generator`: one, or a list with one per prompt.
+        `messages` (instead of `prompt`): a chat, or a list of chats, rendered with the tokenizer's
+        chat template and its generation prompt (as `mmdlm sft` renders training data); the answer
+        stops at the template's end-of-turn token as at EOS. Sampling options left as None take the
+        scheduler's config (`remasking`: a committed token can go back under the mask;
+        `editing_threshold`: a committed token is replaced when the model disagrees with it with
+        more confidence; see `MaskedDiffusionScheduler`). `output_type` is "text" (decoded texts)
+        or "ids" (sequences only). `generator`: one, or a list with one per prompt.
         """
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
-                                           alg_temp=alg_temp, threshold=threshold,
-                                           remasking=remasking).items() if v is not None}
-        self.check_inputs(prompt, gen_length=gen_length, block_length=block_length,
+                                           alg_temp=alg_temp, threshold=threshold, remasking=remasking,
+                                           editing_threshold=editing_threshold).items() if v is not None}
+        self.check_inputs(prompt, messages=messages, gen_length=gen_length, block_length=block_length,
                           num_inference_steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
                           stop_at_eos=stop_at_eos, output_type=output_type, return_history=return_history,
                           return_dict=return_dict,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = self._prompts(prompt, messages)
+        stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        if messages is not None and (end := end_of_turn_id(self.tokenizer)) is not None:
+            stops.append(end)
         check_generators(generator, len(prompts))
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
@@ -209,7 +233,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
             out = generate(self.dlm, sequences[index, cut:], self.scheduler, steps=num_inference_steps,
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
                            attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
-                           prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
+                           prompt_mask=prompt_mask[index, cut:], eos_token_id=stops or None,
                            stop_at_eos=stop_at_eos, callback=on_step, **overrides,
                            generator=[generator[i] for i in index] if isinstance(generator, list) else generator)
             sequences[index, cut:] = out.sequences
@@ -220,7 +244,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         bar.close()
         texts = None
         if output_type == "text":
-            texts = [self._decode(sequences[i], pad, n, PLACEHOLDER.search(p) is not None, width)
+            texts = [self._decode(sequences[i], pad, n, PLACEHOLDER.search(p) is not None, width, stops)
                      for i, (pad, n, p) in enumerate(zip(pads, n_prompt, prompts))]
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -243,12 +267,12 @@ class TextDiffusionPipeline(DiffusionPipeline):
             out.append(tuple(blocks))
         return out
 
-    def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int) -> str:
+    def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int,
+                stops: list[int]) -> str:
         tok = self.tokenizer
         bos = int(tok.bos_token_id is not None)
         body = seq[start + bos: width].tolist()
         gen_from = n_prompt - bos  # index in body where the appended tail starts
         tail = body[gen_from:]
-        if tok.eos_token_id in tail:
-            tail = tail[: tail.index(tok.eos_token_id)]
+        tail = tail[: min([tail.index(i) for i in stops if i in tail], default=len(tail))]
         return tok.decode((body[:gen_from] if infill else []) + tail)

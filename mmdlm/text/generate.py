@@ -11,8 +11,9 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
-- stop_at_eos: once a row has produced EOS, its remaining masks become EOS (no EOS flood to
-  decode, nothing after EOS in the text); the loop ends when every row has.
+- stop_at_eos: once a row has produced EOS (or another of the `eos_token_id` given, e.g. a chat
+  template's end of turn), its remaining masks become EOS (no EOS flood to decode, nothing after
+  EOS in the text); the loop ends when every row has.
 
 With shift, token i is predicted at position i-1, so each pass also includes the position
 just before the block.
@@ -119,7 +120,7 @@ def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
              attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
-             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | None = None,
+             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | list[int] | None = None,
              stop_at_eos: bool = False, record_history: bool = False, callback=None,
              generator: torch.Generator | None = None, **step_options) -> GenerationResult:
     """Fill every mask token of `ids` (B, L). `blocks` cut the masked region (default: one block).
@@ -148,7 +149,7 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
-        confidence = None  # carried from step to step by a remasking scheduler
+        confidence = None  # carried from step to step by a remasking or editing scheduler
         for k in range(len(scheduler.timesteps)):  # the last step commits whatever is left
             t = scheduler.timesteps[k]  # (iterating the tensor would make a view of every step at once)
             if not (x[:, lo:hi] == mask_id).any():
@@ -170,9 +171,10 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
             if callback is not None:
                 callback(step_index, float(t), x)
         if stop_at_eos and eos_token_id is not None:
-            done = (x[:, region[0]:hi] == eos_token_id).any(-1)
+            stops = torch.as_tensor(eos_token_id, device=x.device).flatten()  # the first is EOS
+            done = torch.isin(x[:, region[0]:hi], stops).any(-1)
             rest = x[done, hi:]
-            x[done, hi:] = rest.masked_fill(rest == mask_id, eos_token_id)
+            x[done, hi:] = rest.masked_fill(rest == mask_id, stops[0])
             if done.all():
                 break
     return GenerationResult(x, runner.nfe, history)
