@@ -31,6 +31,21 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
 
 
+def test_generic_loader_keeps_the_models_diffusion_settings(tmp_path, tokenizer, monkeypatch):
+    """diffusers' DiffusionPipeline.from_pretrained builds the pipeline itself: the DiffusionConfig
+    still comes from model/mmdlm.json (here a block model with a cosine schedule), not from defaults."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer, attention="block", block_size=4,
+                                     shift=False, schedule="cosine")
+    dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
+    TextDiffusionPipeline.from_dlm(tmp_path / "dlm").save_pretrained(tmp_path / "pipe")
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert isinstance(generic, TextDiffusionPipeline) and generic.dlm.config == dlm.config
+
+
 def test_batch_left_padding_matches_single(pipe):
     """A short prompt in a batch with a longer one generates what it generates alone."""
     alone = pipe("x", gen_length=5, num_inference_steps=5)

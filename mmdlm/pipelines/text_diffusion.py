@@ -23,6 +23,7 @@ from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
 from ..text.chat import check_chat, end_of_turn_id, render_chat
 from ..text.generate import check_options, default_blocks, generate
+from .sharing import SharedPipeline
 
 
 @dataclass
@@ -37,14 +38,21 @@ class TextDiffusionPipelineOutput(BaseOutput):
     nfe: int = 0
 
 
-class TextDiffusionPipeline(DiffusionPipeline):
+class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
     model_cpu_offload_seq = "model"
     _callback_tensor_inputs = ["sequences"]
+    card_title = "Text diffusion pipeline (mmdlm TextDiffusionPipeline)"
+    card_example = 'print(pipe("def add(a, b):", gen_length=32).texts[0])'
+    card_tags = ("diffusion-lm", "masked-diffusion")
+    card_pipeline_tag = "text-generation"
 
     def __init__(self, model, tokenizer, scheduler: MaskedDiffusionScheduler,
                  diffusion_config: DiffusionConfig | None = None):
         super().__init__()
         self.register_modules(model=model, tokenizer=tokenizer, scheduler=scheduler)
+        saved = Path(getattr(model, "name_or_path", None) or "nowhere") / CONFIG_NAME
+        if diffusion_config is None and saved.is_file():  # a saved pipeline's model/, whoever loads it
+            diffusion_config = DiffusionConfig.load(saved.parent)
         if diffusion_config is None:
             mask_token_id = getattr(tokenizer, "mask_token_id", None)
             if mask_token_id is None:
@@ -82,10 +90,14 @@ class TextDiffusionPipeline(DiffusionPipeline):
         config = DiffusionConfig.load(path / "model") if path.is_dir() else None
         return super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config, **kwargs)
 
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """diffusers' save, with the model's `DiffusionConfig` beside its weights (model/mmdlm.json)."""
-        super().save_pretrained(save_directory, **kwargs)
-        self.dlm.config.save(Path(save_directory) / "model")
+    def _save_extra(self, folder: Path) -> None:
+        self.dlm.config.save(folder / "model")  # the model's `DiffusionConfig` beside its weights
+
+    def _card_about(self) -> str:
+        c = self.dlm.config
+        return (f"Text generation with a masked diffusion LM (a transformers `{type(self.model).__name__}` run "
+                f"with {c.attention} attention; its diffusion settings in `model/{CONFIG_NAME}`) and mmdlm's "
+                f"`MaskedDiffusionScheduler`. `pipe(messages=[...])` prompts through the tokenizer's chat template.")
 
     def _tokenize(self, prompts: list[str], gen_length: int) -> tuple[list[int], list[list[int]]]:
         """(BOS ids, the token ids of each prompt with its placeholders as masks), checked against
