@@ -38,7 +38,7 @@ define ship
 endef
 
 .PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
-	discrete-digits assets bench eval-mm eval-lm lm-eval-tasks report clean sft bench-sft study study-quick
+	discrete-digits assets bench eval-mm eval-lm lm-eval-tasks cards report clean sft bench-sft study study-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -123,12 +123,17 @@ eval-mm: install
 # then the table in docs/results-text.md (about 10 minutes on 2 shared cores).
 eval-lm: install
 	$(BIN)/mmdlm eval-lm --model assets/teacher --label "AR teacher"
-	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM"
+	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM" --model-args elbo_grid=8,elbo_replicates=1
 	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM, token editing 0.9" --tasks mmdlm_stdlib_line \
 		--model-args editing_threshold=0.9
 	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM, token editing 0.5" --tasks mmdlm_stdlib_line \
 		--model-args editing_threshold=0.5
 	$(BIN)/python bench/report.py
+
+# Model cards (README.md) and diffusers' loader file (pipeline.py) of the shipped checkpoints, from their
+# run.json and log.csv (what every save and training run writes by itself now).
+cards: install
+	$(BIN)/python bench/cards.py
 
 # The shipped tasks' data, from this Python's standard library (held-out files of the built-in corpus).
 lm-eval-tasks: install

@@ -513,8 +513,8 @@ def lm_eval(r: dict | None) -> str | None:
                               + ", ".join(f"{task} {k}" for task, k in n.items())
                               + f" (± one standard error, lm-eval's). Runs: {runs}; {x['machine']['cpus']} CPUs, "
                               f"torch {x['versions']['torch']}, shared with other jobs. The DLM's likelihoods are "
-                              "ELBO lower bounds (Monte Carlo over elbo_grid noise levels), the teacher's exact; "
-                              "its generations: one token per step, greedy. Command: `make eval-lm`."])
+                              "ELBO lower bounds (Monte Carlo: elbo_grid noise levels x elbo_replicates draws), the "
+                              "teacher's exact; its generations: one token per step, greedy. Command: `make eval-lm`."])
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,

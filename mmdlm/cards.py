@@ -64,8 +64,9 @@ def _plain_card(folder: Path) -> None:
                usage=f'from {library} import {name}\n\nmodel = {name}.from_pretrained("PATH")')
 
 
-def add_training(folder, run: dict) -> None:
-    """Add a training run's record (`run.json`: command, config, data, held_out) to `folder`'s card."""
+def add_training(folder, run: dict, note: str = "") -> None:
+    """Add a training run's record (`run.json`: command, config, data, held_out) to `folder`'s card
+    (replacing the Training section it has), with `note` (markdown) after the first paragraph."""
     folder = Path(folder)
     if not (folder / CARD).is_file():
         _plain_card(folder)
@@ -75,7 +76,7 @@ def add_training(folder, run: dict) -> None:
     dataset = config.get("dataset")
     lines = ["", "## Training", "", f"Made by `{run.get('command', 'mmdlm')}`"
              + (f", starting from `{start}`" if start else ", from random weights")
-             + (f", on the data set `{dataset}`" if dataset else "") + "."]
+             + (f", on the data set `{dataset}`" if dataset else "") + "."] + (["", note] if note else [])
     held_out = run.get("held_out")
     if held_out:
         lines += ["", f"Held-out: validation loss **{held_out['validation_loss']:.4f}** after step "
@@ -94,7 +95,7 @@ def add_training(folder, run: dict) -> None:
               "</details>"]
     card.data.base_model = card.data.base_model or _hub_id(start)
     card.data.datasets = [dataset] if isinstance(dataset, str) else None
-    card.text = card.text.rstrip() + "\n" + "\n".join(lines) + "\n"
+    card.text = card.text.split("\n## Training\n")[0].rstrip() + "\n" + "\n".join(lines) + "\n"  # (replaced)
     atomic_write_text(folder / CARD, str(card))
 
 

@@ -72,6 +72,13 @@ class SharedPipeline:
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
         self._save_extra(folder)
+        self.write_sharing_files(folder)
+        if push_to_hub:
+            push_folder(folder, hub.pop("repo_id", folder.resolve().name), **hub)
+
+    def write_sharing_files(self, folder: Path) -> None:
+        """Into the saved pipeline `folder` (this pipeline's): pipeline.py, the custom-pipeline
+        `_class_name` of model_index.json, and the model card."""
         name = type(self).__name__
         (folder / f"{LOADER}.py").write_text(LOADER_SOURCE.format(name=name))
         index = json.loads((folder / "model_index.json").read_text())
@@ -79,8 +86,6 @@ class SharedPipeline:
         write_card(folder, title=self.card_title, about=self._card_about(), library_name="diffusers",
                    usage=USAGE + self.card_example, tags=["diffusers", *self.card_tags],
                    pipeline_tag=self.card_pipeline_tag)
-        if push_to_hub:
-            push_folder(folder, hub.pop("repo_id", folder.resolve().name), **hub)
 
     def push_to_hub(self, repo_id: str, **hub_options):
         """Save (loader file and card included) and upload to the hub repository `repo_id`

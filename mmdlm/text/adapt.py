@@ -171,9 +171,10 @@ class DiffusionLM(nn.Module):
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
-            self._write_card(tmp)
+            self.write_model_card(tmp)
 
-    def _write_card(self, folder: Path) -> None:
+    def write_model_card(self, folder: Path) -> None:
+        """README.md in `folder`: what this model is and how to load it."""
         c = self.config
         inner = self.model.get_base_model() if self.is_lora else self.model
         base = next(iter(self.model.peft_config.values())).base_model_name_or_path if self.is_lora else None
