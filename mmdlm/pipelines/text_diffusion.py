@@ -87,8 +87,7 @@ class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
         if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
             raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
                              "model's diffusion settings)")
-        config = DiffusionConfig.load(path / "model") if path.is_dir() else None
-        return super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)  # (__init__ reads model/mmdlm.json)
 
     def _save_extra(self, folder: Path) -> None:
         self.dlm.config.save(folder / "model")  # the model's `DiffusionConfig` beside its weights
