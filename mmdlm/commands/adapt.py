@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..training.lora import LoraArgs
 from ..training.trainer import TrainArgs
-from .common import DataArgs, check_positions, maybe_lora, packed_splits, run_info
+from .common import DataArgs, attn_implementation_field, check_positions, maybe_lora, packed_splits, run_info
 
 
 @dataclass
@@ -30,6 +30,7 @@ class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
     eps: float = field(default=1e-3, metadata={"help": "smallest noise level t"})
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={"help": "token (ELBO per token) | masked"})
+    attn_implementation: str = attn_implementation_field()
 
 
 INITS = ("pretrained", "random")
@@ -43,7 +44,9 @@ def build_dlm(c):
     if c.init not in INITS:
         raise ValueError(f"unknown init {c.init!r}; choose one of {', '.join(INITS)}")
     tokenizer = load_tokenizer(c.model)
-    model = load_causal_lm(c.model) if c.init == "pretrained" else random_causal_lm_like(c.model, seed=c.seed)
+    attn = dict(attn_implementation=c.attn_implementation)
+    model = load_causal_lm(c.model, **attn) if c.init == "pretrained" else \
+        random_causal_lm_like(c.model, seed=c.seed, **attn)
     check_positions(model, c.seq_len)
     dlm = DiffusionLM.from_causal_lm(model, tokenizer, attention=c.attention, shift=c.shift,
                                      mask_token=c.mask_token, mask_init=c.mask_init,
@@ -59,10 +62,12 @@ def run(c, *, data=None, trainer_cls=None, **trainer_options):
     corpus (the study packs it once for all its runs); `trainer_cls` may be a subclass of
     `DiffusionTrainer`. Returns the trainer after training.
     """
+    from ..text.base import check_attn_implementation
     from ..training import process_state
     from ..training.diffusion import DiffusionTrainer
 
     c.validate()
+    check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
     state = process_state()
     dlm, tokenizer = build_dlm(c)
