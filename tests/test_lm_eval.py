@@ -84,7 +84,8 @@ def test_generate_until_is_the_pipeline_cut_at_the_stop_sequences(dlm_dir):
 def test_bad_model_arguments(dlm_dir):
     for kwargs, message in (({"elbo_grid": 0}, "elbo_grid must be >= 1"), ({"threshold": 2.0}, "threshold must be"),
                             ({"mc_num": 8}, "unknown mmdlm model argument"), ({"cache": "all"}, "unknown cache"),
-                            ({"check_greedy": "yes"}, "check_greedy must be"), ({"dtype": "int8"}, "dtype must be")):
+                            ({"check_greedy": "yes"}, "check_greedy must be"),
+                            ({"dtype": "int8"}, "unknown dtype 'int8'"), ({"device": "gpu0"}, "unknown device 'gpu0'")):
         with pytest.raises(ValueError, match=message):
             MMDLM(pretrained=str(dlm_dir), **kwargs)
 

@@ -30,7 +30,8 @@ class EvalLMConfig:
     num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples (default: the task's)"})
     apply_chat_template: bool = field(default=False, metadata={
         "help": "prompt through the tokenizer's chat template (as mmdlm sft trains)"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu | cuda | cuda:1 | mps ... (default: the machine's accelerator when it has one, else cpu)"})
     seed: int = field(default=0, metadata={"help": "lm-eval's random seeds (and the DLM sampler's)"})
     output: str = field(default="bench/results/lm_eval.json", metadata={"help": "results file to update"})
     label: str | None = field(default=None, metadata={
@@ -51,6 +52,7 @@ def backend_of(path: str) -> str:
 
 def run(c) -> dict:
     """Evaluate `c.model` on `c.tasks` with lm-eval's `simple_evaluate` and update the results file."""
+    from ..devices import resolve_device
     from ..diffusion._checks import check_int
     from ..eval import write_record
     from ..io import check_output_file
@@ -63,6 +65,7 @@ def run(c) -> dict:
         if getattr(c, name) is not None:
             check_int(getattr(c, name), name, 1 if name == "limit" else 0)
     check_output_file(c.output, "--output")
+    device = str(resolve_device(c.device))  # (lm-eval's hf would assume cuda)
     backend = backend_of(c.model) if c.backend == "auto" else c.backend
     for folder in c.include_path or []:
         if not Path(folder).is_dir():
@@ -94,9 +97,6 @@ def run(c) -> dict:
                                                   for task in _leaves(get_task_dict(tasks, manager))))
     else:
         model_args.setdefault("add_bos_token", True)  # [BOS] + context, as the DLM is prompted
-    import torch
-
-    device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")  # (lm-eval's hf assumes cuda)
     start = time.perf_counter()
     results = simple_evaluate(model=backend, model_args=model_args, tasks=tasks, task_manager=manager,
                               batch_size=c.batch_size, device=device, limit=c.limit, num_fewshot=c.num_fewshot,

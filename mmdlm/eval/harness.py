@@ -34,6 +34,7 @@ from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ..devices import generator, resolve_device, resolve_dtype
 from ..diffusion._checks import check_int
 from ..pipelines import TextDiffusionPipeline
 from ..schedulers import MaskedDiffusionScheduler
@@ -50,8 +51,8 @@ class HarnessArgs:
 
     pretrained: str = "assets/dlm"  # a DLM folder or a saved TextDiffusionPipeline
     batch_size: int = 16
-    device: str | None = None  # default: cuda when available
-    dtype: str = "float32"
+    device: str | None = None  # default: the machine's accelerator when it has one, else cpu
+    dtype: str = "float32"  # (or bfloat16, float16)
     elbo_grid: int = 8  # noise-level strata of the ELBO's Monte Carlo ...
     elbo_replicates: int = 1  # ... and draws per stratum
     elbo_seed: int = 0
@@ -82,8 +83,7 @@ class HarnessArgs:
         check_options(steps=self.steps or 1, cache=self.cache, guidance_scale=self.guidance_scale)
         if not isinstance(self.check_greedy, bool):
             raise ValueError(f"check_greedy must be True or False, got {self.check_greedy!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        resolve_device(self.device), resolve_dtype(self.dtype)  # (checked: unknown or absent ones)
         MaskedDiffusionScheduler(**self.sampling)
 
     @classmethod
@@ -107,11 +107,10 @@ class MMDLM(TemplateLM):
     def __init__(self, **kwargs):
         super().__init__()
         self.args = a = HarnessArgs.make(**kwargs)
-        self.pipe = TextDiffusionPipeline.from_pretrained(a.pretrained)
+        self._device = resolve_device(a.device)
+        self.pipe = TextDiffusionPipeline.from_pretrained(a.pretrained, dtype=resolve_dtype(a.dtype)).to(self._device)
         self.pipe.scheduler.register_to_config(**a.sampling)
         self.pipe.set_progress_bar_config(disable=True)
-        self._device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.pipe.to(self._device, getattr(torch, a.dtype))
         self.tokenizer, self.dlm = self.pipe.tokenizer, self.pipe.dlm.eval()
         self.batch_size = a.batch_size
         self.elbo = dict(grid=a.elbo_grid, replicates=a.elbo_replicates, seed=a.elbo_seed, batch_size=a.batch_size)
@@ -265,8 +264,7 @@ class MMDLM(TemplateLM):
                 texts = self.pipe([prompts[i] for i in part], gen_length=gen_length,
                                   num_inference_steps=a.steps or gen_length, block_length=a.block_length,
                                   cache=a.cache, guidance_scale=a.guidance_scale, **overrides,
-                                  generator=[torch.Generator(self._device).manual_seed(a.seed + i)
-                                             for i in part]).texts
+                                  generator=[generator(self._device, a.seed + i) for i in part]).texts
                 for i, text in zip(part, texts):
                     cut = min([text.index(s) for s in stops if s and s in text], default=len(text))
                     out[i] = text[:cut]
