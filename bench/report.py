@@ -497,6 +497,46 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
     return True
 
 
+# lm-eval metrics: (key in a record's results, shown as, format of a value and of its standard error)
+LM_EVAL_METRICS = [("acc", "accuracy", "pct"), ("acc_norm", "accuracy, length-normalised", "pct"),
+                   ("exact_match,first_line", "exact match", "pct"), ("bits_per_byte", "bits per byte (lower: better)",
+                                                                      "num"),
+                   ("byte_perplexity", "byte perplexity (lower: better)", "num")]
+
+
+def _lm_eval_value(scores: dict, key: str, kind: str) -> str:
+    if key not in scores:
+        return ""
+    value, se = scores[key], scores.get(key.replace(",", "_stderr,", 1) if "," in key else f"{key}_stderr")
+    if kind == "pct":
+        return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if isinstance(se, (int, float)) else "")
+    return f"{value:.3f}"
+
+
+def lm_eval(r: dict | None) -> str | None:
+    """lm-evaluation-harness on the shipped tasks: one column per record (the DLMs first)."""
+    if r is None:
+        return None
+    records = sorted(r["records"], key=lambda x: (x["backend"] != "mmdlm", x["label"] != "DLM", x["label"]))
+    tasks = list(dict.fromkeys(task for x in records for task in x["results"]))
+    rows = ["| task | metric | " + " | ".join(x["label"] for x in records) + " |",
+            "|---|---|" + "---:|" * len(records)]
+    for task in tasks:
+        for key, name, kind in LM_EVAL_METRICS:
+            cells = [_lm_eval_value(x["results"].get(task, {}), key, kind) for x in records]
+            if any(cells):
+                rows.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
+    n = {task: n for x in records for task, n in x["n"].items()}
+    runs = "; ".join(f"{x['label']}: `{x['model']}` (lm-eval model {x['backend']}"
+                     + (", " + ", ".join(f"{k}={v}" for k, v in x["model_args"].items()) if x["model_args"] else "")
+                     + f"; {x['seconds'] / 60:.1f} min)" for x in records)
+    x = records[0]
+    return "\n".join(rows + ["", f"lm-eval {x['lm_eval']}, zero-shot, documents: "
+                              + ", ".join(f"{task} {k}" for task, k in n.items())
+                              + f" (± one standard error, lm-eval's). Runs: {runs}; {x['machine']['cpus']} CPUs, "
+                              f"torch {x['versions']['torch']}, shared with other jobs. The DLM's likelihoods are "
+                              "ELBO lower bounds (Monte Carlo: elbo_grid noise levels x elbo_replicates draws), the "
+                              "teacher's exact; its generations: one token per step, greedy. Command: `make eval-lm`."])
 def _millions(n: int) -> str:
     return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
@@ -589,7 +629,8 @@ def gpu(r: dict | None) -> str | None:
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
-             "imagetext_stages": imagetext_stages, "vq": vq, "gpu": gpu}
+             "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
+             "gpu": gpu}
 
 
 def load_result(name: str) -> dict | None:

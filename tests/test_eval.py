@@ -70,7 +70,10 @@ def test_standard_error_matches_the_spread_of_estimates(tokenizer):
 def test_estimator_is_reproducible_and_shares_noise_across_models(tokenizer):
     a, b = _dlm(tokenizer, seed=0), _dlm(tokenizer, seed=1)
     rows = _rows(tokenizer)
-    assert torch.equal(dlm_elbo_terms(a, rows, grid=3, replicates=2), dlm_elbo_terms(a, rows, grid=3, replicates=2))
+    terms = dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=len(rows))
+    assert torch.equal(terms, dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=len(rows)))
+    # several draws in one forward pass (room for 4 x the rows): the same draws, the same terms
+    assert torch.allclose(terms, dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=4 * len(rows)), atol=1e-5)
     assert dlm_elbo(a, rows, seed=0).nll != dlm_elbo(a, rows, seed=1).nll
     # Same seed, same masks: rows whose terms are zero (nothing masked) match across models.
     ta, tb = dlm_elbo_terms(a, rows, grid=4, replicates=2), dlm_elbo_terms(b, rows, grid=4, replicates=2)

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..text.chat import check_chat, render_chat
 from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus, train_validation
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -97,24 +96,14 @@ def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = Non
 
 def _chat_texts(tokenizer, messages) -> tuple[str, str]:
     """(prompt text, response text) of a chat whose last message is the assistant's answer."""
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
-        raise ValueError(f"messages must be a list of {{'role': {'|'.join(ROLES)}, 'content': str}}, "
-                         f"got {messages!r:.200}")
-    if messages[-1]["role"] != "assistant":
+    if not check_chat(messages) or messages[-1]["role"] != "assistant":
         raise ValueError("the last message of a chat must be the assistant's answer (the response to learn)")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = render_chat(tokenizer, messages[:-1])
+    full = render_chat(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise ValueError("the tokenizer's chat template does not render the conversation as prompt + answer "
                          "(the prompt with the generation prompt is not a prefix of the whole chat)")
     return prompt, full[len(prompt):]
-
-
-def format_chat_prompt(tokenizer, prompt: str) -> str:
-    """The text to give `mmdlm generate` for a model fine-tuned with the chat template."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
 
 
 def encode_sft(records, tokenizer, seq_len: int, *, prompt_field: str = "prompt", response_field: str = "response",
