@@ -36,6 +36,7 @@ and temperature 1 with a remasking scheduler, 73.0% against 58.6% without one (R
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -112,8 +113,15 @@ class UnifiedDiscretePipeline(SharedPipeline, DiffusionPipeline):
     def to(self, *args, **kwargs):
         """diffusers' move to a device and dtype, except that the VQ model stays in float32: its nearest-code
         search has no half-precision kernel, and would pick other codes. It is small next to the transformer."""
-        super().to(*args, **kwargs)
-        self.vqvae.to(torch.float32)
+        log = logging.getLogger("diffusers.models.modeling_utils")  # it warns at every dtype given to a VQModel,
+        quiet = logging.Filter()                                    # although this one keeps no module in fp32
+        quiet.filter = lambda record: "should be kept in float32" not in record.getMessage()
+        log.addFilter(quiet)
+        try:
+            super().to(*args, **kwargs)
+            self.vqvae.to(torch.float32)
+        finally:
+            log.removeFilter(quiet)
         return self
 
     @classmethod
