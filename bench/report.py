@@ -55,8 +55,12 @@ def averaged_stages(folder: Path) -> list[int] | None:
 def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     """(recipe, training tokens, kind of validation loss) of a shipped checkpoint."""
     cfg, tokens = run["config"], int(log[-1]["tokens"])
-    minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+    # a resumed run's clock starts again at 0: the time is the sum of the runs' last readings
+    elapsed = [float(r["elapsed_s"]) for r in log]
+    minutes = f"{sum(a for a, b in zip(elapsed, elapsed[1:] + [0.0]) if b < a) / 60:.0f} min"
     steps = str(cfg.get("max_steps"))
+    if cfg.get("max_steps") and int(log[-1]["step"]) < cfg["max_steps"]:  # a run stopped early: its last step
+        steps = f"{int(log[-1]['step'])} (of {cfg['max_steps']})"
     # a model trained in stages keeps the earlier stages' records in stage1/, stage2/, ...
     earlier = sorted((p for p in folder.glob("stage*") if p.is_dir() and p.name[5:].isdigit()),
                      key=lambda p: int(p.name[5:]), reverse=True)
@@ -187,10 +191,14 @@ def sampling_task(r: dict | None) -> str | None:
         ok = [x for x in dlm if x["equal_quality"]]
         best = max(ok or dlm, key=lambda x: x["tokens_per_s"])
         which = "at equal quality" if ok else "(none at equal quality)"
+        vanilla = next((x for x in dlm if x["method"] == "dlm_vanilla"), None)
+        x_vanilla = best["tokens_per_s"] / vanilla["tokens_per_s"] if vanilla else None
+        against_vanilla = "" if vanilla is None else (
+            f"; **{x_vanilla:.1f}x** the vanilla DLM, goal >= 5x: {'met' if ok and x_vanilla >= 5 else 'not met'}")
         lines.append(f"- Batch {bs}: fastest DLM configuration {which}: {best['method']} block "
                      f"{best['block_length']} threshold {best['threshold']}, **{best['x_ar']:.2f}x** AR greedy "
                      f"({100 * best['accuracy']:.1f}% correct, {best['tokens_per_forward']:.2f} tokens per forward; "
-                     f"goal >= 2x: {'met' if ok and best['x_ar'] >= 2 else 'not met'}).")
+                     f"goal >= 2x: {'met' if ok and best['x_ar'] >= 2 else 'not met'}{against_vanilla}).")
     m = r["machine"]
     rows += ["", f"{s['n']} held-out problems of the arithmetic task (unseen number combinations; word problems "
              f"with unseen names and objects), {s['gen_length']} masks after each prompt for the DLM "

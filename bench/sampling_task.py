@@ -5,8 +5,8 @@ Both models were fine-tuned on the same examples of the built-in arithmetic task
 (unseen number combinations; word problems with unseen names and objects). Configurations, each
 at batch 1 and batch 8: the AR model greedy with its KV cache; the DLM vanilla (one block, one
 token per step), in blocks of 8, with confidence-threshold parallel decoding (0.9 / 0.7 / 0.5, in
-one block or in blocks of 8), with a prefix cache and with a dual cache (Fast-dLLM; blocks of 8
-and 16). Measured per configuration (`mmdlm.eval.task`): exact-answer accuracy, tokens/s (the
+one block or in blocks of 8), with a prefix cache and with a dual cache (Fast-dLLM; blocks of 8,
+16 and 32). Measured per configuration (`mmdlm.eval.task`): exact-answer accuracy, tokens/s (the
 response up to and including its first EOS, counted alike for both models), NFE per token and
 tokens committed per forward. Equal quality: accuracy within one point of AR greedy at the same
 batch size.
@@ -41,7 +41,7 @@ CONFIGS = [
     *({"method": "dlm_parallel", "block_length": 8, "threshold": t} for t in (0.9, 0.7, 0.5)),
     {"method": "dlm_prefix_cache", "block_length": 8, "threshold": 0.9, "cache": "prefix"},
     *({"method": "dlm_dual_cache", "block_length": 8, "threshold": t, "cache": "dual"} for t in (0.9, 0.7, 0.5)),
-    {"method": "dlm_dual_cache", "block_length": 16, "threshold": 0.9, "cache": "dual"},
+    *({"method": "dlm_dual_cache", "block_length": b, "threshold": 0.9, "cache": "dual"} for b in (16, 32)),
 ]
 EQUAL_QUALITY = 0.01  # accuracy at most one point below AR greedy's
 

@@ -245,3 +245,14 @@ def test_sft_of_a_diffusion_lm_with_an_auxiliary_ar_loss(tmp_path, tokenizer, mo
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert seen == [0.5] and json.loads((out / "run.json").read_text())["config"]["ar_loss_weight"] == 0.5
     assert (out / "model" / "mmdlm.json").exists()
+
+
+def test_assets_row_of_a_run_stopped_early(tmp_path):
+    run = {"config": {"dataset": "arithmetic", "model": "assets/teacher", "max_steps": 2500, "batch_size": 32}}
+    log = [{"step": "1500", "tokens": "3456000", "elapsed_s": "1800"},  # then resumed: the clock starts again
+           {"step": "1750", "tokens": "4032000", "elapsed_s": "600"}]
+    recipe, tokens, loss = report._describe(tmp_path, run, log)
+    assert "1750 (of 2500) steps x 32, 40 min" in recipe and tokens == "4,032,000"
+    assert loss.startswith("next-token CE")
+    recipe, _, _ = report._describe(tmp_path, run, [{**log[1], "step": "2500"}])
+    assert "2500 steps x 32, 10 min" in recipe

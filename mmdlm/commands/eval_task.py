@@ -18,7 +18,7 @@ class EvalTaskConfig(DeviceArgs):
 
     model: str = field(default="assets/task-dlm", metadata={"help": "the diffusion LM (a mmdlm DLM folder)"})
     ar_model: str | None = field(default="assets/task-ar", metadata={
-        "help": "the AR model measured beside it (a causal LM folder; none: the DLM alone)"})
+        "help": "the AR model measured beside it (a causal LM folder; '' or null in a recipe: the DLM alone)"})
     n: int = field(default=3, metadata={"help": "held-out problems (the first n)"})
     show: int = field(default=3, metadata={"help": "problems printed with each model's solution"})
     batch_size: int = field(default=1, metadata={"help": "problems per batch"})

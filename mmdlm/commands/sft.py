@@ -60,11 +60,10 @@ def run(c) -> None:
     c.validate()
     check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
+    state = process_state()
     causal = not (Path(c.model) / CONFIG_NAME).exists()
     if causal:
         _check_causal_sft(c)
-    state = process_state()
-    if causal:
         model = load_causal_lm(c.model, attn_implementation=c.attn_implementation)
         tokenizer = load_tokenizer(c.model)
         check_positions(model, c.seq_len)
