@@ -55,8 +55,12 @@ def averaged_stages(folder: Path) -> list[int] | None:
 def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
     """(recipe, training tokens, kind of validation loss) of a shipped checkpoint."""
     cfg, tokens = run["config"], int(log[-1]["tokens"])
-    minutes = f"{float(log[-1]['elapsed_s']) / 60:.0f} min"
+    # a resumed run's clock starts again at 0: the time is the sum of the runs' last readings
+    elapsed = [float(r["elapsed_s"]) for r in log]
+    minutes = f"{sum(a for a, b in zip(elapsed, elapsed[1:] + [0.0]) if b < a) / 60:.0f} min"
     steps = str(cfg.get("max_steps"))
+    if cfg.get("max_steps") and int(log[-1]["step"]) < cfg["max_steps"]:  # a run stopped early: its last step
+        steps = f"{int(log[-1]['step'])} (of {cfg['max_steps']})"
     # a model trained in stages keeps the earlier stages' records in stage1/, stage2/, ...
     earlier = sorted((p for p in folder.glob("stage*") if p.is_dir() and p.name[5:].isdigit()),
                      key=lambda p: int(p.name[5:]), reverse=True)
@@ -85,6 +89,11 @@ def _describe(folder: Path, run: dict, log: list[dict]) -> tuple[str, str, str]:
                 f"{'latents' if cfg.get('image_tokenizer') else 'pixels'}, {steps} steps x "
                 f"{cfg['batch_size']}{soup}", f"{tokens:,} (image patches + caption tokens)",
                 f"flow-matching MSE + {cfg['text_loss_weight']} x text ELBO per token, {held_out}")
+    if cfg.get("dataset") == "arithmetic":  # mmdlm sft on the built-in task, of the AR teacher or of the DLM
+        loss = "negative ELBO per response token" if (folder / "mmdlm.json").exists() else \
+            "next-token CE per response token"
+        return (f"SFT of `{cfg['model']}` on the arithmetic task, {steps} steps x {cfg['batch_size']}, {minutes}",
+                f"{tokens:,}", f"{loss}, held-out problems")
     return (f"{cfg['attention']} attention, shift={cfg['shift']}, {cfg['schedule']} schedule", f"{tokens:,}",
             "negative ELBO per token")
 
@@ -93,8 +102,8 @@ def assets(_: dict | None = None) -> str:
     """The shipped checkpoints, from the run records copied beside them."""
     rows = ["| checkpoint | recipe | parameters | training tokens | final train loss | validation loss |",
             "|---|---|---:|---:|---:|---:|"]
-    names = ["teacher", "dlm", *sorted(p.name for p in (ROOT / "assets").glob("mmdit-*")), "vq",
-             *sorted(p.name for p in (ROOT / "assets").glob("discrete-*"))]
+    names = ["teacher", "dlm", "task-ar", "task-dlm", *sorted(p.name for p in (ROOT / "assets").glob("mmdit-*")),
+             "vq", *sorted(p.name for p in (ROOT / "assets").glob("discrete-*"))]
     for name in names:
         folder = ROOT / "assets" / name
         run_path, log_path = folder / "run.json", folder / "log.csv"
@@ -184,6 +193,45 @@ def sampling_goals(recs: list[dict], ar: dict, ref: dict) -> list[str]:
                  f"**{ratio_ar:.2f}x**, gen. ppl {best_ar['gen_ppl']:.2f} against {base['gen_ppl']:.2f} "
                  f"({'met' if ratio_ar >= 1 and ok_ar else 'not met'}).")
     return lines
+
+
+def sampling_task(r: dict | None) -> str | None:
+    """The race on the arithmetic task (bench/sampling_task.py): AR greedy against the DLM's samplers."""
+    if r is None:
+        return None
+    s = r["settings"]
+    rows = ["| batch | method | block | threshold | cache | accuracy % (+- s.e.) | tokens/s | x AR greedy | "
+            "NFE/token | tokens/forward | equal quality |", "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for x in r["records"]:
+        rows.append(f"| {x['batch_size']} | {x['method']} | {x['block_length'] or ''} | {x['threshold'] or ''} | "
+                    f"{x['cache'] or ''} | {100 * x['accuracy']:.1f} +- {100 * x['accuracy_se']:.1f} | "
+                    f"{x['tokens_per_s']:.1f} | {x['x_ar']:.2f} | {x['nfe_per_token']:.3f} | "
+                    f"{x['tokens_per_forward']:.2f} | {'yes' if x['equal_quality'] else 'no'} |")
+    lines = []
+    for bs in s["batch_sizes"]:
+        dlm = [x for x in r["records"] if x["batch_size"] == bs and x["method"].startswith("dlm_")]
+        ok = [x for x in dlm if x["equal_quality"]]
+        best = max(ok or dlm, key=lambda x: x["tokens_per_s"])
+        which = "at equal quality" if ok else "(none at equal quality)"
+        vanilla = next((x for x in dlm if x["method"] == "dlm_vanilla"), None)
+        x_vanilla = best["tokens_per_s"] / vanilla["tokens_per_s"] if vanilla else None
+        against_vanilla = "" if vanilla is None else (
+            f"; **{x_vanilla:.1f}x** the vanilla DLM, goal >= 5x: {'met' if ok and x_vanilla >= 5 else 'not met'}")
+        lines.append(f"- Batch {bs}: fastest DLM configuration {which}: {best['method']} block "
+                     f"{best['block_length']} threshold {best['threshold']}, **{best['x_ar']:.2f}x** AR greedy "
+                     f"({100 * best['accuracy']:.1f}% correct, {best['tokens_per_forward']:.2f} tokens per forward; "
+                     f"goal >= 2x: {'met' if ok and best['x_ar'] >= 2 else 'not met'}{against_vanilla}).")
+    m = r["machine"]
+    rows += ["", f"{s['n']} held-out problems of the arithmetic task (unseen number combinations; word problems "
+             f"with unseen names and objects), {s['gen_length']} masks after each prompt for the DLM "
+             f"({s['steps']} steps at most, split across the blocks) and at most {s['gen_length']} new tokens for "
+             f"the AR model; tokens: {s['tokens']}. Equal quality: {s['equal_quality']}. {s['rounds']} rounds, each "
+             f"running every configuration on its slice of the problems. Torch threads: {s['torch_threads']}, "
+             f"{m['cpus']} CPUs, load average {m['load_average_before'][0]} before and "
+             f"{m['load_average_after'][0]} after ({m['shared']}); torch {r['versions']['torch']}. "
+             f"Command: `{r['command']}`.", "", *lines]
+    return "\n".join(rows)
+
 
 def vq(_: dict | None = None) -> str | None:
     """The judges of the image-text evaluation on VQ reconstructions (assets/vq/reconstruction.json)."""
@@ -627,7 +675,8 @@ def gpu(r: dict | None) -> str | None:
     return "\n".join(lines)
 
 
-RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
+RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling,
+             "sampling_task": sampling_task, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
              "gpu": gpu}

@@ -35,6 +35,11 @@ def sft(*flags, data="{sft_data}", out="{root}/sft-out"):
             "--max-steps", "1", "--batch-size", "2", "--seq-len", "32", *flags]
 
 
+def task(*flags, model="{dlm}", ar_model="{causal}"):
+    return ["eval-task", "--model", model, "--ar-model", ar_model, "--n", "1", "--gen-length", "4", "--steps", "4",
+            *flags]
+
+
 def pipe(*args, **kwargs):
     """The text pipeline of the tiny DLM (context 64) called with these arguments."""
     return lambda p: p.pipe(*args, **kwargs)
@@ -176,6 +181,30 @@ CASES = [
          "adapt-mixed-precision-unknown"),
     case(adapt("--device", "cuda:1"), r"device must be cpu or cuda.*CUDA_VISIBLE_DEVICES", "adapt-device-index"),
     case(["demo", "--dtype", "half-ish"], r"unknown dtype 'half-ish'", "demo-dtype-unknown"),
+    # ---- issue 26: the arithmetic task (SFT of a causal LM, the auxiliary AR loss, eval-task) ----
+    case(sft("--ar-loss-weight", "nan"), r"ar_loss_weight must be a finite number >= 0", "sft-ar-loss-weight-nan"),
+    case(sft("--ar-loss-weight", "-1"), r"ar_loss_weight must be a finite number >= 0", "sft-ar-loss-weight-neg"),
+    case(sft("--model", "{causal}", "--ar-loss-weight", "1"), r"ar_loss_weight is a diffusion LM setting",
+         "sft-causal-ar-loss-weight"),
+    case(sft("--model", "{causal}", "--t-sampling", "uniform"), r"t_sampling is a diffusion LM setting",
+         "sft-causal-t-sampling"),
+    case(sft("--model", "{causal}", "--lora-r", "2"), r"LoRA SFT is for diffusion LMs", "sft-causal-lora"),
+    case(sft("--model", "{truncated_causal}"), r"damaged or truncated", "sft-causal-truncated-weights"),
+    case(task("--n", "0"), r"n must be >= 1", "eval-task-n-0"),
+    case(task("--show", "-1"), r"show must be >= 0", "eval-task-show-negative"),
+    case(task("--batch-size", "0"), r"batch_size must be >= 1", "eval-task-batch-size-0"),
+    case(task("--gen-length", "0"), r"gen_length must be >= 1", "eval-task-gen-length-0"),
+    case(task("--steps", "0"), r"steps must be >= 1", "eval-task-steps-0"),
+    case(task("--block-length", "0"), r"block_length must be >= 1", "eval-task-block-length-0"),
+    case(task("--cache", "all"), r"unknown cache 'all'", "eval-task-cache-unknown"),
+    case(task("--threshold", "1.5"), r"threshold must be in \(0, 1\]", "eval-task-threshold-1.5"),
+    case(task("--rule", "vibes"), r"unknown rule 'vibes'", "eval-task-rule-unknown"),
+    case(task("--threads", "0"), r"threads must be >= 1", "eval-task-threads-0"),
+    case(task("--output", "{a_dir}"), r"--output .* is a folder", "eval-task-output-is-a-folder"),
+    case(task("--dtype", "float8"), r"unknown dtype 'float8'", "eval-task-dtype-unknown"),
+    case(task(model="{causal}"), r"not a mmdlm diffusion LM checkpoint", "eval-task-model-causal"),
+    case(task(ar_model="{a_dir}"), r"no config.json", "eval-task-ar-model-no-config"),
+    case(task(ar_model="{truncated_causal}"), r"damaged or truncated", "eval-task-ar-model-truncated"),
 ]
 
 

@@ -1,7 +1,9 @@
-"""`mmdlm sft`: supervised fine-tuning of a diffusion LM (the prompt never noised)."""
+"""`mmdlm sft`: supervised fine-tuning on prompt/response pairs, the loss on the response: of a diffusion LM
+(the prompt never noised), or of a causal LM (next-token cross-entropy)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
@@ -13,13 +15,16 @@ from .common import attn_implementation_field, check_positions, maybe_lora
 
 @dataclass
 class SftConfig(LoraArgs, TrainArgs):
-    """Supervised fine-tuning of a diffusion LM on prompt/response pairs (the prompt is never noised)."""
+    """Supervised fine-tuning on prompt/response pairs, the loss on the response only: of a diffusion LM (the
+    prompt is never noised), or of a causal LM (next-token cross-entropy)."""
 
-    model: str = field(default="assets/dlm", metadata={"help": "the diffusion LM to fine-tune (a mmdlm DLM folder)"})
+    model: str = field(default="assets/dlm", metadata={
+        "help": "the model to fine-tune: a mmdlm DLM folder, or a causal LM (a folder without mmdlm.json, a hub id)"})
     output_dir: str = field(default="outputs/sft", metadata={"help": "where the model, logs and checkpoints go"})
     dataset: str = field(default="stdlib", metadata={
         "help": "'stdlib' (built-in: the standard library's documented functions, prompt = signature + docstring, "
-                "response = body), a hub dataset name or a local folder"})
+                "response = body), 'arithmetic' (built-in: multi-step problems with exact answers), a hub dataset "
+                "name or a local folder"})
     data_files: list[str] | None = field(default=None, metadata={"help": "local .jsonl/.json/.csv/.parquet files"})
     prompt_field: str = field(default="prompt", metadata={"help": "field holding the prompt"})
     response_field: str = field(default="response", metadata={"help": "field holding the response"})
@@ -37,25 +42,35 @@ class SftConfig(LoraArgs, TrainArgs):
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={
         "help": "token (negative ELBO per response token) | masked (per masked token, DiffuLLaMA)"})
+    ar_loss_weight: float = field(default=0.0, metadata={
+        "help": "diffusion LM: weight of an auxiliary AR loss on the response (a causal pass, next-token "
+                "cross-entropy)"})
     attn_implementation: str = attn_implementation_field()
 
 
 def run(c) -> None:
-    """Supervised fine-tuning of a diffusion LM: the prompt stays clean, the response is noised."""
+    """Supervised fine-tuning, the loss on the response only. A diffusion LM: the prompt stays clean, the
+    response is noised. A causal LM (a folder without mmdlm.json, or a hub id): next-token cross-entropy on
+    the response up to its first EOS, saved as a plain transformers checkpoint."""
     from ..data.sft import encode_sft, load_sft_splits
-    from ..text.adapt import load_dlm
-    from ..text.base import check_attn_implementation
+    from ..text.adapt import CONFIG_NAME, load_dlm
+    from ..text.base import check_attn_implementation, load_causal_lm, load_tokenizer
     from ..training import process_state
-    from ..training.diffusion import DiffusionTrainer
 
     c.validate()
     check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
     state = process_state()
-    # a LoRA DLM is merged first, then trained on
-    dlm, tokenizer = load_dlm(c.model, merge_lora=True, attn_implementation=c.attn_implementation)
-    check_positions(dlm.model, c.seq_len)
-    maybe_lora(c, dlm, state)
+    causal = not (Path(c.model) / CONFIG_NAME).exists()
+    if causal:
+        _check_causal_sft(c)
+        model = load_causal_lm(c.model, attn_implementation=c.attn_implementation)
+        tokenizer = load_tokenizer(c.model)
+        check_positions(model, c.seq_len)
+    else:  # a LoRA DLM is merged first, then trained on
+        model, tokenizer = load_dlm(c.model, merge_lora=True, attn_implementation=c.attn_implementation)
+        check_positions(model.model, c.seq_len)
+        maybe_lora(c, model, state)
     train_records, val_records, source = load_sft_splits(c.dataset, data_files=c.data_files,
                                                          validation_fraction=c.validation_fraction,
                                                          max_files=c.max_files)
@@ -77,11 +92,29 @@ def run(c) -> None:
                 f"training, {val_stats.dropped_too_long} validation")
     info = {"command": command_line(), "config": asdict(c), "data": source,
             "train_stats": train_stats.to_dict(), "validation_stats": val_stats.to_dict(),
-            "parameters": sum(p.numel() for p in dlm.parameters()),
-            "trainable_parameters": sum(p.numel() for p in dlm.parameters() if p.requires_grad),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "train_sequences": len(train["input_ids"]), "versions": versions()}
-    trainer = DiffusionTrainer(dlm, train, c, eval_data=val, tokenizer=tokenizer, t_sampling=c.t_sampling,
-                               loss_normalize=c.loss_normalize, run_info=info)
+    if causal:
+        from ..training.causal import CausalLMTrainer
+
+        trainer = CausalLMTrainer(model, train, c, eval_data=val, tokenizer=tokenizer, run_info=info)
+    else:
+        from ..training.diffusion import DiffusionTrainer
+
+        trainer = DiffusionTrainer(model, train, c, eval_data=val, tokenizer=tokenizer, t_sampling=c.t_sampling,
+                                   loss_normalize=c.loss_normalize, ar_loss_weight=c.ar_loss_weight, run_info=info)
     final = trainer.train()
-    what = "LoRA adapter" if c.lora_r else "fine-tuned diffusion LM"
+    what = "LoRA adapter" if c.lora_r else "fine-tuned causal LM" if causal else "fine-tuned diffusion LM"
     trainer.announce(what, final)
+
+
+def _check_causal_sft(c) -> None:
+    """A causal LM trains on next-token cross-entropy: refuse the keys only a diffusion LM reads."""
+    if c.lora_r:
+        raise ValueError(f"LoRA SFT is for diffusion LMs; {c.model} is a causal LM (no mmdlm.json): set lora_r 0")
+    defaults = {f.name: f.default for f in fields(c)}
+    for key in ("t_sampling", "loss_normalize", "ar_loss_weight"):
+        if getattr(c, key) != defaults[key]:
+            raise ValueError(f"{key} is a diffusion LM setting; {c.model} is a causal LM (no mmdlm.json), trained "
+                             "with next-token cross-entropy on the response")

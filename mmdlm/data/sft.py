@@ -7,9 +7,10 @@ then EOS up to `seq_len` (LLaDA): the EOS padding belongs to the response, is ma
 learned, so the model learns where to stop. Examples that do not fit with at least one EOS
 are dropped and counted.
 
-The built-in set needs no download: the functions of the standard library (train/validation
-split of `corpus.stdlib_corpus`) with a docstring, prompt = signature + docstring, response =
-the body after it.
+Two built-in sets need no download: "stdlib", the functions of the standard library
+(train/validation split of `corpus.stdlib_corpus`) with a docstring, prompt = signature +
+docstring, response = the body after it; and "arithmetic", templated multi-step problems with
+exact answers (`arithmetic.py`), whose validation split is its held-out split.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..text.chat import check_chat, render_chat
+from . import arithmetic
 from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus, train_validation
 
 
@@ -82,6 +84,8 @@ def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = Non
     """(train records, validation records, description) from the built-in set or json(l) files,
     a local folder or a hub dataset. Without a validation split one is carved off (seed 0)."""
     check_fraction(validation_fraction)
+    if source == arithmetic.NAME and not data_files:
+        return arithmetic.arithmetic_splits()
     if source == BUILTIN and not data_files:
         train, validation, info = builtin_sft_splits(validation_fraction, max_files)
         return train, validation, {**info.to_dict(),
