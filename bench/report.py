@@ -145,9 +145,18 @@ def sampling(r: dict | None) -> str | None:
              f"(nats) of a sample's token histogram; repeated 4-grams: share of a sample's 4-grams seen earlier in "
              f"it; reference text: the held-out documents' own {s['gen_length']} tokens after the same prompts "
              f"({ref['samples']} of them). Peak memory: {s['peak_mem']}. Torch threads: {s['torch_threads']}; "
-             f"torch {r['versions']['torch']}. Command: `{r['command']}`."]
+             f"torch {r['versions']['torch']}; {_load(r['machine'])}. Command: `{r['command']}`."]
     rows += ["", *sampling_goals(recs, ar, ref)]
     return "\n".join(rows)
+
+
+def _load(m: dict) -> str:
+    """The machine's load average (1 min) around a benchmark, where it was recorded: on a shared 2-core machine
+    it says how far tokens/s are from an idle machine's."""
+    if "load_average_before" not in m:
+        return f"{m['cpus']} CPUs"
+    return (f"{m['cpus']} CPUs, load average {m['load_average_before'][0]} before and "
+            f"{m['load_average_after'][0]} after")
 
 
 def sampling_goals(recs: list[dict], ar: dict, ref: dict) -> list[str]:
@@ -227,8 +236,7 @@ def sampling_task(r: dict | None) -> str | None:
              f"({s['steps']} steps at most, split across the blocks) and at most {s['gen_length']} new tokens for "
              f"the AR model; tokens: {s['tokens']}. Equal quality: {s['equal_quality']}. {s['rounds']} rounds, each "
              f"running every configuration on its slice of the problems. Torch threads: {s['torch_threads']}, "
-             f"{m['cpus']} CPUs, load average {m['load_average_before'][0]} before and "
-             f"{m['load_average_after'][0]} after ({m['shared']}); torch {r['versions']['torch']}. "
+             f"{_load(m)} ({m['shared']}); torch {r['versions']['torch']}. "
              f"Command: `{r['command']}`.", "", *lines]
     return "\n".join(rows)
 

@@ -181,6 +181,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from mmdlm.text.base import load_tokenizer
 
+    load_before = os.getloadavg()
     prompts, spans = held_out(load_tokenizer(a.teacher), a.prompts, a.prompt_len, a.spans, a.span, a.left, a.right)
     run = Runner(a, prompts, spans)
     for cfg in CONFIGS[:3]:  # warm-up: first calls pay for lazy initialisation
@@ -231,7 +232,8 @@ def main() -> None:
            "peak_mem": "growth of the process's peak resident memory during a configuration's generations over "
                        "its resident memory before them (the high-water mark is reset before each)"},
         "resident_after_load_mb": round(_status_kb("VmRSS") / 1024, 1),
-        "machine": machine(),
+        "machine": machine() | {"load_average_before": [round(x, 2) for x in load_before],
+                                "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "versions": versions(),
         "command": " ".join(["python bench/sampling.py", *sys.argv[1:]]),
     }
