@@ -67,7 +67,7 @@ def run(c, *, data=None, trainer_cls=None, **trainer_options):
     state = process_state()
     dlm, tokenizer = build_dlm(c)
     maybe_lora(c, dlm, state)
-    train_ids, val_ids, info = data if data is not None else packed_splits(c, tokenizer)
+    train_ids, val_ids, info = data if data is not None else packed_splits(c, tokenizer, state)
     trainer = (trainer_cls or DiffusionTrainer)(
         dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer, ar_loss_weight=c.ar_loss_weight,
         block_warmup_steps=c.block_warmup_steps, t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..data import load_text_splits, pack_texts
+from ..data.corpus import prepared_text
 from ..provenance import command_line, versions
 
 
@@ -20,18 +20,20 @@ class DataArgs:
     max_files: int | None = field(default=None, metadata={"help": "built-in corpus: use only the first N files"})
     max_train_sequences: int | None = field(default=None, metadata={"help": "cap on packed training sequences"})
     seq_len: int = field(default=128, metadata={"help": "tokens per packed training sequence"})
+    data_cache: str | None = field(default=None, metadata={
+        "help": "folder of the tokenised corpus, prepared once and shared by every process, resume and run with "
+                "the same data and tokenizer (default: $MMDLM_CACHE, else ~/.cache/mmdlm)"})
 
 
-def packed_splits(c, tokenizer):
-    train, validation, info = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
-                                               validation_fraction=c.validation_fraction, max_files=c.max_files)
-    train_ids = pack_texts(train["text"], tokenizer, c.seq_len)
+def packed_splits(c, tokenizer, state=None):
+    """(training rows, validation rows or None, CorpusInfo): the corpus tokenised once into the data
+    cache and read from disk in rows of seq_len tokens (`mmdlm.data.corpus.prepared_text`)."""
+    train_ids, val_ids, info = prepared_text(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len,
+                                             data_files=c.data_files, text_column=c.text_column,
+                                             validation_fraction=c.validation_fraction, max_files=c.max_files,
+                                             data_cache=c.data_cache, state=state)
     if c.max_train_sequences is not None:
         train_ids = train_ids[: c.max_train_sequences]
-    try:
-        val_ids = pack_texts(validation["text"], tokenizer, c.seq_len)
-    except ValueError:  # a validation split shorter than one sequence: no evaluation
-        val_ids = None
     return train_ids, val_ids, info
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data import load_text_splits
+from ..data.corpus import TextSplits
 from ..training.trainer import TrainArgs
 from .common import DataArgs, check_positions, packed_splits, run_info
 
@@ -32,9 +32,9 @@ def _run_tokenizer(c, state):
     with state.main_process_first():
         if (folder / "tokenizer.json").exists() and (c.resume or not state.is_main_process):
             return load_tokenizer(str(folder))
-        train, _, _ = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
-                                       validation_fraction=c.validation_fraction, max_files=c.max_files)
-        tokenizer = train_bpe(train["text"], c.vocab_size)
+        splits = TextSplits(c.dataset, data_files=c.data_files, text_column=c.text_column,
+                            validation_fraction=c.validation_fraction, max_files=c.max_files)
+        tokenizer = train_bpe(splits.documents("train"), c.vocab_size)  # read a batch at a time
         with atomic_dir(folder) as tmp:
             tokenizer.save_pretrained(tmp)
         return tokenizer
@@ -51,7 +51,7 @@ def run(c) -> None:
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
     model = build_causal_lm(c.model_config, tokenizer, seed=c.seed)
     check_positions(model, c.seq_len)
-    train_ids, val_ids, info = packed_splits(c, tokenizer)
+    train_ids, val_ids, info = packed_splits(c, tokenizer, state)
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
                               run_info=run_info(c, info, model, len(train_ids)))
     final = trainer.train()

@@ -11,6 +11,7 @@ import hashlib
 import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 from datasets.arrow_writer import SchemaInferenceError
@@ -50,39 +51,47 @@ def _is_validation(relpath: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _stdlib_files(max_files: int | None) -> tuple[Path, list[str]]:
+    """(root, sorted .py paths relative to it) of the standard library (site-packages excluded)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    if max_files is not None:
+        files = files[:max_files]
+    if not files:
+        raise ValueError(f"no .py files found under the standard library at {root}")
+    return root, files
+
+
+def _stdlib_info(root: Path, files: list[str], train_docs: int, validation_docs: int) -> CorpusInfo:
+    import platform
+
+    return CorpusInfo(source=f"{BUILTIN}:{root}", train_docs=train_docs, validation_docs=validation_docs,
+                      files=len(files), files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
+                      python=platform.python_version())
+
+
+def _stdlib_documents(root: Path, files: list[str], split: str, validation_fraction: float):
+    """(relative path, text) of the non-empty files of `split`, read one at a time."""
+    for rel in files:
+        if _is_validation(rel, validation_fraction) != (split == "validation"):
+            continue
+        text = (root / rel).read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            yield rel, text
+
+
 def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = None):
     """The interpreter's standard-library `.py` files (site-packages excluded).
 
     Returns (train, validation, info) with `datasets.Dataset`s holding `text` and `path`.
     """
-    import platform
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py")
-                   if "site-packages" not in p.parts)
-    if max_files is not None:
-        files = files[:max_files]
-    if not files:
-        raise ValueError(f"no .py files found under the standard library at {root}")
-    splits: dict[str, dict[str, list]] = {"train": {"text": [], "path": []},
-                                          "validation": {"text": [], "path": []}}
-    for rel in files:
-        text = (root / rel).read_text(encoding="utf-8", errors="replace")
-        if not text.strip():
-            continue
-        split = splits["validation" if _is_validation(rel, validation_fraction) else "train"]
-        split["text"].append(text)
-        split["path"].append(rel)
-    info = CorpusInfo(
-        source=f"{BUILTIN}:{root}",
-        train_docs=len(splits["train"]["text"]),
-        validation_docs=len(splits["validation"]["text"]),
-        files=len(files),
-        files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
-        python=platform.python_version(),
-    )
-    return (datasets.Dataset.from_dict(splits["train"]),
-            datasets.Dataset.from_dict(splits["validation"]), info)
+    root, files = _stdlib_files(max_files)
+    splits = {}
+    for split in ("train", "validation"):
+        docs = list(_stdlib_documents(root, files, split, validation_fraction))
+        splits[split] = datasets.Dataset.from_dict({"text": [t for _, t in docs], "path": [r for r, _ in docs]})
+    info = _stdlib_info(root, files, len(splits["train"]), len(splits["validation"]))
+    return splits["train"], splits["validation"], info
 
 
 def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
@@ -184,3 +193,103 @@ def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = No
     info = CorpusInfo(source=source if not data_files else ",".join(data_files),
                       train_docs=len(train), validation_docs=len(validation))
     return train, validation, info
+
+
+class TextSplits:
+    """The documents of a text source's train and validation splits, read one batch at a time (the
+    built-in corpus: a file at a time; other sources: from `datasets`' Arrow tables on disk).
+
+    `identity` is what the documents depend on, for a cache key: known without reading them for
+    the built-in corpus (its file list, Python) and for data files (paths, sizes, modification
+    times); for a hub or folder dataset, `datasets`' fingerprints of its splits (loaded first).
+    """
+
+    def __init__(self, source: str = BUILTIN, *, data_files: list[str] | None = None, text_column: str = "text",
+                 validation_fraction: float = 0.05, max_files: int | None = None):
+        check_fraction(validation_fraction)
+        self.options = dict(source=source, data_files=data_files, text_column=text_column,
+                            validation_fraction=validation_fraction, max_files=max_files)
+        self._splits = None  # (train, validation, info) of `load_text_splits`, once loaded
+        self._counts: dict[str, int] = {}
+        if source == BUILTIN and not data_files:
+            self.root, self.files = _stdlib_files(max_files)
+            listing = _stdlib_info(self.root, self.files, 0, 0)
+            corpus = {"builtin": BUILTIN, "root": str(self.root), "files_sha256": listing.files_sha256,
+                      "python": listing.python}
+        elif data_files:
+            missing = [f for f in data_files if not Path(f).exists()]
+            if missing:
+                raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
+            corpus = {"files": _file_stamps(data_files), "text_column": text_column}
+        else:
+            train, validation, _ = self._loaded()
+            corpus = {"source": source, "fingerprints": [train._fingerprint, validation._fingerprint]}
+        self.identity = {"corpus": corpus, "validation_fraction": validation_fraction}
+
+    @property
+    def builtin(self) -> bool:
+        return self.options["source"] == BUILTIN and not self.options["data_files"]
+
+    def _loaded(self):
+        if self._splits is None:
+            self._splits = load_text_splits(**self.options)
+        return self._splits
+
+    def documents(self, split: str) -> Iterator[str]:
+        """The texts of `split` ("train" or "validation"), in the source's order."""
+        self._counts[split] = 0
+        if self.builtin:
+            texts = (text for _, text in _stdlib_documents(self.root, self.files, split,
+                                                           self.options["validation_fraction"]))
+        else:
+            table = self._loaded()[0 if split == "train" else 1]
+            texts = (text for batch in table.iter(batch_size=1000) for text in batch["text"])
+        for text in texts:
+            self._counts[split] += 1
+            yield text
+
+    def info(self) -> CorpusInfo:
+        """What the corpus was made of (the built-in corpus: once both splits were read)."""
+        if self.builtin:
+            return _stdlib_info(self.root, self.files, self._counts["train"], self._counts["validation"])
+        return self._loaded()[2]
+
+
+def _file_stamps(paths) -> list[tuple[str, int, int]]:
+    """(absolute path, size, modification time in ns) of each file: what says a file changed."""
+    return [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+
+
+def prepared_text(source: str = BUILTIN, *, tokenizer, seq_len: int, data_files: list[str] | None = None,
+                  text_column: str = "text", validation_fraction: float = 0.05, max_files: int | None = None,
+                  data_cache: str | None = None, state=None):
+    """(train rows, validation rows or None, CorpusInfo) of a text source, tokenised once into the
+    data cache (`prepare.prepared`, keyed by `TextSplits.identity` and the tokenizer) and read from
+    disk in rows of `seq_len` tokens (`prepare.TokenRows`): the rows `pack_texts` gives, without
+    holding them in memory.
+    """
+    from accelerate import PartialState
+
+    from .prepare import TokenRows, prepared, token_dtype, tokenizer_fingerprint, write_tokens
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    splits = TextSplits(source, data_files=data_files, text_column=text_column,
+                        validation_fraction=validation_fraction, max_files=max_files)
+    dtype = token_dtype(len(tokenizer))
+    identity = {"kind": "text", **splits.identity, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype.name}
+
+    def build(folder: Path) -> dict:
+        tokens = {split: write_tokens(folder / f"{split}.bin", splits.documents(split), tokenizer, dtype)
+                  for split in ("train", "validation")}
+        return {"tokens": tokens, "info": splits.info().to_dict(),
+                "files": {f"{split}.bin": n * dtype.itemsize for split, n in tokens.items()}}
+
+    folder, meta = prepared("text", identity, build, state or PartialState(), data_cache=data_cache,
+                            what="the text corpus")
+    train = TokenRows(folder / "train.bin", dtype, seq_len)
+    if len(train) == 0:
+        raise ValueError(f"the dataset has {meta['tokens']['train']} tokens, fewer than one sequence of {seq_len}; "
+                         "add data or lower seq_len")
+    validation = TokenRows(folder / "validation.bin", dtype, seq_len)
+    return train, (validation if len(validation) else None), CorpusInfo(**meta["info"])

@@ -153,19 +153,13 @@ class DiffusionLM(nn.Module):
     def is_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    def save_pretrained(self, path: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
-        """Write atomically: the folder appears complete or not at all. With LoRA, the adapter.
-
-        `state_dict` (keys of this module, `model.` first) replaces the module's own weights,
-        for parameters gathered from shards (FSDP)."""
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        """Write atomically: the folder appears complete or not at all. With LoRA, the adapter."""
         with atomic_dir(path) as tmp:
             if self.is_lora:  # the adapter only: the [MASK] rows are in it (trainable tokens), no full embedding
                 self.model.save_pretrained(tmp, save_embedding_layers=False)
-            elif state_dict is None:
-                self.model.save_pretrained(tmp)
             else:
-                inner = {k.removeprefix("model."): v for k, v in state_dict.items()}
-                self.model.save_pretrained(tmp, state_dict=inner)
+                self.model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
