@@ -23,11 +23,26 @@ class DataArgs:
     data_cache: str | None = field(default=None, metadata={
         "help": "folder of the tokenised corpus, prepared once and shared by every process, resume and run with "
                 "the same data and tokenizer (default: $MMDLM_CACHE, else ~/.cache/mmdlm)"})
+    streaming: bool = field(default=False, metadata={
+        "help": "read the corpus as a stream, tokenised as training goes (for corpora bigger than the disk; "
+                "nothing prepared): each process reads its share of the files, in order; resumes exactly with "
+                "the same number of processes"})
 
 
 def packed_splits(c, tokenizer, state=None):
     """(training rows, validation rows or None, CorpusInfo): the corpus tokenised once into the data
-    cache and read from disk in rows of seq_len tokens (`mmdlm.data.corpus.prepared_text`)."""
+    cache and read from disk in rows of seq_len tokens (`mmdlm.data.corpus.prepared_text`), or with
+    `streaming` this process's stream of rows (`mmdlm.data.streaming.streamed_text`)."""
+    if c.streaming:
+        from ..data.streaming import streamed_text
+
+        if c.max_train_sequences is not None or c.max_files is not None:
+            raise ValueError("max_train_sequences and max_files cap a prepared corpus; a stream has no length "
+                             "(set max_steps)")
+        return streamed_text(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len, data_files=c.data_files,
+                             text_column=c.text_column, validation_fraction=c.validation_fraction,
+                             eval_rows=c.eval_batches * c.batch_size, state=state,
+                             warn=(state.print if state is not None else print))
     train_ids, val_ids, info = prepared_text(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len,
                                              data_files=c.data_files, text_column=c.text_column,
                                              validation_fraction=c.validation_fraction, max_files=c.max_files,
@@ -42,6 +57,13 @@ def check_positions(model, seq_len: int) -> None:
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions "
                          "(max_position_embeddings); lower seq_len")
+
+
+def train_rows(data) -> int | None:
+    """The number of training rows (None for a stream)."""
+    from ..training.trainer import is_stream
+
+    return None if is_stream(data) else len(data)
 
 
 def run_info(c, info, model, n_train) -> dict:

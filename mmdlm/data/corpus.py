@@ -7,6 +7,7 @@ on the machine. Any other source goes through `datasets`: a hub name, or local f
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sysconfig
 from dataclasses import asdict, dataclass
@@ -46,11 +47,6 @@ def check_fraction(fraction: float, name: str = "validation_fraction") -> None:
         raise ValueError(f"{name} must be in [0, 1), got {fraction!r}")
 
 
-def _is_validation(relpath: str, fraction: float) -> bool:
-    digest = hashlib.sha256(relpath.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
 def _stdlib_files(max_files: int | None) -> tuple[Path, list[str]]:
     """(root, sorted .py paths relative to it) of the standard library (site-packages excluded)."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -73,7 +69,7 @@ def _stdlib_info(root: Path, files: list[str], train_docs: int, validation_docs:
 def _stdlib_documents(root: Path, files: list[str], split: str, validation_fraction: float):
     """(relative path, text) of the non-empty files of `split`, read one at a time."""
     for rel in files:
-        if _is_validation(rel, validation_fraction) != (split == "validation"):
+        if is_validation(rel, validation_fraction) != (split == "validation"):
             continue
         text = (root / rel).read_text(encoding="utf-8", errors="replace")
         if text.strip():
@@ -94,26 +90,39 @@ def stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = Non
     return splits["train"], splits["validation"], info
 
 
-def _load_files(builder: str, data_files: list[str]) -> datasets.DatasetDict:
+@contextlib.contextmanager
+def _quiet_datasets():
+    """A builder's failure is logged by `datasets`, then raised: the one-line error says it."""
     verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a builder's failure is logged, then raised: said below
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        return datasets.load_dataset(builder, data_files=data_files)
-    except ValueError as err:
-        if "corresponds to no data" in str(err):
-            raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
-        raise
-    except DatasetGenerationError as err:  # the builder failed on the files' contents
-        cause = err.__cause__ or err
-        if isinstance(cause, SchemaInferenceError):
-            raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
-        if isinstance(cause, UnicodeDecodeError):
-            bad = [f for f in data_files if not _is_utf8(f)] or data_files
-            raise ValueError(f"{', '.join(bad)}: not UTF-8 text ({cause})") from err
-        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise ValueError(f"could not read the data files {', '.join(data_files)} as {builder}: {detail}") from err
+        yield
     finally:
         datasets.logging.set_verbosity(verbosity)
+
+
+def _file_error(err: BaseException, builder: str, data_files: list[str]) -> ValueError:
+    """The one line that says why `builder` could not read `data_files`."""
+    cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
+    if isinstance(cause, SchemaInferenceError):
+        return ValueError(f"the data files hold no examples: {', '.join(data_files)}")
+    if isinstance(cause, UnicodeDecodeError):
+        bad = [f for f in data_files if not _is_utf8(f)] or data_files
+        return ValueError(f"{', '.join(bad)}: not UTF-8 text ({cause})")
+    detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return ValueError(f"could not read the data files {', '.join(data_files)} as {builder}: {detail}")
+
+
+def _load_files(builder: str, data_files: list[str], streaming: bool = False):
+    with _quiet_datasets():
+        try:
+            return datasets.load_dataset(builder, data_files=data_files, streaming=streaming)
+        except ValueError as err:
+            if "corresponds to no data" in str(err):
+                raise ValueError(f"the data files hold no examples: {', '.join(data_files)}") from err
+            raise
+        except DatasetGenerationError as err:  # the builder failed on the files' contents
+            raise _file_error(err, builder, data_files) from err
 
 
 def _is_utf8(path: str) -> bool:
@@ -126,138 +135,189 @@ def _is_utf8(path: str) -> bool:
     return True
 
 
+def _builder(data_files: list[str]) -> str:
+    """The `datasets` builder of a list of local files (one format), checked."""
+    missing = [f for f in data_files if not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
+    suffixes = {Path(f).suffix.lower() for f in data_files}
+    if suffixes & set(IMAGE_SUFFIXES):
+        others = [f for f in data_files if Path(f).suffix.lower() not in IMAGE_SUFFIXES
+                  and not Path(f).name.startswith("metadata.")]
+        if others:
+            raise ValueError(f"image files can come only with metadata.jsonl/metadata.csv, got {others}")
+        return "imagefolder"
+    builders = {_LOCAL_FORMATS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise ValueError(f"data files must share one format among {sorted(_LOCAL_FORMATS)}; "
+                         f"got suffixes {sorted(suffixes)}")
+    return builders.pop()
+
+
 def _load_source(source: str, data_files: list[str] | None,
-                 builtins: str = f"'{BUILTIN}' for the built-in corpus") -> datasets.DatasetDict:
+                 builtins: str = f"'{BUILTIN}' for the built-in corpus", streaming: bool = False):
+    """The `datasets` DatasetDict of a hub name, a local folder or local files (with `streaming`,
+    an IterableDatasetDict that reads them as it goes: nothing copied, nothing held)."""
     if data_files:
-        missing = [f for f in data_files if not Path(f).exists()]
-        if missing:
-            raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
-        suffixes = {Path(f).suffix.lower() for f in data_files}
-        if suffixes & set(IMAGE_SUFFIXES):
-            others = [f for f in data_files if Path(f).suffix.lower() not in IMAGE_SUFFIXES
-                      and not Path(f).name.startswith("metadata.")]
-            if others:
-                raise ValueError(f"image files can come only with metadata.jsonl/metadata.csv, got {others}")
-            return _load_files("imagefolder", data_files)
-        builders = {_LOCAL_FORMATS.get(s) for s in suffixes}
-        if None in builders or len(builders) != 1:
-            raise ValueError(f"data files must share one format among {sorted(_LOCAL_FORMATS)}; "
-                             f"got suffixes {sorted(suffixes)}")
-        return _load_files(builders.pop(), data_files)
+        return _load_files(_builder(data_files), data_files, streaming)
     if Path(source).is_dir():
-        return datasets.load_dataset(source)
+        return datasets.load_dataset(source, streaming=streaming)
     try:
-        return datasets.load_dataset(source)
+        return datasets.load_dataset(source, streaming=streaming)
     except Exception as err:  # offline hub, typo, private set: say what was tried
         raise ValueError(f"could not load dataset {source!r} (a hub name, a local folder, or "
                          f"{builtins}; or pass data files): {err}") from err
 
 
-def train_validation(dsd, train, validation_fraction: float):
-    """(train, validation): the source's validation split, or `validation_fraction` of `train` carved
-    off deterministically (seed 0); None when `train` has a single record to give."""
-    if "validation" in dsd:
-        return train, dsd["validation"]
-    if len(train) < 2:
-        return train, None
-    parts = train.train_test_split(test_size=validation_fraction, seed=0)
-    return parts["train"], parts["test"]
+BATCH_RECORDS = 100  # records read at a time from a `datasets` source
+
+
+def is_validation(key: str, fraction: float) -> bool:
+    """Whether the record with this key (a path, a text) belongs to the validation split: a hash of
+    the key, so the split of a record never depends on the order, the number of records or the
+    process that reads it (a stream splits as a table does)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+class RecordSplits:
+    """The records of a `datasets` source's train and validation splits, read a batch at a time:
+    the source's own validation split, or the records of its train split whose key (`key`, a
+    function of the record) `is_validation`. Local files and folders are read as streams (nothing
+    copied into `datasets`' cache, memory bounded by a batch); a hub dataset as `datasets` loads it,
+    or as a stream with `streaming`."""
+
+    def __init__(self, source: str, data_files: list[str] | None, validation_fraction: float, key,
+                 streaming: bool = False, builtins: str = f"'{BUILTIN}' for the built-in corpus"):
+        check_fraction(validation_fraction)
+        self.source, self.data_files, self.fraction, self.key = source, data_files, validation_fraction, key
+        self.local = bool(data_files) or Path(source).is_dir()
+        self.builder = _builder(data_files) if data_files else source
+        self.dsd = _load_source(source, data_files, builtins, streaming=streaming or self.local)
+        if "train" not in self.dsd:
+            raise ValueError(f"dataset {source!r} has no 'train' split (splits: {list(self.dsd)})")
+
+    def identity(self) -> dict:
+        """What the records depend on: the files' paths, sizes and modification times (local), else
+        `datasets`' fingerprints of the splits (a hub dataset, as loaded)."""
+        if self.local:
+            files = self.data_files or sorted(str(p) for p in Path(self.source).rglob("*") if p.is_file())
+            return {"files": file_stamps(files), "validation_fraction": self.fraction}
+        return {"source": self.source, "fingerprints": {k: getattr(v, "_fingerprint", None)
+                                                        for k, v in self.dsd.items()},
+                "validation_fraction": self.fraction}
+
+    def table(self, split: str):
+        """The table (or stream) `split` is read from."""
+        return self.dsd["validation" if split == "validation" and "validation" in self.dsd else "train"]
+
+    def record_batches(self, split: str, table=None) -> Iterator[list[dict]]:
+        """The records of `split` ("train" or "validation") in the source's order, a list for each
+        batch read from `table` (by default `self.table(split)`; a stream split by process, for
+        instance, whose `state_dict` then stands after the last batch given)."""
+        batches = (self.table(split) if table is None else table).iter(batch_size=BATCH_RECORDS)
+        carve = "validation" not in self.dsd
+        while True:
+            with _quiet_datasets():
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except (ValueError, DatasetGenerationError) as err:  # UnicodeDecodeError, pyarrow's errors
+                    raise _file_error(err, self.builder, self.data_files or [self.source]) from err
+            records = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            yield [r for r in records
+                   if not carve or is_validation(self.key(r), self.fraction) == (split == "validation")]
+
+    def records(self, split: str, table=None) -> Iterator[dict]:
+        """`record_batches`, one record at a time."""
+        for batch in self.record_batches(split, table):
+            yield from batch
+
+
+def file_stamps(paths) -> list[tuple[str, int, int]]:
+    """(absolute path, size, modification time in ns) of each file: what says a file changed."""
+    return [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
 
 
 def load_text_splits(source: str = BUILTIN, *, data_files: list[str] | None = None,
                      text_column: str = "text", validation_fraction: float = 0.05,
                      max_files: int | None = None):
-    """Load (train, validation, info) from the built-in corpus, the hub, or local files.
-
-    Without a validation split in the source, one is carved off deterministically
-    (`validation_fraction` of the documents, seed 0).
-    """
-    check_fraction(validation_fraction)
+    """(train, validation, info): `TextSplits`' documents as in-memory `datasets.Dataset`s (column
+    `text`; the built-in corpus also `path`)."""
     if source == BUILTIN and not data_files:
         return stdlib_corpus(validation_fraction, max_files)
-    dsd = _load_source(source, data_files)
-    if "train" not in dsd:
-        raise ValueError(f"dataset {source!r} has no 'train' split (splits: {list(dsd)})")
-    train = dsd["train"]
-    if text_column not in train.column_names:
-        raise ValueError(f"text column {text_column!r} not in dataset {source!r}; "
-                         f"columns are {train.column_names} (set text_column)")
-    train = train.filter(lambda ex: isinstance(ex[text_column], str) and ex[text_column].strip() != "")
-    if len(train) == 0:
-        raise ValueError(f"dataset {source!r} has no non-empty text in column {text_column!r}")
-    train, validation = train_validation(dsd, train, validation_fraction)
-    validation = train if validation is None else validation
-    if text_column != "text":
-        train = train.rename_column(text_column, "text")
-        validation = validation.rename_column(text_column, "text")
-    info = CorpusInfo(source=source if not data_files else ",".join(data_files),
-                      train_docs=len(train), validation_docs=len(validation))
-    return train, validation, info
+    splits = TextSplits(source, data_files=data_files, text_column=text_column,
+                        validation_fraction=validation_fraction, max_files=max_files)
+    train, validation = ({"text": list(splits.documents(split))} for split in ("train", "validation"))
+    return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(validation), splits.info()
 
 
 class TextSplits:
-    """The documents of a text source's train and validation splits, read one batch at a time (the
-    built-in corpus: a file at a time; other sources: from `datasets`' Arrow tables on disk).
+    """The documents of a text source's train and validation splits, read a batch at a time: the
+    built-in corpus a file at a time (split by path), any other source through `RecordSplits`
+    (split by text): memory bounded by a batch, whatever the size of the corpus.
 
     `identity` is what the documents depend on, for a cache key: known without reading them for
-    the built-in corpus (its file list, Python) and for data files (paths, sizes, modification
-    times); for a hub or folder dataset, `datasets`' fingerprints of its splits (loaded first).
+    the built-in corpus (its file list, Python) and for local files (paths, sizes, modification
+    times); for a hub dataset, `datasets`' fingerprints of its splits.
     """
 
     def __init__(self, source: str = BUILTIN, *, data_files: list[str] | None = None, text_column: str = "text",
-                 validation_fraction: float = 0.05, max_files: int | None = None):
+                 validation_fraction: float = 0.05, max_files: int | None = None, streaming: bool = False):
         check_fraction(validation_fraction)
-        self.options = dict(source=source, data_files=data_files, text_column=text_column,
-                            validation_fraction=validation_fraction, max_files=max_files)
-        self._splits = None  # (train, validation, info) of `load_text_splits`, once loaded
-        self._counts: dict[str, int] = {}
+        self.source, self.data_files, self.text_column = source, data_files, text_column
+        self.fraction = validation_fraction
+        self.counts: dict[str, int] = {}
         if source == BUILTIN and not data_files:
+            self.records = None
             self.root, self.files = _stdlib_files(max_files)
             listing = _stdlib_info(self.root, self.files, 0, 0)
-            corpus = {"builtin": BUILTIN, "root": str(self.root), "files_sha256": listing.files_sha256,
-                      "python": listing.python}
-        elif data_files:
-            missing = [f for f in data_files if not Path(f).exists()]
-            if missing:
-                raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
-            corpus = {"files": _file_stamps(data_files), "text_column": text_column}
+            self.identity = {"corpus": {"builtin": BUILTIN, "root": str(self.root),
+                                        "files_sha256": listing.files_sha256, "python": listing.python},
+                             "validation_fraction": validation_fraction}
+            return
+        self.records = RecordSplits(source, data_files, validation_fraction, key=self._text, streaming=streaming)
+        self.identity = {"corpus": self.records.identity(), "text_column": text_column}
+
+    def _text(self, record: dict) -> str:
+        if self.text_column not in record:
+            raise ValueError(f"text column {self.text_column!r} not in dataset {self.source!r}; "
+                             f"columns are {sorted(record)} (set text_column)")
+        text = record[self.text_column]
+        return text if isinstance(text, str) else ""
+
+    def document_batches(self, split: str, table=None) -> Iterator[list[str]]:
+        """The texts of `split` ("train" or "validation") in the source's order, a list for each
+        batch read (`RecordSplits.record_batches`; the built-in corpus: a file at a time), empty
+        texts included."""
+        if self.records is None:
+            for _, text in _stdlib_documents(self.root, self.files, split, self.fraction):
+                yield [text]
         else:
-            train, validation, _ = self._loaded()
-            corpus = {"source": source, "fingerprints": [train._fingerprint, validation._fingerprint]}
-        self.identity = {"corpus": corpus, "validation_fraction": validation_fraction}
-
-    @property
-    def builtin(self) -> bool:
-        return self.options["source"] == BUILTIN and not self.options["data_files"]
-
-    def _loaded(self):
-        if self._splits is None:
-            self._splits = load_text_splits(**self.options)
-        return self._splits
+            for batch in self.records.record_batches(split, table):
+                yield [self._text(r) for r in batch]
 
     def documents(self, split: str) -> Iterator[str]:
-        """The texts of `split` ("train" or "validation"), in the source's order."""
-        self._counts[split] = 0
-        if self.builtin:
-            texts = (text for _, text in _stdlib_documents(self.root, self.files, split,
-                                                           self.options["validation_fraction"]))
-        else:
-            table = self._loaded()[0 if split == "train" else 1]
-            texts = (text for batch in table.iter(batch_size=1000) for text in batch["text"])
-        for text in texts:
-            self._counts[split] += 1
-            yield text
+        """The non-empty texts of `split` ("train" or "validation"), in the source's order."""
+        self.counts[split] = seen = 0
+        for text in (t for batch in self.document_batches(split) for t in batch):
+            seen += 1
+            if text.strip():
+                self.counts[split] += 1
+                yield text
+        if split == "train" and not self.counts[split]:
+            if not seen and self.data_files:
+                raise ValueError(f"the data files hold no examples: {', '.join(self.data_files)}")
+            what = "" if self.records is None else f" in column {self.text_column!r}"
+            raise ValueError(f"dataset {self.source!r} has no non-empty text{what}")
 
     def info(self) -> CorpusInfo:
-        """What the corpus was made of (the built-in corpus: once both splits were read)."""
-        if self.builtin:
-            return _stdlib_info(self.root, self.files, self._counts["train"], self._counts["validation"])
-        return self._loaded()[2]
-
-
-def _file_stamps(paths) -> list[tuple[str, int, int]]:
-    """(absolute path, size, modification time in ns) of each file: what says a file changed."""
-    return [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+        """What the corpus was made of (once both splits were read)."""
+        if self.records is None:
+            return _stdlib_info(self.root, self.files, self.counts["train"], self.counts["validation"])
+        return CorpusInfo(source=self.source if not self.data_files else ",".join(self.data_files),
+                          train_docs=self.counts["train"], validation_docs=self.counts["validation"])
 
 
 def prepared_text(source: str = BUILTIN, *, tokenizer, seq_len: int, data_files: list[str] | None = None,

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -60,13 +61,36 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def write_tokens(path: Path, texts: Iterable[str], tokenizer, dtype: np.dtype) -> int:
-    """Append the tokens of `texts` (each followed by EOS) to the file `path`; the token count."""
+    """Write the tokens of `texts` (each followed by EOS) to the file `path`; the token count."""
     n = 0
     with open(path, "wb") as f:
         for ids in document_tokens(texts, tokenizer):
             np.asarray(ids, dtype=dtype).tofile(f)
             n += len(ids)
+            release_freed_memory()
     return n
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed by a batch back to the system (glibc's malloc_trim, pyarrow's pool):
+    the batches' short-lived buffers would otherwise leave the heap at a high-water mark that
+    creeps up with the number of batches, that is with the size of the corpus."""
+    global _trim
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    if _trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 class TokenRows:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .corpus import BUILTIN, TextSplits, _file_stamps, _load_source, check_fraction, train_validation
+from .corpus import BUILTIN, RecordSplits, TextSplits
 
 ROLES = ("system", "user", "assistant")
 
@@ -82,45 +83,28 @@ BUILTIN_RECORDS = "stdlib functions: prompt = signature + docstring, response = 
 class SftSplits:
     """The records of an SFT source's train and validation splits, read lazily: the built-in set
     (the functions of `corpus.TextSplits`' standard-library files, a file at a time), or json(l)
-    files, a local folder or a hub dataset (rows of `datasets`' Arrow tables; without a validation
-    split one is carved off, seed 0). `identity` is what the records depend on, for a cache key."""
+    files, a local folder or a hub dataset (`corpus.RecordSplits`: without a validation split,
+    the records whose content `is_validation`). `identity` is what the records depend on."""
 
     def __init__(self, source: str = BUILTIN, *, data_files: list[str] | None = None,
                  validation_fraction: float = 0.05, max_files: int | None = None):
-        check_fraction(validation_fraction)
-        self.source, self.data_files, self.validation_fraction = source, data_files, validation_fraction
-        self._splits = None
+        self.source, self.data_files = source, data_files
         if source == BUILTIN and not data_files:
-            self.text = TextSplits(validation_fraction=validation_fraction, max_files=max_files)
+            self.text, self.table = TextSplits(validation_fraction=validation_fraction, max_files=max_files), None
             self.identity = {"builtin": BUILTIN_RECORDS, **self.text.identity}
-            return
-        self.text = None
-        if data_files:
-            TextSplits(source, data_files=data_files)  # the same checks of the files
-            self.identity = {"files": _file_stamps(data_files), "validation_fraction": validation_fraction}
         else:
-            train, validation = self._loaded()
-            self.identity = {"source": source, "fingerprints": [train._fingerprint, validation._fingerprint]}
-
-    def _loaded(self):
-        if self._splits is None:
-            dsd = _load_source(self.source, self.data_files)
-            if "train" not in dsd:
-                raise ValueError(f"dataset {self.source!r} has no 'train' split (splits: {list(dsd)})")
-            train, validation = train_validation(dsd, dsd["train"], self.validation_fraction)
-            self._splits = train, (train.select([]) if validation is None else validation)
-        return self._splits
+            self.text = None
+            self.table = RecordSplits(source, data_files, validation_fraction,
+                                      key=lambda record: json.dumps(record, sort_keys=True, default=str))
+            self.identity = self.table.identity()
 
     def records(self, split: str) -> Iterator[dict]:
         """The records of `split` ("train" or "validation"), in the source's order."""
-        if self.text is not None:
-            for text in self.text.documents(split):
-                yield from function_pairs([text])
+        if self.text is None:
+            yield from self.table.records(split)
             return
-        table = self._loaded()[0 if split == "train" else 1]
-        for batch in table.iter(batch_size=1000):
-            for i in range(len(next(iter(batch.values()), []))):
-                yield {k: v[i] for k, v in batch.items()}
+        for text in self.text.documents(split):
+            yield from function_pairs([text])
 
     def description(self) -> dict:
         if self.text is not None:

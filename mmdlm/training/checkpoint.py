@@ -55,18 +55,18 @@ def _from_data(value, tensors: dict):
     return value
 
 
-def save_states(objects: dict, folder: Path) -> dict:
-    """The `state_dict()` of each object as JSON data; their tensors go to `folder`/TENSORS_FILE."""
+def save_states(objects: dict, folder: Path, tensors_file: str = TENSORS_FILE) -> dict:
+    """The `state_dict()` of each object as JSON data; their tensors go to `folder`/`tensors_file`."""
     tensors: dict = {}
     data = {name: _to_data(obj.state_dict(), name, tensors) for name, obj in objects.items()}
     if tensors:
-        save_file(tensors, str(Path(folder) / TENSORS_FILE))
+        save_file(tensors, str(Path(folder) / tensors_file))
     return data
 
 
-def load_states(objects: dict, data: dict, folder: Path, device) -> None:
+def load_states(objects: dict, data: dict, folder: Path, device, tensors_file: str = TENSORS_FILE) -> None:
     """Give each object its state from `save_states`' `data` (tensors on `device`)."""
-    path = Path(folder) / TENSORS_FILE
+    path = Path(folder) / tensors_file
     try:
         tensors = load_file(str(path), device=str(device)) if path.exists() else {}
     except SafetensorError as err:

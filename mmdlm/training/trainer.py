@@ -96,6 +96,12 @@ class TrainArgs:
 Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
+def is_stream(data) -> bool:
+    """A stream of rows (`mmdlm.data.streaming.PackedStream`): read in order with `next_rows(n)`,
+    one per process, checkpointed by each process, instead of rows taken by index."""
+    return hasattr(data, "next_rows")
+
+
 def data_len(data: Data) -> int:
     if not isinstance(data, Mapping):
         return len(data) if not isinstance(data, torch.Tensor) or data.ndim else 0
@@ -132,7 +138,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_data: Data, args: TrainArgs,
                  eval_data: Data | None = None, run_info: dict | None = None):
         args.validate()
-        if data_len(train_data) == 0:
+        if not is_stream(train_data) and data_len(train_data) == 0:
             raise ValueError("train_data is empty: no training example to learn from")
         self.args = args
         tracker = None if args.report_to in (None, "none") else args.report_to
@@ -161,11 +167,15 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.states = {"lr_scheduler": scheduler}  # checkpointed as data (register_state)
+        self.process_states = {}  # each process's own (a stream's position)
+        if is_stream(train_data):
+            self.register_state("train_stream", train_data, per_process=True)
         self.step, self.tokens = 0, 0
 
-    def register_state(self, name: str, obj) -> None:
-        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state."""
-        self.states[name] = obj
+    def register_state(self, name: str, obj, per_process: bool = False) -> None:
+        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state:
+        the main process's, or with `per_process` every process's own."""
+        (self.process_states if per_process else self.states)[name] = obj
 
     # ---- hooks -------------------------------------------------------------------------
     def compute_loss(self, model, batch: Data, step: int, generator: torch.Generator):
@@ -192,6 +202,8 @@ class Trainer:
     # ---- data and noise: pure functions of (seed, step) ---------------------------------
     def _batch(self, step: int, micro: int) -> torch.Tensor:
         a = self.accelerator
+        if is_stream(self.train_data):  # this process's next rows, in the stream's order
+            return self.train_data.next_rows(self.args.batch_size).to(a.device)
         start = (step * self.args.grad_accum + micro) * self.args.batch_size * a.num_processes \
             + a.process_index * self.args.batch_size
         n = data_len(self.train_data)
@@ -227,6 +239,10 @@ class Trainer:
             tmp.mkdir(parents=True)
         a.wait_for_everyone()
         a.save_state(str(tmp), safe_serialization=True)
+        if self.process_states:
+            i = a.process_index
+            data = save_states(self.process_states, tmp, f"process_{i}.safetensors")
+            atomic_write_text(tmp / f"process_{i}.json", json.dumps(data))
         a.wait_for_everyone()
         if a.is_main_process:
             remove_code(tmp)
@@ -266,6 +282,16 @@ class Trainer:
         except SafetensorError as err:
             raise ValueError(f"the weights in {path} are damaged or truncated (safetensors: {err})") from err
         load_states(self.states, state.get("states", {}), path, self.accelerator.device)
+        if self.process_states:
+            if state["num_processes"] != self.accelerator.num_processes:
+                raise ValueError(f"{path} was written by {state['num_processes']} processes, this run has "
+                                 f"{self.accelerator.num_processes}: a streamed corpus resumes with the same number")
+            i = self.accelerator.process_index
+            try:
+                data = json.loads((Path(path) / f"process_{i}.json").read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"the state of process {i} in {path} is missing or corrupt: {err}") from err
+            load_states(self.process_states, data, path, "cpu", f"process_{i}.safetensors")
         self.step, self.tokens = state["step"], state["tokens"]
 
     # ---- evaluation ----------------------------------------------------------------------
