@@ -40,10 +40,12 @@ endef
 .PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
 	discrete-digits assets bench eval-mm report clean sft bench-sft study study-quick
 
+# DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation deepspeed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)

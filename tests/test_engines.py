@@ -49,6 +49,8 @@ def inputs(tmp_path_factory, tokenizer_factory):
     from conftest import TEXT
 
     (root / "corpus.txt").write_text("".join(TEXT))
+    for i in range(2):  # a corpus of two files, for a stream split between two processes
+        (root / f"part-{i}.txt").write_text("".join(f"{t.strip()} # {i}.{k}\n" for k in range(4) for t in TEXT))
     (root / "pairs.jsonl").write_text("".join(
         json.dumps({"prompt": f"def f{i}(x):\n", "response": f"    return x + {i}\n"}) + "\n" for i in range(16)))
     tiny_vq().save_pretrained(root / "vq")
@@ -71,6 +73,9 @@ def commands(root, out) -> dict[str, list[str]]:
         "pretrain": ["pretrain", *text, "--vocab-size", "300", "--model-config", json.dumps(gpt2)],
         "adapt": ["adapt", "--model", str(root / "causal"), *text],
         "adapt-lora": ["adapt", "--model", str(root / "causal"), *text, *LORA],
+        "adapt-stream": ["adapt", "--model", str(root / "causal"), "--dataset", "local", "--data-files",
+                         str(root / "part-0.txt"), str(root / "part-1.txt"), "--seq-len", "16", "--streaming",
+                         "--validation-fraction", "0.3"],
         "sft": ["sft", "--model", str(root / "dlm"), "--dataset", "json", "--data-files", str(root / "pairs.jsonl"),
                 "--seq-len", "32"],
         "mmdit": ["train-mm", "--config", str(root / "mmdit.yaml")],
@@ -83,6 +88,7 @@ def commands(root, out) -> dict[str, list[str]]:
 
 
 KILLED = "sft-lora"  # the run each engine's first launch SIGKILLs after step 3
+STREAMED = {"adapt-stream"}  # each process reads its own part: not the one-process run (mmdlm.data.streaming)
 DISTRIBUTED_TYPE = {"ddp": "MULTI_CPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
 
 
@@ -90,8 +96,9 @@ DISTRIBUTED_TYPE = {"ddp": "MULTI_CPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "z
 def references(inputs):
     """Every command in one process with grad_accum 2: the global batch of 2 processes x 1."""
     out = inputs / "single"
-    for argv in commands(inputs, out).values():
-        _in_process([*argv, "--grad-accum", "2"])
+    for name, argv in commands(inputs, out).items():
+        if name not in STREAMED:
+            _in_process([*argv, "--grad-accum", "2"])
     return out
 
 
@@ -152,15 +159,18 @@ def test_every_command_under_the_engine(engine, inputs, references, tmp_path):
     spec.write_text(json.dumps({"runs": [*runs.values(), killed], "kill": {"run": len(runs), "step": 3}}))
     done = launch(SCRIPTS / "run_commands.py", spec, config=ENGINES[engine], check=False, timeout=600)
     assert done.returncode != 0 and not (out / "killed" / "model").exists(), done.stderr[-3000:]
-    assert "SIGKILL" in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line or "failed with exit status" in line]
+    assert "SIGKILL" in done.stderr, "\n".join(errors) + done.stderr[-3000:]
 
     for name in runs:
         run = json.loads((out / name / "run.json").read_text())
         assert run["num_processes"] == 2 and DISTRIBUTED_TYPE[engine] in run["distributed_type"], name
+        if name in STREAMED:
+            assert (out / name / "model" / "model.safetensors").exists()
+            continue
         trained, single = weights(out / name / "model"), weights(references / name / "model")
         assert trained.keys() == single.keys(), name
         diff = max((trained[k] - single[k]).abs().max().item() for k in trained)
-        print(engine, name, diff, sorted(trained, key=lambda k: -(trained[k] - single[k]).abs().max().item())[:3])
         assert diff < 1e-5, f"{name}: max |{engine} - one process| = {diff:.2e}"
         assert all(v.dtype == single[k].dtype for k, v in trained.items()), name
         torch.testing.assert_close(logits(name, out / name / "model"), logits(name, references / name / "model"),
@@ -179,3 +189,50 @@ def test_every_command_under_the_engine(engine, inputs, references, tmp_path):
         assert ended.keys() == uninterrupted.keys(), name
         for key, value in ended.items():
             assert torch.equal(value, uninterrupted[key]), f"{name} resumed under {engine}: {key} differs"
+
+
+# ---- in one process: what the engines need before any launch ----------------------------------
+def test_an_engine_that_cannot_run_here_is_refused_in_one_line(monkeypatch, tmp_path):
+    import sys
+
+    from mmdlm.training import engines
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="asks for FSDP version 1, which does not run on CPUs; set fsdp_version: 2"):
+        engines.accelerator()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # not installed
+    with pytest.raises(ValueError, match=r"asks for DeepSpeed, which is not installed: pip install 'mmdlm\[scale\]'"):
+        engines.accelerator()
+
+
+def test_low_memory_building_leaves_the_weights_to_the_main_process(inputs, monkeypatch, tmp_path):
+    """FSDP's RAM-efficient loading: the other processes build the DLM on the meta device (no
+    weights read) and probe it once the weights are in place."""
+    from mmdlm.commands.adapt import AdaptConfig, build_dlm
+    from mmdlm.training.engines import low_memory_loading
+
+    assert not low_memory_loading()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    assert low_memory_loading()
+    no_weights = tmp_path / "no-weights"  # the checkpoint without its weights: the empty build never reads them
+    shutil.copytree(inputs / "causal", no_weights)
+    (no_weights / "model.safetensors").unlink()
+    for init in ("pretrained", "random"):
+        empty, _ = build_dlm(AdaptConfig(model=str(no_weights), init=init, seq_len=16), empty=True, check=False)
+        full, _ = build_dlm(AdaptConfig(model=str(inputs / "causal"), init=init, seq_len=16))
+        assert {p.device.type for p in empty.parameters()} == {"meta"}
+        assert {b.device.type for b in empty.buffers()} == {"cpu"}  # RoPE's frequencies, computed
+        assert empty.mask_token_id == full.mask_token_id
+        assert {k: v.shape for k, v in empty.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
+        empty.load_state_dict(full.state_dict(), assign=True)  # what the engine's broadcast does
+        empty.check_bidirectional()
+    from mmdlm.text.base import build_causal_lm, load_tokenizer
+
+    tied = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}
+    tokenizer = load_tokenizer(str(inputs / "causal"))
+    names = [[n for n, _ in build_causal_lm(tied, tokenizer, empty=empty).named_parameters()] for empty in (True, False)]
+    assert names[0] == names[1]  # a tied head stays tied when built empty (FSDP maps parameters by name)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..data.corpus import TextSplits
 from ..training.trainer import TrainArgs
-from .common import DataArgs, check_positions, packed_splits, run_info
+from .common import DataArgs, check_positions, packed_splits, run_info, train_rows
 
 
 @dataclass
@@ -45,14 +45,17 @@ def run(c) -> None:
     from ..text.base import build_causal_lm, load_tokenizer
     from ..training import process_state
     from ..training.causal import CausalLMTrainer
+    from ..training.engines import low_memory_loading
 
     c.validate()
     state = process_state()
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
-    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed)
+    # with FSDP's RAM-efficient loading the main process initialises the weights, the others receive them
+    empty = low_memory_loading() and not state.is_main_process
+    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed, empty=empty)
     check_positions(model, c.seq_len)
     train_ids, val_ids, info = packed_splits(c, tokenizer, state)
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
-                              run_info=run_info(c, info, model, len(train_ids)))
+                              run_info=run_info(c, info, model, train_rows(train_ids)))
     final = trainer.train()
     trainer.announce("teacher", final)

@@ -126,15 +126,19 @@ class DiffusionLM(nn.Module):
     @classmethod
     def from_causal_lm(cls, model, tokenizer, *, attention: str = "bidirectional", shift: bool = True,
                        mask_token: str = "<|mask|>", mask_init: str = "mean", block_size: int | None = None,
-                       anneal_steps: int = 0, schedule: str = "linear", eps: float = 1e-3) -> "DiffusionLM":
-        """Adapt a causal LM (a model object, a local folder or a hub id). Mutates `tokenizer`."""
+                       anneal_steps: int = 0, schedule: str = "linear", eps: float = 1e-3,
+                       check: bool = True) -> "DiffusionLM":
+        """Adapt a causal LM (a model object, a local folder or a hub id). Mutates `tokenizer`.
+
+        `check=False` leaves `check_bidirectional` to the caller, for a model whose weights are
+        not there yet (on the meta device, until an engine fills them in)."""
         if isinstance(model, (str, Path)):
             model = load_causal_lm(str(model))
         mask_id = add_mask_token(model, tokenizer, mask_token, mask_init)
         config = DiffusionConfig(mask_token_id=mask_id, shift=shift, attention=attention,
                                  block_size=block_size, anneal_steps=anneal_steps, schedule=schedule, eps=eps)
         dlm = cls(model, config)
-        if attention != "causal":
+        if check:
             dlm.check_bidirectional()
         return dlm
 
@@ -166,9 +170,14 @@ class DiffusionLM(nn.Module):
 
     @torch.no_grad()
     def check_bidirectional(self) -> None:
-        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0).
+        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0);
+        nothing to check in the causal mode.
 
-        Runs in eval mode (dropout alone would change the logits), then restores the mode."""
+        Runs in eval mode (dropout alone would change the logits), then restores the mode. Called
+        through the module (`self(...)`), so that an engine's hooks (FSDP's gathering of sharded
+        weights) run: under an engine, every process calls it."""
+        if self.config.attention == "causal":
+            return
         device = next(self.model.parameters()).device
         vocab = self.model.get_input_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
@@ -177,7 +186,7 @@ class DiffusionLM(nn.Module):
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
-            a, b = (self.forward(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
+            a, b = (self(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
         except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be adapted
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: its forward "
                              f"rejected a 4D attention mask ({err})") from err

@@ -46,6 +46,13 @@ def requested_engine() -> str:
     return "ddp"
 
 
+def low_memory_loading() -> bool:
+    """Whether the launch asks for FSDP's RAM-efficient loading (fsdp_cpu_ram_efficient_loading):
+    the main process builds the model with its weights, the others build it empty (on the meta
+    device, `init_empty_weights`) and receive the weights when the model is sharded."""
+    return requested_engine() == "fsdp" and _flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
+
+
 def _check_engine_on_cpu(engine: str) -> None:
     """Refuse, in one line, what this machine cannot run of the engine asked for."""
     if engine == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
