@@ -37,7 +37,7 @@ define ship
 	rm -rf assets/$(1) && mv assets/$(1).new assets/$(1)
 endef
 
-.PHONY: install browser quickstart test demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
+.PHONY: install browser quickstart test gpu-check gpu-wheels demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
 	discrete-digits assets bench eval-mm report clean sft bench-sft study study-quick
 
 # DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
@@ -77,6 +77,29 @@ endif
 # starts several processes at once in its distributed tests).
 test: install browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+# The GPU check (issue 25, bench/gpu_check.py): on a CUDA machine, the gpu tests and the throughput, MFU and
+# sampling benchmarks in at most 8 minutes, nothing downloaded (the packages its image lacks come from .whl/, which
+# `make gpu-wheels` fills here), results in bench/results/gpu.json (then `make report`). DEVICE=cpu runs the same
+# phases at tiny sizes here (outputs/gpu-tiny.json), as the test suite does.
+DEVICE ?= cuda
+GPU_WHEELS := diffusers==0.42.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0
+GPU_PLATFORMS := $(addprefix --platform ,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+	manylinux2014_x86_64 manylinux1_x86_64)
+
+gpu-check:
+ifeq ($(DEVICE),cpu)
+	$(MAKE) install
+	OMP_NUM_THREADS=1 $(BIN)/python bench/gpu_check.py --device cpu --tiny --out outputs/gpu-tiny.json
+else
+	bash bench/gpu_check.sh
+endif
+
+# Wheels for the device machine's Python 3.12, which has torch, transformers, accelerate and peft but not these.
+gpu-wheels: install
+	rm -rf .whl && $(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	@du -sh .whl && ls .whl
 
 # The Gradio demo on http://127.0.0.1:7860 (mmdlm demo --help for its settings).
 demo: install

@@ -391,8 +391,8 @@ def imagetext(r: dict | None) -> str | None:
         rows.append(f"| {name} | {x['dataset']} | {x['n']} | {x.get('num_inference_steps') or ''} | "
                     f"{_pct(x.get('t2i_accuracy'))} | {_attributes(x, 't2i')} | {_pct(x.get('caption_accuracy'))} | "
                     f"{_pct(x.get('caption_exact_match'))} | {_attributes(x, 'caption')} | "
-                    f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | {x.get('s_per_image') or ''} | "
-                    f"{x.get('s_per_caption') or ''} |")
+                    f"{_pct(x.get('joint_consistency'))} | {x.get('joint_distinct', '')} | "
+                    f"{x.get('s_per_image') or ''} | {x.get('s_per_caption') or ''} |")
         guidance = ", ".join(f"{k} {x[k]}" for k in ("guidance_scale", "text_guidance_scale") if k in x)
         machine = x.get("machine") or {}
         notes.append(f"{name} / {x['dataset']}: `{x.get('command', '')}`"
@@ -402,11 +402,11 @@ def imagetext(r: dict | None) -> str | None:
     return "\n".join(rows + [""] + ["Shapes: held-out scenes (never in training); accuracy = every attribute right "
                                     "(t2i: read back from the image by `parse_image`; captions: parsed, either "
                                     "phrasing of a relation counts; axis = the relation's axis, horizontal or "
-                                    "vertical, right whichever object comes first); exact match = the dataset's own caption "
-                                    "word for word; joint = the image's reading equals the caption's; joint distinct = "
-                                    "how many different pictures (shapes) or digits the n joint captions name. Digits: the "
-                                    "test split, judged by `DigitClassifier`. Seconds per sample at the batch size "
-                                    "given, after an untimed warm-up."] + [""] + notes)
+                                    "vertical, right whichever object comes first); exact match = the dataset's "
+                                    "own caption word for word; joint = the image's reading equals the caption's; "
+                                    "joint distinct = how many different pictures (shapes) or digits the n joint "
+                                    "captions name. Digits: the test split, judged by `DigitClassifier`. Seconds per "
+                                    "sample at the batch size given, after an untimed warm-up."] + [""] + notes)
 
 
 def _stage(record: dict) -> int:
@@ -453,10 +453,11 @@ def imagetext_stages(r: dict | None, assets: Path = ROOT / "assets") -> str | No
         stages = " / ".join(str(_stage(x)) for x in records)
         rows.append(f"| {BACKBONES.get(backbone, backbone)} on {dataset}, stage {stages} | {records[0]['n']} | "
                     f"{cells('t2i_accuracy')} | {cells('caption_accuracy')} | {cells('joint_consistency')} |")
+    samplers = "; ".join(sorted({f"{BACKBONES.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
+                                 for group in groups.values() for x in group}))
     return "\n".join(rows + ["", "Each stage's model evaluated as the shipped one is, with the pipeline's call "
-                                 "defaults (steps, guidance, temperatures) and the sampler its recipe saves (" + "; ".join(sorted(
-                                     {f"{BACKBONES.get(x['backbone'], x['backbone'])}: {_sampler(x)}"
-                                      for group in groups.values() for x in group})) + "); the last stage's is the "
+                                 "defaults (steps, guidance, temperatures) and the sampler its recipe saves ("
+                                 + samplers + "); the last stage's is the "
                                  "shipped model" + "".join(f", except that {s}" for s in soups) + ". Commands of "
                                  f"the form `{records[-1]['command']}`."])
 
@@ -512,9 +513,99 @@ def plot_imagetext_stages(r: dict | None, shipped: dict | None, path: Path) -> b
     return True
 
 
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def gpu(r: dict | None) -> str | None:
+    """bench/results/gpu.json (`make gpu-check`, bench/gpu_check.py): the GPU tests, training throughput and MFU,
+    sampling speed, multimodal step times, and the issue's goals."""
+    if r is None:
+        return ("**Not run on a GPU yet** (no device time was available once `make gpu-check` was ready), so there "
+                "is no GPU figure here. The tests marked `gpu` are skipped without CUDA.")
+    phases, g, peak = r["phases"], r.get("gpu") or {}, r["peak_tflops"]
+    where = f"{g['name']} ({g['memory_gb']} GB, CUDA {g['cuda']})" if g else f"the {r['device']}"
+    v = r["versions"]
+    lines = []
+    if r["tiny"]:
+        lines += ["**A dry run at tiny sizes (bench/gpu_check.py --tiny): not a result.**", ""]
+    matmul = phases.get("matmul", {})
+    lines.append(f"Measured on {where}: torch {v['torch']}, transformers {v['transformers']}, diffusers "
+                 f"{v.get('diffusers')}; {matmul.get('dtype', 'bf16')} matmul {peak['matmul_measured']} TFLOP/s "
+                 f"measured, {peak['datasheet_bf16'] or 'n/a'} on the datasheet. `{r['command']}`, "
+                 f"{r['seconds']:.0f} s.")
+    tests = phases.get("tests", {})
+    if tests.get("ran"):
+        lines += ["", f"GPU tests (`pytest -m gpu`): **{tests['passed']} passed, {tests['failed']} failed**, "
+                      f"{tests['skipped']} skipped, {tests['seconds']:.0f} s."]
+        lines += [f"- failed: `{name}`" for name in tests.get("failed_tests", [])]
+    elif "collected" in tests:
+        lines += ["", f"GPU tests: {tests['collected']} collected, not run (no GPU)."]
+    met = r["goals"]["met"]
+
+    def goal(key, text, value):
+        verdict = "not measured" if met[key] is None else ("met" if met[key] else "not met")
+        return f"- {text}: **{value}** ({verdict})"
+
+    def percent(x):
+        return "n/a" if x is None else f"{_pct(x)}%"
+
+    goals = r["goals"]
+    lines += ["", "Goals (issue 25):",
+              goal("adaptation_mfu_0.5b", "adaptation of the 0.5B model at >= 40% MFU (bf16, against 989 TFLOP/s), "
+                   "best variant", percent(goals["adaptation_mfu_0.5b"])),
+              goal("dlm_over_ar_0.5b", "DLM / AR training tokens/s >= 0.95 at 0.5B, like for like",
+                   ", ".join(f"{k} {x:.3f}" for k, x in goals["dlm_over_ar_pairs"].items()) or "n/a"),
+              goal("sampler_overhead_batch8", "sampler overhead (step time less forward time) < 5% at batch 8, "
+                   "worst DLM cache", percent(goals["sampler_overhead_batch8"]))]
+    adaptation = phases.get("adaptation", {}).get("records", [])
+    if adaptation:
+        lines += ["", "| model | variant | sequence x batch | tokens/s | MFU % (datasheet) | MFU % (measured matmul) "
+                      "| peak GB | host syncs / step |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for x in adaptation:
+            lines.append(f"| {x['model']} ({_millions(x['parameters'])}) | {x['variant']} | {x['seq_len']} x "
+                         f"{x['batch_size']} | {x['tokens_per_s']:,.0f} | {_pct(x.get('mfu_datasheet'))} | "
+                         f"{_pct(x.get('mfu_matmul'))} | {x.get('peak_memory_gb') or ''} | "
+                         f"{x.get('host_syncs_per_step', '')} |")
+    sampling = phases.get("sampling", {})
+    if sampling.get("records"):
+        batches = sorted({x["batch_size"] for x in sampling["records"]})
+        by = {(x["method"], x["batch_size"]): x for x in sampling["records"]}
+        top = batches[-1]
+        lines += ["", f"Sampling: {sampling['model']} in {sampling['dtype']}, prompts of {sampling['prompt_len']} "
+                      f"tokens, {sampling['gen_len']} tokens generated, the DLM in blocks of {sampling['block_length']}"
+                      " with one token per step (mask-free full passes: "
+                      f"{'yes' if sampling.get('mask_free') else 'no'}).", "",
+                  "| method | " + " | ".join(f"tokens/s, batch {b}" for b in batches) +
+                  f" | x AR at batch {top} | sampler overhead % | forward / step ms | host syncs / step |",
+                  "|---|" + "---:|" * (len(batches) + 4)]
+        for method in dict.fromkeys(x["method"] for x in sampling["records"]):
+            cells = [f"{by[(method, b)]['tokens_per_s']:,.1f}" if (method, b) in by else "" for b in batches]
+            timed = next((x for x in sampling["records"] if x["method"] == method and "sampler_overhead" in x), {})
+            ratio = (f"{by[(method, top)]['tokens_per_s'] / by[('ar', top)]['tokens_per_s']:.2f}"
+                     if (method, top) in by and ("ar", top) in by else "")
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {ratio} | {_pct(timed.get('sampler_overhead'))} | "
+                         f"{timed.get('forward_ms', '')} | {timed.get('host_syncs_per_step', '')} |")
+        timed_batch = next((x["batch_size"] for x in sampling["records"] if "sampler_overhead" in x), None)
+        lines += ["", f"Sampler overhead at batch {timed_batch}: 1 - (the model's forward time, CUDA events around "
+                      "every forward) / (the generation's time)."]
+    mm = phases.get("multimodal", {}).get("records", [])
+    if mm:
+        lines += ["", "| backbone (256x256 images) | parameters | tokens per sample (image + text) | batch | step ms | "
+                      "samples/s | MFU % (datasheet) | peak GB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for x in mm:
+            lines.append(f"| {x['backbone']} | {_millions(x['parameters'])} | {x['image_tokens']} + "
+                         f"{x['text_tokens']} | {x['batch_size']} | {1000 * x['step_s']:.1f} | {x['samples_per_s']} | "
+                         f"{_pct(x.get('mfu_datasheet'))} | {x.get('peak_memory_gb') or ''} |")
+    status = [f"{name} {p['status']}" + (f" ({p['error']})" if p.get("error") else "") for name, p in phases.items()]
+    lines += ["", "Phases: " + "; ".join(status) + ". MFU: FLOPs per token 6N (N: the parameters that multiply, "
+              "the output head included) + 12 L d S for full attention, 6 L d S for causal."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
-             "imagetext_stages": imagetext_stages, "vq": vq, "data_scale": data_scale}
+             "imagetext_stages": imagetext_stages, "vq": vq, "gpu": gpu, "data_scale": data_scale}
 
 
 def load_result(name: str) -> dict | None:

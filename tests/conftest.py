@@ -38,6 +38,18 @@ FAMILIES = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run on a CUDA GPU: skipped where there is none (CI), run by `make gpu-check`
+    (MMDLM_GPU_TEST_DEVICE=cpu runs tests/test_gpu.py on the CPU instead: a dry run of its dtype paths)."""
+    if torch.cuda.is_available():
+        return
+    dry_run = bool(os.environ.get("MMDLM_GPU_TEST_DEVICE"))
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs it)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None and not (dry_run and item.path.name == "test_gpu.py"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_factory():
     def make():

@@ -104,6 +104,14 @@ def test_probe_is_not_fooled_by_dropout(tokenizer):
 
 def test_unsupported_attention_implementation(tokenizer):
     model = tiny_causal_lm("llama", tokenizer)
-    model.config._attn_implementation = "flash_attention_2"
+    model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="sdpa"):
         DiffusionLM.from_causal_lm(model, tokenizer)
+
+
+def test_flash_attention_takes_only_mask_free_modes(tokenizer):
+    """flash_attention_2 takes no 4D mask: a block model is refused before anything runs."""
+    model = tiny_causal_lm("llama", tokenizer)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="4D attention mask.*sdpa"):
+        DiffusionLM.from_causal_lm(model, tokenizer, attention="block", block_size=4)

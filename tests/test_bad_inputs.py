@@ -139,6 +139,18 @@ CASES = [
     case(pipe("x", gen_length=4, block_length=2.0), r"block_length must be >= 1 \(an int\)", "pipe-block-length-float"),
     case(pipe("x", gen_length=4, cache="all"), r"unknown cache 'all'", "pipe-cache-unknown"),
     case(pipe("x", gen_length=4, stop_at_eos="no"), r"stop_at_eos must be True or False", "pipe-stop-at-eos-str"),
+    # ---- issue 25: devices, precision, attention, compilation ----
+    case(gen("--device", "gpu0"), r"unknown device 'gpu0'", "generate-device-unknown"),
+    case(gen("--device", "cuda:99"), r"device 'cuda:99'", "generate-device-absent"),
+    case(gen("--dtype", "float8"), r"unknown dtype 'float8'", "generate-dtype-unknown"),
+    case(gen("--attn-implementation", "flex"), r"unknown attn_implementation 'flex'", "generate-attn-unknown"),
+    case(adapt("--attn-implementation", "flex"), r"unknown attn_implementation 'flex'", "adapt-attn-unknown"),
+    case(sft("--attn-implementation", "flex"), r"unknown attn_implementation 'flex'", "sft-attn-unknown"),
+    case(pretrain("--attn-implementation", "flex"), r"unknown attn_implementation 'flex'", "pretrain-attn-unknown"),
+    case(adapt("--mixed-precision", "bf17"), r"mixed_precision must be one of auto, no, bf16, fp16",
+         "adapt-mixed-precision-unknown"),
+    case(adapt("--device", "cuda:1"), r"device must be cpu or cuda.*CUDA_VISIBLE_DEVICES", "adapt-device-index"),
+    case(["demo", "--dtype", "half-ish"], r"unknown dtype 'half-ish'", "demo-dtype-unknown"),
 ]
 
 

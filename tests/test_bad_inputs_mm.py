@@ -186,6 +186,13 @@ CASES = [
                  r"--output .*is a folder", id="cli-caption-output-is-a-folder"),
     pytest.param(["caption", "{image}", "--model", "{mmdit}", "--steps", "2", "--output", "{file}/c.json"],
                  r"--output .*is a file", id="cli-caption-output-inside-a-file"),
+    # 5. devices and precision (issue 25)
+    pytest.param(["t2i", PROMPT, "--model", "{mmdit}", "--n", "1", "--steps", "2", "--output-dir", "{tmp}/t2i-dev",
+                  "--device", "gpu0"], r"unknown device 'gpu0'", id="cli-t2i-device-unknown"),
+    pytest.param(["caption", "{image}", "--model", "{mmdit}", "--steps", "2", "--dtype", "float8"],
+                 r"unknown dtype 'float8'", id="cli-caption-dtype-unknown"),
+    pytest.param(["eval-mm", "--model", "{mmdit}", "--n", "1", "--dtype", "float8"], r"unknown dtype 'float8'",
+                 id="cli-eval-mm-dtype-unknown"),
 ]
 
 

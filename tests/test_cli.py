@@ -44,9 +44,11 @@ def test_unknown_key_and_bad_type(tmp_path, capsys):
 def test_a_recipe_starts_from_its_base(tmp_path):
     from mmdlm.config import load_yaml, resolve
 
-    (tmp_path / "stage1.yaml").write_text("backbone: mmdit\nmax_steps: 100\nlr: 1.0e-3\nmodel_config: {num_layers: 2}\n")
+    (tmp_path / "stage1.yaml").write_text("backbone: mmdit\nmax_steps: 100\nlr: 1.0e-3\n"
+                                          "model_config: {num_layers: 2}\n")
     (tmp_path / "more").mkdir()
-    (tmp_path / "more" / "stage2.yaml").write_text("base: ../stage1.yaml\nmax_steps: 30\nmodel_config: {patch_size: 4}\n")
+    (tmp_path / "more" / "stage2.yaml").write_text("base: ../stage1.yaml\nmax_steps: 30\n"
+                                                   "model_config: {patch_size: 4}\n")
     assert load_yaml(tmp_path / "more" / "stage2.yaml") == {"backbone": "mmdit", "max_steps": 30, "lr": 1.0e-3,
                                                             "model_config": {"patch_size": 4}}
     c = resolve(cli.TrainMMConfig, cli.parser().parse_args(

@@ -334,7 +334,8 @@ def test_api_bad_inputs_get_clear_messages(client, server):
             _text(client, prompt, checkpoint, **case).result()
 
 
-def test_api_concurrent_users_all_get_answers(client):
+def test_api_concurrent_users_all_get_answers(client, server):
+    _text_group_idle(server[2])  # four runs fill the two slots and the line of two: nothing else may be there
     with ThreadPoolExecutor(4) as pool:
         jobs = [pool.submit(lambda: _text(client, "class ", seed=1).result()) for _ in range(4)]
         texts = [j.result()[2] for j in jobs]
@@ -354,16 +355,37 @@ def test_api_cancelling_stops_the_pipeline(client):
     assert _text(client, "def ").result()[1].startswith("done")  # the pipeline's lock was let go
 
 
+def _text_group_idle(demo) -> None:
+    """Waits until no text run of an earlier test holds a slot or waits (one ending late, e.g. a closed page's,
+    would free a slot mid-test and let a waiting run move up)."""
+    _join_pipeline_workers()
+    line = demo.app._queue.event_queue_per_concurrency_id.get("text")
+    deadline = time.monotonic() + 60
+    while line is not None and (line.current_concurrency or line.queue) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line is None or not (line.current_concurrency or line.queue)
+
+
+def _fill_the_text_line(client, demo):
+    """Four text runs while the test holds the model (the text group idle before): two take the group's two
+    slots (they wait for the model inside their first step), two wait in its line. Returns once exactly that
+    holds."""
+    jobs = [_text(client, "def ", gen_length=2, steps=2, block_length=2) for _ in range(4)]
+    deadline = time.monotonic() + 90
+    while (demo_app._waiting(demo.app, "text") != 2 or sum(bool(j.outputs()) for j in jobs) != 2) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert demo_app._waiting(demo.app, "text") == 2
+    assert [j.outputs()[0][1] for j in jobs if j.outputs()] == [demo_app.WAITING] * 2
+    return jobs
+
+
 def test_api_runs_cancelled_while_they_wait_for_the_model_let_go_of_it(client, server):
     demo = server[2]
+    _text_group_idle(demo)
     _, lock = demo.pipelines.get(demo_app._find("assets/dlm"), "text")
     with lock:  # another run has the text model: two runs wait for it inside their first step, two in the line
-        jobs = [_text(client, "def ", gen_length=2, steps=2, block_length=2) for _ in range(4)]
-        deadline = time.monotonic() + 60
-        while (demo_app._waiting(demo.app, "text") < 2 or sum(bool(j.outputs()) for j in jobs) < 2) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [j.outputs()[0][1] for j in jobs if j.outputs()] == [demo_app.WAITING] * 2
+        jobs = _fill_the_text_line(client, demo)
         time.sleep(1)  # the two runs settle into their wait (no assertion on time: it only sets the scene)
         cancelling = [threading.Thread(target=job.cancel) for job in jobs]
         for thread in cancelling:  # Gradio closes a run's generator only between two of its updates: the
@@ -541,12 +563,10 @@ def test_browser_text_and_image_work_wait_in_lines_of_their_own(page, server, cl
     from gradio_client.exceptions import ValidationError
 
     demo = server[2]
+    _text_group_idle(demo)
     _, lock = demo.pipelines.get(demo_app._find("assets/dlm"), "text")
     with lock:  # the text model is busy: two runs take the text group's two slots, two more wait in its line
-        jobs = [_text(client, "def ", gen_length=2, steps=2, block_length=2) for _ in range(4)]
-        deadline = time.monotonic() + 60
-        while demo_app._waiting(demo.app, "text") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        jobs = _fill_the_text_line(client, demo)
         page.get_by_role("tab", name="Text", exact=True).click()
         page.locator("#text-prompt textarea").fill("def ")
         page.locator("#text-run").click()  # the page's request is turned away, with the reason

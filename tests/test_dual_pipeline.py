@@ -423,7 +423,8 @@ def test_train_mm_mmdit_with_a_vae(tmp_path, capsys):
     tiny_vae().save_pretrained(tmp_path / "vae")
     assert cli.main(["train-mm", "--backbone", "mmdit", "--image-size", "16", "--text-length", "12", "--n-train", "8",
                      "--n-eval", "4", "--max-steps", "2", "--batch-size", "4", "--warmup-steps", "1",
-                     "--caption-column", "canonical", "--image-tokenizer", str(tmp_path / "vae"), "--output-dir", str(tmp_path / "run"),
+                     "--caption-column", "canonical", "--image-tokenizer", str(tmp_path / "vae"),
+                     "--output-dir", str(tmp_path / "run"),
                      "--model-config", json.dumps({"num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
                                                    "joint_attention_dim": 16, "caption_projection_dim": 16,
                                                    "pooled_projection_dim": 16})]) == 0, capsys.readouterr().err

@@ -234,5 +234,5 @@ def test_low_memory_building_leaves_the_weights_to_the_main_process(inputs, monk
 
     tied = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}
     tokenizer = load_tokenizer(str(inputs / "causal"))
-    names = [[n for n, _ in build_causal_lm(tied, tokenizer, empty=empty).named_parameters()] for empty in (True, False)]
+    names = [[n for n, _ in build_causal_lm(tied, tokenizer, empty=e).named_parameters()] for e in (True, False)]
     assert names[0] == names[1]  # a tied head stays tied when built empty (FSDP maps parameters by name)

@@ -47,7 +47,8 @@ def test_joint_distinct_tells_a_varied_model_from_one_that_repeats_itself():
         def __call__(self, *args, task=None, num_images_per_prompt=1, **kwargs):
             if task != "joint":
                 return super().__call__(*args, task=task, num_images_per_prompt=num_images_per_prompt, **kwargs)
-            phrasings = ("a small red circle left of a large blue square", "a large blue square right of a small red circle")
+            phrasings = ("a small red circle left of a large blue square",
+                         "a large blue square right of a small red circle")
             texts = [phrasings[i % 2] for i in range(num_images_per_prompt)]
             images = [S.render(S.parse_caption(t), self.image_size, i) for i, t in enumerate(texts)]
             return MultimodalPipelineOutput(images=images, texts=texts)
@@ -60,8 +61,8 @@ def test_joint_distinct_tells_a_varied_model_from_one_that_repeats_itself():
 def test_scene_attributes():
     truth = S.parse_caption("a small red circle left of a large blue square")
     same = S.parse_caption("a large blue square right of a small red circle")
-    assert scene_attributes(same, truth) == {"colour": True, "shape": True, "size": True, "axis": True, "relation": True,
-                                              "all": True}
+    assert scene_attributes(same, truth) == {"colour": True, "shape": True, "size": True, "axis": True,
+                                              "relation": True, "all": True}
     swapped = S.parse_caption("a small red circle right of a large blue square")
     assert scene_attributes(swapped, truth) == {"colour": True, "shape": True, "size": True, "axis": True,
                                                 "relation": False, "all": False}

@@ -194,7 +194,7 @@ def test_annealing_opens_the_mask_over_steps(tmp_path, tokenizer):
     trainer = DiffusionTrainer(_dlm(tokenizer, attention="annealed", anneal_steps=10), _data(tokenizer),
                                _args(tmp_path))
     assert torch.equal(trainer._pattern(16, 0, "cpu"), attn.causal(16))
-    assert trainer._pattern(16, 10, "cpu").all()
+    assert trainer._pattern(16, 10, "cpu") is None  # open: the inference pattern, which the model builds itself
     half = trainer._pattern(64, 5, "cpu")
     upper = torch.ones(64, 64, dtype=torch.bool).triu(1)
     assert 0.4 < half[upper].float().mean() < 0.6

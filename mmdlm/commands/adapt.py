@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..training.lora import LoraArgs
 from ..training.trainer import TrainArgs
-from .common import DataArgs, check_positions, maybe_lora, packed_splits, run_info, train_rows
+from .common import DataArgs, attn_implementation_field, check_positions, maybe_lora, packed_splits, run_info
 
 
 @dataclass
@@ -30,6 +30,7 @@ class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
     eps: float = field(default=1e-3, metadata={"help": "smallest noise level t"})
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={"help": "token (ELBO per token) | masked"})
+    attn_implementation: str = attn_implementation_field()
 
 
 INITS = ("pretrained", "random")
@@ -47,10 +48,9 @@ def build_dlm(c, *, empty: bool = False, check: bool = True):
     if c.init not in INITS:
         raise ValueError(f"unknown init {c.init!r}; choose one of {', '.join(INITS)}")
     tokenizer = load_tokenizer(c.model)
-    if c.init == "pretrained":
-        model = load_causal_lm(c.model, empty=empty)
-    else:
-        model = random_causal_lm_like(c.model, seed=c.seed, empty=empty)
+    attn = dict(attn_implementation=c.attn_implementation, empty=empty)
+    model = load_causal_lm(c.model, **attn) if c.init == "pretrained" else \
+        random_causal_lm_like(c.model, seed=c.seed, **attn)
     check_positions(model, c.seq_len)
     dlm = DiffusionLM.from_causal_lm(model, tokenizer, attention=c.attention, shift=c.shift,
                                      mask_token=c.mask_token, mask_init=c.mask_init,
@@ -66,23 +66,29 @@ def run(c, *, data=None, trainer_cls=None, **trainer_options):
     corpus (the study packs it once for all its runs); `trainer_cls` may be a subclass of
     `DiffusionTrainer`. Returns the trainer after training.
     """
+    from ..text.base import check_attn_implementation
     from ..training import process_state
     from ..training.diffusion import DiffusionTrainer
     from ..training.engines import low_memory_loading
 
     c.validate()
+    check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
     state = process_state()
     # Only the main process reads the weights; the others build the model empty. Not with LoRA: peft keeps
     # the trained token rows' original values in buffers that FSDP does not send (they would stay empty).
     lazy = low_memory_loading() and not c.lora_r
     dlm, tokenizer = build_dlm(c, empty=lazy and not state.is_main_process, check=not lazy)
+    if lazy:  # what the main process's probe found on the weights, for the processes that have none yet
+        from accelerate.utils import broadcast_object_list
+
+        dlm.mask_free, dlm.keeps_masked_logits = broadcast_object_list([dlm.mask_free, dlm.keeps_masked_logits])
     maybe_lora(c, dlm, state)
     train_ids, val_ids, info = data if data is not None else packed_splits(c, tokenizer, state)
     trainer = (trainer_cls or DiffusionTrainer)(
         dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer, ar_loss_weight=c.ar_loss_weight,
         block_warmup_steps=c.block_warmup_steps, t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
-        run_info=run_info(c, info, dlm, train_rows(train_ids)), **trainer_options)
+        run_info=run_info(c, info, dlm, train_ids), **trainer_options)
     if lazy:  # the weights are in place once sharded: the probe, on every process (a collective)
         trainer.accelerator.unwrap_model(trainer.model).check_bidirectional()
     final = trainer.train()

@@ -5,13 +5,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .common import MM_MODEL, call_options, multimodal_pipeline
+from .common import MM_MODEL, DeviceArgs, call_options, multimodal_pipeline
 
 
 @dataclass
-class CaptionConfig:
+class CaptionConfig(DeviceArgs):
     """Caption an image, or answer about it, with any mmdlm multimodal pipeline."""
 
     image: str | None = field(default=None, metadata={"positional": True, "help": "path of the image"})
@@ -26,11 +24,11 @@ class CaptionConfig:
     temperature: float | None = field(default=None, metadata={"help": "sampling temperature of the text tokens"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
 
 
 def run(c) -> list[str]:
     """`mmdlm caption IMAGE [--question ...]`: print (and optionally save) the text(s)."""
+    from ..devices import generator
     from ..images import open_image
     from ..io import atomic_write_text, check_output_file
 
@@ -46,9 +44,10 @@ def run(c) -> list[str]:
     if c.output:
         check_output_file(c.output, "--output")
     task = "caption" if c.question is None else "vqa"
-    pipe = multimodal_pipeline(c.model, c.device)
+    device, dtype = c.resolve()
+    pipe = multimodal_pipeline(c.model, device, dtype)
     out = pipe(prompt=c.question, image=image, task=task, num_images_per_prompt=c.n,
-               generator=torch.Generator().manual_seed(c.seed), **options)
+               generator=generator(device, c.seed), **options)
     for text in out.texts:
         print(text)
     if c.output:

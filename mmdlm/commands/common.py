@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..data.corpus import prepared_text
+from ..devices import resolve_device, resolve_dtype
 from ..provenance import command_line, versions
 
 
@@ -59,17 +60,13 @@ def check_positions(model, seq_len: int) -> None:
                          "(max_position_embeddings); lower seq_len")
 
 
-def train_rows(data) -> int | None:
-    """The number of training rows (None for a stream)."""
+def run_info(c, info, model, train_data) -> dict:
+    """What run.json records of a text run (`train_sequences`: None for a stream, which has no length)."""
     from ..training.trainer import is_stream
 
-    return None if is_stream(data) else len(data)
-
-
-def run_info(c, info, model, n_train) -> dict:
     return {"command": command_line(), "config": asdict(c), "corpus": info.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters()), "train_sequences": n_train,
-            "versions": versions()}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_sequences": None if is_stream(train_data) else len(train_data), "versions": versions()}
 
 
 def maybe_lora(c, dlm, state) -> None:
@@ -84,25 +81,49 @@ def maybe_lora(c, dlm, state) -> None:
     state.print(f"LoRA r={c.lora_r}: training {n:,} of {total:,} parameters ({100 * n / total:.2f}%)")
 
 
-def load_text_pipeline(path: str, **scheduler_options):
-    """A TextDiffusionPipeline from a saved pipeline or a DLM folder, its scheduler set to `scheduler_options`."""
+def attn_implementation_field():
+    """The `attn_implementation` option of the text commands."""
+    return field(default="sdpa", metadata={
+        "help": "sdpa | eager | flash_attention_2 (needs flash-attn; full attention only). sdpa uses its flash "
+                "kernels itself where the attention allows (full or causal attention without padding)"})
+
+
+@dataclass
+class DeviceArgs:
+    """Where a sampling command runs, and in which precision."""
+
+    device: str | None = field(default=None, metadata={
+        "help": "cpu | cuda | cuda:1 | mps ... (default: the machine's accelerator when it has one, else cpu)"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "weights and activations: float32 | bfloat16 | float16 (default: float32)"})
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        """(device, dtype), checked before anything loads."""
+        return resolve_device(self.device), resolve_dtype(self.dtype) or torch.float32
+
+
+def load_text_pipeline(path: str, *, device=None, dtype=torch.float32, attn_implementation: str = "sdpa",
+                       **scheduler_options):
+    """A TextDiffusionPipeline from a saved pipeline or a DLM folder, on `device` in `dtype` with attention by
+    `attn_implementation`, its scheduler set to `scheduler_options`."""
     from ..pipelines import TextDiffusionPipeline
 
-    pipe = TextDiffusionPipeline.from_pretrained(path)
+    pipe = TextDiffusionPipeline.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     pipe.scheduler.register_to_config(**scheduler_options)
-    return pipe
+    return pipe.to(device or resolve_device())
 
 
 MM_MODEL = "assets/mmdit-shapes"
 
 
-def multimodal_pipeline(path: str, device: str | None):
+def multimodal_pipeline(path: str, device=None, dtype=torch.float32):
+    """A saved multimodal pipeline on `device` (default: the accelerator, else the CPU) in `dtype`."""
     from ..pipelines.multimodal import load_pipeline
 
     pipe = load_pipeline(path)
     if not hasattr(pipe, "image_size"):
         raise ValueError(f"{path} holds a {type(pipe).__name__}, not a multimodal (image-text) pipeline")
-    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = pipe.to(device or resolve_device(), dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 from ..provenance import command_line
+from .common import DeviceArgs, multimodal_pipeline
 
 
 @dataclass
-class EvalMMConfig:
+class EvalMMConfig(DeviceArgs):
     """Evaluate a multimodal pipeline on shapes or digits; write one record per (backbone, dataset)."""
 
     model: str | None = field(default=None, metadata={"help": "a saved multimodal pipeline folder"})
@@ -26,7 +25,6 @@ class EvalMMConfig:
     text_steps: int | None = field(default=None, metadata={
         "help": "steps the text is generated in, of --steps (default: the pipeline's: all, half in joint)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
     output: str = field(default="bench/results/imagetext.json", metadata={"help": "results file to update"})
     label: str | None = field(default=None, metadata={
         "help": "name the record (e.g. 'stage 3'): a file keeps one record per backbone, dataset and label"})
@@ -36,14 +34,12 @@ class EvalMMConfig:
 def run(c) -> dict:
     """Evaluate a saved multimodal pipeline and update the results file."""
     from ..eval.imagetext import evaluate, write_record
-    from ..pipelines.multimodal import load_pipeline
 
     if not c.model:
         raise ValueError("give the pipeline to evaluate: --model PATH")
     kwargs = {k: getattr(c, k) for k in ("guidance_scale", "text_guidance_scale", "text_steps")
               if getattr(c, k) is not None}
-    pipe = load_pipeline(c.model).to(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = multimodal_pipeline(c.model, *c.resolve())
     record = evaluate(pipe, c.dataset, n=c.n, num_inference_steps=c.steps, seed=c.seed, batch_size=c.batch_size,
                       tasks=c.tasks, samples_dir=c.samples_dir, **kwargs)
     record = {**record, "model": c.model, "command": command_line()}

@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
-from .common import load_text_pipeline
+from .common import DeviceArgs, load_text_pipeline
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(DeviceArgs):
     """Generate with a diffusion LM: continue a prompt and/or fill masked spans."""
 
     model: str = field(default="assets/dlm", metadata={
@@ -40,13 +38,17 @@ class GenerateConfig:
     history: str | None = field(default=None, metadata={
         "help": "show the unmasking: 'terminal' (animation), or a path ending in .gif or .html"})
     output: str | None = field(default=None, metadata={"help": "also write the results as JSON here"})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "sdpa | eager | flash_attention_2 (needs flash-attn; full attention only)"})
 
 
 def run(c) -> dict:
     """Continue `prompt` and/or fill the placeholders of `infill`; print and optionally save."""
+    from ..devices import generator
     from ..diffusion._checks import check_int
     from ..io import atomic_write_text, check_output_file
     from ..schedulers import MaskedDiffusionScheduler
+    from ..text.base import check_attn_implementation
     from ..text.generate import check_options
 
     if c.prompt is None and c.infill is None:
@@ -63,10 +65,15 @@ def run(c) -> dict:
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
                     threshold=c.threshold, remasking=c.remasking)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
-    pipe = load_text_pipeline(c.model, **sampling)
+    device, dtype = c.resolve()
+    check_attn_implementation(c.attn_implementation)
+    pipe = load_text_pipeline(c.model, device=device, dtype=dtype, attn_implementation=c.attn_implementation,
+                              **sampling)
     pipe.set_progress_bar_config(disable=True)
     settings = {**sampling, "steps": c.steps, "cache": c.cache, "gen_length": c.gen_length,
-                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed}
+                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed,
+                "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                "attn_implementation": c.attn_implementation}
     results: dict = {"model": c.model, "settings": settings}
     jobs = []
     if c.prompt is not None:
@@ -78,7 +85,7 @@ def run(c) -> dict:
         pipe.check_inputs(text, num_inference_steps=c.steps, cache=c.cache, **kw)
     for kind, text, kw in jobs:
         out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
-                   return_history=c.history is not None, generator=torch.Generator().manual_seed(c.seed), **kw)
+                   return_history=c.history is not None, generator=generator(device, c.seed), **kw)
         results[kind] = {"input": text, "output": out.texts[0], "nfe": out.nfe}
         shown = f"{text}\033[1m{out.texts[0]}\033[0m" if kind == "continuation" else out.texts[0]
         print(f"--- {kind} ---\n{shown}\n")

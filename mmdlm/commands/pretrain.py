@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..data.corpus import TextSplits
 from ..training.trainer import TrainArgs
-from .common import DataArgs, check_positions, packed_splits, run_info, train_rows
+from .common import DataArgs, attn_implementation_field, check_positions, packed_splits, run_info
 
 
 @dataclass
@@ -17,6 +17,7 @@ class PretrainConfig(DataArgs, TrainArgs):
     tokenizer: str | None = field(default=None, metadata={
         "help": "tokenizer to use; default: train a byte-level BPE on the training split"})
     vocab_size: int = field(default=4096, metadata={"help": "size of the BPE trained when no tokenizer is given"})
+    attn_implementation: str = attn_implementation_field()
 
 
 def _run_tokenizer(c, state):
@@ -42,20 +43,22 @@ def _run_tokenizer(c, state):
 
 def run(c) -> None:
     """Train an AR teacher from scratch: BPE tokenizer, packed corpus, next-token loss."""
-    from ..text.base import build_causal_lm, load_tokenizer
+    from ..text.base import build_causal_lm, check_attn_implementation, load_tokenizer
     from ..training import process_state
     from ..training.causal import CausalLMTrainer
     from ..training.engines import low_memory_loading
 
     c.validate()
+    check_attn_implementation(c.attn_implementation)  # before any data is read
     state = process_state()
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
     # with FSDP's RAM-efficient loading the main process initialises the weights, the others receive them
     empty = low_memory_loading() and not state.is_main_process
-    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed, empty=empty)
+    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed, attn_implementation=c.attn_implementation,
+                            empty=empty)
     check_positions(model, c.seq_len)
     train_ids, val_ids, info = packed_splits(c, tokenizer, state)
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
-                              run_info=run_info(c, info, model, train_rows(train_ids)))
+                              run_info=run_info(c, info, model, train_ids))
     final = trainer.train()
     trainer.announce("teacher", final)

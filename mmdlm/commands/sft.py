@@ -8,7 +8,7 @@ import torch
 from ..provenance import command_line, versions
 from ..training.lora import LoraArgs
 from ..training.trainer import TrainArgs
-from .common import check_positions, maybe_lora
+from .common import attn_implementation_field, check_positions, maybe_lora
 
 
 @dataclass
@@ -40,19 +40,23 @@ class SftConfig(LoraArgs, TrainArgs):
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
     loss_normalize: str = field(default="token", metadata={
         "help": "token (negative ELBO per response token) | masked (per masked token, DiffuLLaMA)"})
+    attn_implementation: str = attn_implementation_field()
 
 
 def run(c) -> None:
     """Supervised fine-tuning of a diffusion LM: the prompt stays clean, the response is noised."""
     from ..data.sft import prepared_sft
     from ..text.adapt import load_dlm
+    from ..text.base import check_attn_implementation
     from ..training import process_state
     from ..training.diffusion import DiffusionTrainer
 
     c.validate()
+    check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
     state = process_state()
-    dlm, tokenizer = load_dlm(c.model, merge_lora=True)  # a LoRA DLM is merged first, then trained on
+    # a LoRA DLM is merged first, then trained on
+    dlm, tokenizer = load_dlm(c.model, merge_lora=True, attn_implementation=c.attn_implementation)
     check_positions(dlm.model, c.seq_len)
     maybe_lora(c, dlm, state)
     fields = dict(prompt_field=c.prompt_field, response_field=c.response_field, messages_field=c.messages_field,

@@ -6,13 +6,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .common import MM_MODEL, call_options, multimodal_pipeline
+from .common import MM_MODEL, DeviceArgs, call_options, multimodal_pipeline
 
 
 @dataclass
-class T2IConfig:
+class T2IConfig(DeviceArgs):
     """Draw images from a caption with any mmdlm multimodal pipeline; write PNGs and a GIF of the denoising."""
 
     prompt: str | None = field(default=None, metadata={"positional": True, "help": "the caption to draw"})
@@ -25,7 +23,6 @@ class T2IConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="outputs/t2i", metadata={"help": "where the PNGs and the GIF go"})
     gif: bool = field(default=True, metadata={"help": "also write a GIF of the denoising (all images side by side)"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
 
 
 T2I_OUTPUT = re.compile(r"t2i-(\d+\.png|denoising\.gif)")  # what `mmdlm t2i` writes
@@ -56,6 +53,7 @@ def run(c) -> list:
     """
     import tempfile
 
+    from ..devices import generator
     from ..io import check_output_dir
 
     if not c.prompt:
@@ -68,8 +66,9 @@ def run(c) -> list:
     for name in names:
         if (folder / name).is_dir():
             raise ValueError(f"{folder / name} is a folder; remove it or choose another --output-dir")
-    pipe = multimodal_pipeline(c.model, c.device)
-    out = pipe(prompt=c.prompt, task="t2i", num_images_per_prompt=c.n, generator=torch.Generator().manual_seed(c.seed),
+    device, dtype = c.resolve()
+    pipe = multimodal_pipeline(c.model, device, dtype)
+    out = pipe(prompt=c.prompt, task="t2i", num_images_per_prompt=c.n, generator=generator(device, c.seed),
                return_history=c.gif, **options)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".t2i-", dir=folder) as tmp:

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data import shapes as S
+from ..devices import resolve_device, resolve_dtype
 from ..pipelines import TextDiffusionPipeline, load_pipeline
 from ..pipelines.streaming import Done, Step, Waiting, call_parameters, can_preview, iterate_steps, split_supported
 from ..placeholders import PLACEHOLDER, parse_infill
@@ -93,8 +94,8 @@ class Pipelines:
     """Loaded pipelines by (folder, kind), the most recent few kept; one lock per pipeline, so
     a pipeline never runs two generations at once (schedulers keep per-call state)."""
 
-    def __init__(self, device: str, keep: int = 2):
-        self.device, self.keep = device, keep
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, keep: int = 2):
+        self.device, self.dtype, self.keep = device, dtype, keep
         self._loaded: OrderedDict = OrderedDict()  # (folder, kind) -> [pipeline, lock, its variant without remasking]
         self._guard = threading.Lock()
 
@@ -104,7 +105,7 @@ class Pipelines:
         key = (str(path), kind)
         with self._guard:
             if key not in self._loaded:
-                pipe = _load(path, kind).to(self.device)
+                pipe = _load(path, kind).to(self.device, self.dtype)
                 pipe.set_progress_bar_config(disable=True)
                 self._loaded[key] = [pipe, threading.Lock(), None]
                 while len(self._loaded) > self.keep:
@@ -269,8 +270,7 @@ class Demo:
         config.validate()
         self.config = config
         self.allow_paths = config.paths_allowed()
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.pipelines = Pipelines(device)
+        self.pipelines = Pipelines(resolve_device(config.device), resolve_dtype(config.dtype) or torch.float32)
         self.app: gr.Blocks | None = None
         self._stops: set[tuple[str, str]] = set()  # (visitor's session, tab) where Stop was pressed
 

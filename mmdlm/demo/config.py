@@ -20,7 +20,10 @@ class DemoConfig:
     port: int | None = field(default=None, metadata={"help": "port; none: 7860, or the next free one"})
     allow_paths: bool | None = field(default=None, metadata={
         "help": "let visitors load other checkpoint folders by path; none: only when bound to localhost"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda | ... (default: cuda when available)"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu | cuda | cuda:1 | mps ... (default: the machine's accelerator when it has one, else cpu)"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "weights and activations: float32 | bfloat16 | float16 (default: float32)"})
     max_prompt_chars: int = field(default=2000, metadata={"help": "longest prompt or question accepted"})
     max_gen_length: int = field(default=256, metadata={"help": "most tokens generated per request"})
     max_steps: int = field(default=256, metadata={"help": "most denoising steps per request"})
@@ -32,6 +35,10 @@ class DemoConfig:
         "help": "pause after each shown step, in seconds, so the unmasking can be followed (0: full speed)"})
 
     def validate(self) -> None:
+        from ..devices import resolve_device, resolve_dtype
+
+        resolve_device(self.device)
+        resolve_dtype(self.dtype)
         for name in ("max_prompt_chars", "max_gen_length", "max_steps", "max_image_pixels", "concurrency",
                      "queue_size"):
             if getattr(self, name) < 1:

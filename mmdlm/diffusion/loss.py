@@ -52,7 +52,8 @@ def masked_diffusion_loss(
     nothing is masked the loss is a zero that is still connected to ``logits``.
 
     ``logits`` may also be ``(N, V)``: the logits of the N masked positions only, in
-    row-major order, so that a model can skip its output head everywhere else.
+    row-major order, so that a model can skip its output head everywhere else (N must be the
+    number of masked positions: counting them would make the host wait, so it is not checked).
     """
     if normalize not in _NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(_NORMALIZATIONS)}")
@@ -61,25 +62,30 @@ def masked_diffusion_loss(
     if logits.dim() == 3 and x0.shape != logits.shape[:2]:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected {tuple(logits.shape[:2])}")
     check_bool_mask(masked, x0.shape, "masked")
+    # The masked positions in row-major order. Their number depends on the draw: finding them makes the host wait
+    # for the device, unless the (#masked, V) logits already tell it (whoever selected them has waited).
     if logits.dim() == 3:
-        logits = logits[masked]
-    elif logits.dim() != 2 or logits.shape[0] != int(masked.sum()):
-        raise ValueError(f"logits must be (B, L, V) or (#masked, V), got shape {tuple(logits.shape)} "
-                         f"for {int(masked.sum())} masked positions")
+        index = masked.flatten().nonzero().squeeze(1)
+        logits = logits.flatten(0, 1).index_select(0, index)
+    elif logits.dim() == 2 and logits.shape[0] <= masked.numel():
+        index = torch.nonzero_static(masked.flatten(), size=logits.shape[0]).squeeze(1)
+    else:
+        raise ValueError(f"logits must be (B, L, V) or (#masked, V), got shape {tuple(logits.shape)} for "
+                         f"{tuple(masked.shape)} positions")
     check_bool_mask(eligible, x0.shape, "eligible")
     t_full = per_position_t(torch.as_tensor(t, device=logits.device), x0.shape)
 
     # Only the masked rows: saves memory for big vocabularies and keeps
     # w(t) = inf (t = 0) at unmasked positions out of the graph.
-    ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    terms = schedule.weight(t_full[masked].float()) * ce if elbo_weight else ce
+    ce = F.cross_entropy(logits.float(), x0.flatten().index_select(0, index), reduction="none")
+    t_masked = t_full.reshape(-1).index_select(0, index).float()
+    terms = schedule.weight(t_masked) * ce if elbo_weight else ce
     if normalize == "none":
-        rows = masked.nonzero()[:, 0]
+        rows = index // x0.shape[1]
         return torch.zeros(x0.shape[0], device=terms.device, dtype=terms.dtype).index_add(0, rows, terms)
     total = terms.sum()
 
-    if normalize == "token":
-        denom = eligible.sum() if eligible is not None else torch.tensor(x0.numel(), device=logits.device)
-    else:
-        denom = masked.sum()
+    if normalize == "token" and eligible is None:
+        return total / max(x0.numel(), 1)
+    denom = eligible.sum() if normalize == "token" else masked.sum()
     return total / denom.clamp_min(1).float()

@@ -35,7 +35,7 @@ from ._checks import check_bool, check_bool_mask, check_finite, check_int, check
 from .schedules import Schedule
 
 __all__ = ["RULES", "SCORES", "SamplingOptions", "ReverseStep", "reverse_step", "tokens_to_commit",
-           "filter_logits", "predict", "commit_scores", "select_top", "check_generators"]
+           "filter_logits", "predict", "sample_categorical", "commit_scores", "select_top", "check_generators"]
 
 SCORES = ("confidence", "margin", "entropy", "random")  # rules that rank the masked positions
 RULES = (*SCORES, "origin")  # "origin" commits each position by a coin instead
@@ -96,19 +96,33 @@ def check_generators(generator: Generators, rows: int) -> None:
         raise ValueError(f"{len(generator)} generators for a batch of {rows} samples; give one, or one per sample")
 
 
+def _on(generator: torch.Generator | None, device) -> torch.device | None:
+    """Where a draw happens: on the generator's own device (a generator draws only there)."""
+    return device if generator is None else generator.device
+
+
 def rand(shape, generator: Generators = None, device=None) -> Tensor:
-    """U(0, 1) of `shape`; with a list of generators, row i from generator i."""
+    """U(0, 1) of `shape` on `device`; with a list of generators, row i from generator i. A generator on
+    another device draws there and the draw is copied over (a host synchronisation: for speed, create the
+    generators on the device of the tensors)."""
     if isinstance(generator, (list, tuple)):
         check_generators(generator, shape[0])
-        return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=device) for g in generator])
-    return torch.rand(shape, generator=generator, device=device)
+        return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=_on(g, device)).to(device)
+                          for g in generator])
+    return torch.rand(shape, generator=generator, device=_on(generator, device)).to(device)
+
+
+def exponential(shape, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Exp(1) noise of `shape` on `device`, drawn on the generator's device (see `rand`)."""
+    return torch.empty(shape, device=_on(generator, device)).exponential_(generator=generator).to(device)
 
 
 def tokens_to_commit(n_masked: Tensor, t: float, s: float, schedule: Schedule) -> Tensor:
     """Number of masked tokens to reveal when stepping from ``t`` to ``s < t``.
 
     ``n_masked - round(n_masked * m(s) / m(t))``, at least 1 when ``n_masked > 0``,
-    and all of them when ``s <= 0``.
+    and all of them when ``s <= 0``. Computed where ``n_masked`` lives (float64 where the device has it),
+    without reading anything back to the host.
     """
     t, s = float(t), float(s)
     if not 0.0 < t <= 1.0 or s >= t:
@@ -116,11 +130,22 @@ def tokens_to_commit(n_masked: Tensor, t: float, s: float, schedule: Schedule) -
     n_masked = torch.as_tensor(n_masked).long()
     if s <= 0.0:
         return n_masked.clone()
-    ratio = (schedule.mask_prob(torch.tensor(s, dtype=torch.float64))
-             / schedule.mask_prob(torch.tensor(t, dtype=torch.float64))).item()
-    keep = torch.round(n_masked.double() * ratio).long()
+    ratio = _keep_ratio(schedule, t, s, n_masked.device, torch.float64)
+    keep = torch.round(n_masked.to(ratio.dtype) * ratio).long()
     n = n_masked - keep
     return torch.minimum(n.clamp_min(1), n_masked).clamp_min(0)
+
+
+def _keep_ratio(schedule: Schedule, t: float, s: float, device, dtype) -> Tensor:
+    """m(s) / m(t), the probability that a token masked at level t is still masked at s, as a 0-d tensor on
+    `device` (filled from Python numbers: no copy from the host). MPS has no float64: float32 there."""
+    if dtype == torch.float64 and torch.device(device).type == "mps":
+        dtype = torch.float32
+
+    def level(x):
+        return torch.full((), x, dtype=dtype, device=device)
+
+    return schedule.mask_prob(level(s)) / schedule.mask_prob(level(t))
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -153,20 +178,25 @@ def predict(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    logits = logits.float()
-    probs = logits.softmax(dim=-1)
+    probs = logits.softmax(dim=-1, dtype=torch.float32)  # float32 from any dtype, without a float32 copy first
     if temperature == 0:
-        tokens = logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)  # (the cast to float32 is exact: the same argmax)
     else:
-        sample_probs = (filter_logits(logits, top_k, top_p) / temperature).softmax(dim=-1)
-        if isinstance(generator, (list, tuple)):  # row i from generator i
-            check_generators(generator, len(sample_probs))
-            tokens = torch.cat([torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=g).view(1, *p.shape[:-1])
-                                for p, g in zip(sample_probs, generator)])
-        else:
-            flat = sample_probs.reshape(-1, sample_probs.shape[-1])
-            tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
+        sample_probs = (filter_logits(logits.float(), top_k, top_p) / temperature).softmax(dim=-1)
+        tokens = sample_categorical(sample_probs, generator)
     return tokens, probs
+
+
+def sample_categorical(probs: Tensor, generator: Generators = None) -> Tensor:
+    """One draw from each distribution ``probs`` (..., V): ``argmax(p / q)`` with ``q ~ Exp(1)``, which is what
+    ``torch.multinomial(p, 1)`` computes (the same draws from the same generator state) without its validity
+    checks, each a host synchronisation. With a list of generators, row i (along dim 0) from generator i."""
+    if isinstance(generator, (list, tuple)):
+        check_generators(generator, len(probs))
+        noise = torch.cat([exponential((1, *probs.shape[1:]), g, probs.device) for g in generator])
+    else:
+        noise = exponential(probs.shape, generator, probs.device)
+    return (probs / noise).argmax(dim=-1)
 
 
 def select_top(
@@ -233,7 +263,8 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
     check_bool_mask(editable, ids.shape, "editable")
     masked = ids == mask_id
     candidates = masked if editable is None else masked & editable
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    logits = logits.clone()  # the step's own copy (in the model's dtype: predict computes in float32)
+    logits[..., mask_id] = float("-inf")
     tokens, probs = predict(logits, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                             generator=generator)
     filled = torch.where(masked, tokens, ids)
@@ -259,7 +290,7 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
         return ReverseStep(ids=new, pred=filled, committed=keep & masked, confidence=conf)
 
     if options.rule == "origin":
-        keep_p = float(schedule.mask_prob(torch.tensor(s)) / schedule.mask_prob(torch.tensor(t)))
+        keep_p = _keep_ratio(schedule, t, s, ids.device, torch.float32)
         commit = candidates & (rand(ids.shape, generator, ids.device) >= keep_p)
     else:
         scores = commit_scores(probs, tokens, options.rule, generator=generator)

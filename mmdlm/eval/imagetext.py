@@ -86,7 +86,7 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
 
     The pipeline is called only through the shared convention (`prompt=..., task="t2i"`,
     `image=..., task="caption"`, `task="joint", num_images_per_prompt=...`), `batch_size`
-    samples at a time, the batch b with `torch.Generator().manual_seed(seed + b)`. Extra
+    samples at a time, the batch b with a generator on the pipeline's device seeded `seed + b`. Extra
     keyword arguments (e.g. `guidance_scale`) go to every call and into the record.
     `num_inference_steps=None` uses the pipeline's default. With `warmup`, each task first
     runs once on one sample, untimed (one-time costs stay out of the seconds per sample).
@@ -105,7 +105,8 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
     step_kw = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
 
     def call(b: int, **kw):
-        return pipe(**kw, generator=torch.Generator().manual_seed(seed + b), output_type="pil",
+        return pipe(**kw, generator=torch.Generator(getattr(pipe, "device", "cpu")).manual_seed(seed + b),
+                    output_type="pil",
                     **step_kw, **call_kwargs)
 
     if dataset == "shapes":
@@ -121,6 +122,7 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
     record: dict = {"backbone": getattr(pipe, "backbone", type(pipe).__name__), "pipeline": type(pipe).__name__,
                     "dataset": dataset, "n": n, "num_inference_steps": steps, "seed": seed,
                     "image_size": image_size, "batch_size": batch_size, "device": str(getattr(pipe, "device", "cpu")),
+                    "dtype": str(getattr(pipe, "dtype", torch.float32)).removeprefix("torch."),
                     **{k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is not None:  # the sampler the images come from (its config decides e.g. stochastic steps)

@@ -52,10 +52,11 @@ from ..diffusion import mask_ratio
 @dataclass
 class UnifiedDiscreteTransformerOutput(BaseOutput):
     """image_logits: (B, h*w, codebook_size + 1), row-major over the code grid, [MASK] column -inf.
-    text_logits: (B, L, vocab_size)."""
+    text_logits: (B, L, vocab_size). (The default None lets the output be rebuilt from a dict, as accelerate does
+    when it casts a mixed-precision model's outputs to float32.)"""
 
     image_logits: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor = None
 
 
 def _check_ids(ids: torch.Tensor, name: str, high: int, what: str) -> None:
@@ -82,7 +83,7 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
         mlp_ratio: MLP width of the single-stream blocks, as a multiple of the width.
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
     _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
 
     @register_to_config
@@ -107,6 +108,7 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
                              f"({attention_head_dim}), got {axes}")
         dim = num_attention_heads * attention_head_dim
         self.inner_dim = dim
+        self.gradient_checkpointing = False  # diffusers' enable_gradient_checkpointing sets it
 
         self.image_embed = nn.Embedding(codebook_size + 1, dim)  # the last row is [MASK]
         self.text_embed = nn.Embedding(vocab_size, dim)
@@ -160,9 +162,11 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
 
     def forward(self, image_ids: torch.LongTensor, text_ids: torch.LongTensor, *,
                 text_attention_mask: torch.Tensor | None = None, image_ratio: torch.Tensor | None = None,
-                text_ratio: torch.Tensor | None = None, return_dict: bool = True):
+                text_ratio: torch.Tensor | None = None, check_ids: bool = True, return_dict: bool = True):
         """image_ids (B, h, w) codes or [MASK]; text_ids (B, L); text_attention_mask (B, L), True at
-        real tokens. image_ratio / text_ratio (B,): conditioning mask ratios (default: measured)."""
+        real tokens. image_ratio / text_ratio (B,): conditioning mask ratios (default: measured).
+        `check_ids=False` skips the range check of the ids (four host synchronisations), for callers whose
+        ids are valid by construction (the pipeline's sampling loop, the trainer)."""
         if not isinstance(image_ids, torch.Tensor) or image_ids.ndim != 3:
             raise ValueError(f"image_ids must be a (B, h, w) grid of codes, got shape "
                              f"{tuple(getattr(image_ids, 'shape', ()))}")
@@ -170,8 +174,10 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"text_ids must be (B, L) with the batch of image_ids {tuple(image_ids.shape)}, got "
                              f"{tuple(getattr(text_ids, 'shape', ()))}")
         c = self.config
-        _check_ids(image_ids, "image_ids", c.codebook_size, f"{c.codebook_size} codes, then [MASK] = {c.codebook_size}")
-        _check_ids(text_ids, "text_ids", c.vocab_size - 1, f"a vocabulary of {c.vocab_size}")
+        if check_ids:
+            _check_ids(image_ids, "image_ids", c.codebook_size,
+                       f"{c.codebook_size} codes, then [MASK] = {c.codebook_size}")
+            _check_ids(text_ids, "text_ids", c.vocab_size - 1, f"a vocabulary of {c.vocab_size}")
         b, h, w = image_ids.shape
         length = text_ids.shape[1]
         if text_attention_mask is not None:
@@ -197,12 +203,13 @@ class UnifiedDiscreteTransformer(ModelMixin, ConfigMixin):
             keys = torch.cat([text_attention_mask, text_attention_mask.new_ones(b, h * w)], dim=1)
             kwargs = {"attention_mask": keys[:, None, None, :]}  # (B, 1, 1, L + h*w), True = attend
 
-        for block in self.transformer_blocks:
-            text, image = block(hidden_states=image, encoder_hidden_states=text, temb=temb,
-                                image_rotary_emb=rotary, joint_attention_kwargs=kwargs)
-        for block in self.single_transformer_blocks:
-            text, image = block(hidden_states=image, encoder_hidden_states=text, temb=temb,
-                                image_rotary_emb=rotary, joint_attention_kwargs=kwargs)
+        checkpointed = torch.is_grad_enabled() and self.gradient_checkpointing
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            if checkpointed:  # recomputed in the backward pass instead of keeping its activations
+                text, image = self._gradient_checkpointing_func(block, image, text, temb, rotary, kwargs)
+            else:
+                text, image = block(hidden_states=image, encoder_hidden_states=text, temb=temb,
+                                    image_rotary_emb=rotary, joint_attention_kwargs=kwargs)
 
         image_logits = self.image_head(self.norm_out(image, temb))
         image_logits = F.pad(image_logits, (0, 1), value=float("-inf"))  # [MASK] is never a prediction

@@ -197,9 +197,9 @@ class DualDiffusionPipeline(DiffusionPipeline):
         if not image_noisy and not streams[1].generated:
             raise ValueError("nothing to generate: the image is given and the caption has no [MASK] position")
 
-        def denoise(x):
+        def denoise(x):  # the ids come from the tokenizer and the scheduler: no range check needed
             out = self.transformer(x["image"].to(self.transformer.dtype), x["text"], x["image_timestep"],
-                                   text_attention_mask=x.get("text_attention_mask"))
+                                   text_attention_mask=x.get("text_attention_mask"), check_ids=False)
             return {"image": out.sample.to(torch.float32), "text": out.text_logits}
 
         bar = self.progress_bar(total=num_inference_steps if image_noisy else text_steps)

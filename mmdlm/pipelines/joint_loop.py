@@ -93,10 +93,13 @@ class MaskedTokens(Stream):
         self.options, self.attention_mask = dict(options or {}), attention_mask
         self.names, self.history_key, self.to_history = names, history_key, to_history
         self.pred, self.confidence = ids, None
+        self._known = None  # whether some token is known: read once, then followed without reading the device
 
     def start(self, may_hide, generator):
         if self.generated:
             self.scheduler.set_timesteps(self.num_steps, device=self.ids.device)
+        if may_hide:
+            self._known = bool((self.ids != self.mask_token_id).any())
 
     def inputs(self, hidden):
         ids = torch.full_like(self.ids, self.mask_token_id) if hidden else self.ids
@@ -106,15 +109,20 @@ class MaskedTokens(Stream):
         return out
 
     def informative(self):
-        return bool((self.ids != self.mask_token_id).any())
+        # Known after any step: each commits at least one token of every row with a mask (a remasking step keeps
+        # at least as many as it found), so only the reading at the start (or after a callback) needs the device.
+        if self._known is None:
+            self._known = bool((self.ids != self.mask_token_id).any())
+        return self._known
 
     def timestep(self, i):
         return self.scheduler.timesteps[i]
 
     def step(self, i, logits, generator):
-        out = self.scheduler.step(logits, self.scheduler.timesteps[i], self.ids, mask_token_id=self.mask_token_id,
+        out = self.scheduler.step(logits, self.scheduler.levels[i], self.ids, mask_token_id=self.mask_token_id,
                                   generator=generator, confidence=self.confidence, **self.options)
         self.ids, self.pred, self.confidence = out.prev_sample, out.pred_original_sample, out.confidence
+        self._known = True
 
     def tensors(self):
         ids_name, pred_name = self.names
@@ -122,14 +130,15 @@ class MaskedTokens(Stream):
         return {ids_name: self.ids, **({pred_name: pred} if pred_name else {})}
 
     def replace(self, changed):
-        self.ids = changed.get(self.names[0], self.ids)
+        if self.names[0] in changed:
+            self.ids, self._known = changed[self.names[0]], None
 
     def history(self, i):
         if not self.generated:
             return None
         if self.to_history is not None:
-            return self.to_history(self.pred).detach().cpu()
-        return self.ids.detach().cpu().clone()
+            return self.to_history(self.pred).detach()
+        return self.ids.detach().clone()
 
 
 class FlowImage(Stream):
@@ -158,6 +167,7 @@ class FlowImage(Stream):
     def start(self, may_hide, generator):
         if self.generated:
             self.scheduler.set_timesteps(self.num_steps, device=self.latents.device, **self.timesteps_kwargs)
+            self.scheduler.set_begin_index(0)  # its step index from 0, not searched for in the timesteps
             self.t = self.scheduler.timesteps[0]
         if may_hide and not self.generated:  # only a given image conditions anything
             self.hidden_noise = randn_tensor(self.latents.shape, generator=generator, device=self.latents.device,
@@ -178,12 +188,12 @@ class FlowImage(Stream):
 
     def step(self, i, velocity, generator):
         t = self.scheduler.timesteps[i]
-        sigma = float(t) / self.scheduler.config.num_train_timesteps
+        sigma = t / self.scheduler.config.num_train_timesteps  # a 0-d tensor: nothing is read back to the host
         self.estimate = self.latents - sigma * velocity  # x_0 = x_t - sigma v
         latents = self.scheduler.step(velocity, t, self.latents, generator=generator, return_dict=False)[0]
         if self.keep is not None:
             sigmas = self.scheduler.sigmas
-            s_next = float(sigmas[min(i + 1, len(sigmas) - 1)])
+            s_next = sigmas[min(i + 1, len(sigmas) - 1)]
             latents = self.keep * ((1 - s_next) * self.known + s_next * self.noise) + (1 - self.keep) * latents
         self.latents = latents
         if i + 1 < self.num_steps:
@@ -200,7 +210,7 @@ class FlowImage(Stream):
             return None
         image = self.estimate if i < self.num_steps - 1 else self.latents
         image = self.to_image(image) if self.to_image is not None else image
-        return image.detach().cpu()
+        return image.detach().clone()
 
 
 @dataclass
@@ -257,6 +267,21 @@ def joint_loop(streams: list[Stream], denoise: Callable[[dict], dict], *, guidan
             changed = callback(i, active[0].timestep(i), tensors) or {}
             for s in streams:
                 s.replace(changed)
-        if record_history:
+        if record_history:  # kept on the device until the end: copying each step would wait for it
             history.append({s.history_key: s.history(i) for s in streams})
-    return JointOutput(streams=by_name, history=history if record_history else None, nfe=nfe)
+    return JointOutput(streams=by_name, history=_on_host(history) if record_history else None, nfe=nfe)
+
+
+def _on_host(frames: list[dict]) -> list[dict]:
+    """The history's tensors on the host, each stream's steps copied at once (one wait for the device, not one
+    per step)."""
+    out = [dict(frame) for frame in frames]
+    for key in frames[0] if frames else ():
+        values = [frame[key] for frame in frames]
+        if any(v is None for v in values) or len({v.shape for v in values}) > 1:
+            copied = [None if v is None else v.cpu() for v in values]
+        else:
+            copied = torch.stack(values).cpu().unbind(0)
+        for frame, value in zip(out, copied):
+            frame[key] = value
+    return out

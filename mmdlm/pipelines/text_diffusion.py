@@ -21,6 +21,7 @@ from ..diffusion._checks import check_bool, check_int, check_steps
 from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
+from ..text.base import check_attn_implementation
 from ..text.generate import check_options, default_blocks, generate
 
 
@@ -61,25 +62,39 @@ class TextDiffusionPipeline(DiffusionPipeline):
         return self.dlm.mask_token_id
 
     @classmethod
-    def from_dlm(cls, path: str | Path, **scheduler_options) -> "TextDiffusionPipeline":
-        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output); a LoRA
-        adapter folder is merged into its base on load."""
-        dlm, tokenizer = load_dlm(path, merge_lora=True)
+    def from_dlm(cls, path: str | Path, *, dtype=torch.float32, attn_implementation: str = "sdpa",
+                 **scheduler_options) -> "TextDiffusionPipeline":
+        """Build the pipeline from a mmdlm diffusion LM folder (`mmdlm adapt` output), the weights in `dtype`,
+        the attention by `attn_implementation`; a LoRA adapter folder is merged into its base on load."""
+        dlm, tokenizer = load_dlm(path, merge_lora=True, dtype=dtype, attn_implementation=attn_implementation)
         c = dlm.config
         scheduler = MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, **scheduler_options)
         return cls(dlm.model.eval(), tokenizer, scheduler, diffusion_config=c)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "TextDiffusionPipeline":
-        """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, attn_implementation: str | None = None,
+                        **kwargs) -> "TextDiffusionPipeline":
+        """A saved pipeline (model_index.json), or a DLM folder (mmdlm.json; see `from_dlm`). `dtype`: the
+        model's weights (default float32); `attn_implementation`: sdpa (default), eager or flash_attention_2."""
         path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and not (path / "model_index.json").is_file():
-            return cls.from_dlm(path)  # (which says what a folder that is neither lacks)
+        if path.is_dir() and not (path / "model_index.json").is_file():  # a DLM folder (else from_dlm says why)
+            return cls.from_dlm(path, dtype=dtype or torch.float32, attn_implementation=attn_implementation or "sdpa")
         if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
             raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
                              "model's diffusion settings)")
         config = DiffusionConfig.load(path / "model") if path.is_dir() else None
-        return super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config,
+                                       **({"torch_dtype": dtype} if dtype is not None else {}), **kwargs)
+        if attn_implementation is not None:
+            pipe.set_attn_implementation(attn_implementation)
+        return pipe
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Run the model's attention by `name` (sdpa, eager, flash_attention_2), checked, its probe run again."""
+        check_attn_implementation(name)
+        if self.model.config._attn_implementation != name:
+            self.model.set_attn_implementation(name)
+        self.dlm = DiffusionLM(self.model, self.dlm.config)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers' save, with the model's `DiffusionConfig` beside its weights (model/mmdlm.json)."""
@@ -179,7 +194,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         width = ids.shape[1]
         pads = [width - len(r) for r in rows]
         groups: dict[tuple, list[int]] = {}  # rows decoded on the same blocks run together
-        for i, blocks in enumerate(self._row_blocks(ids, pads, gen_length, block_length)):
+        for i, blocks in enumerate(self._row_blocks(rows, pads, gen_length, block_length)):
             groups.setdefault(blocks, []).append(i)
 
         callback_inputs = callback_on_step_end_tensor_inputs or []
@@ -191,28 +206,30 @@ class TextDiffusionPipeline(DiffusionPipeline):
         def run(blocks, index):
             """Decode rows `index`, without the padding they all have."""
             cut = min(pads[i] for i in index)
-            mask = attention_mask[index, cut:]
+            # the rows as a slice, or an index moved to the device once (a list would be copied at every step)
+            sel = slice(None) if index == list(range(len(prompts))) else torch.tensor(index, device=ids.device)
+            mask = None if all(pads[i] == cut for i in index) else attention_mask[sel, cut:]
 
             def on_step(i, t, x):
                 nonlocal steps_done
                 steps_done += 1
                 bar.update(1)
-                sequences[index, cut:] = x
+                sequences[sel, cut:] = x
                 if callback_on_step_end is not None:
                     changed = callback_on_step_end(self, steps_done, t, {k: sequences for k in callback_inputs}) or {}
                     if "sequences" in changed:  # a callback may edit the ids, as diffusers callbacks edit latents
                         sequences.copy_(changed["sequences"])
-                        x.copy_(sequences[index, cut:])
+                        x.copy_(sequences[sel, cut:])
                 if history is not None:
                     history.append(sequences.clone())
 
-            out = generate(self.dlm, sequences[index, cut:], self.scheduler, steps=num_inference_steps,
+            out = generate(self.dlm, sequences[sel, cut:], self.scheduler, steps=num_inference_steps,
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
-                           attention_mask=None if mask.all() else mask, cache=cache, guidance_scale=guidance_scale,
-                           prompt_mask=prompt_mask[index, cut:], eos_token_id=self.tokenizer.eos_token_id,
+                           attention_mask=mask, cache=cache, guidance_scale=guidance_scale,
+                           prompt_mask=prompt_mask[sel, cut:], eos_token_id=self.tokenizer.eos_token_id,
                            stop_at_eos=stop_at_eos, callback=on_step, **overrides,
                            generator=[generator[i] for i in index] if isinstance(generator, list) else generator)
-            sequences[index, cut:] = out.sequences
+            sequences[sel, cut:] = out.sequences
             return out.nfe
 
         for blocks, index in groups.items():
@@ -220,22 +237,25 @@ class TextDiffusionPipeline(DiffusionPipeline):
         bar.close()
         texts = None
         if output_type == "text":
-            texts = [self._decode(sequences[i], pad, n, PLACEHOLDER.search(p) is not None, width)
+            values = sequences.tolist()  # one copy to the host for every row
+            texts = [self._decode(values[i], pad, n, PLACEHOLDER.search(p) is not None, width)
                      for i, (pad, n, p) in enumerate(zip(pads, n_prompt, prompts))]
         self.maybe_free_model_hooks()
         if not return_dict:
             return texts, sequences
         return TextDiffusionPipelineOutput(texts=texts, sequences=sequences, history=history, nfe=nfe)
 
-    def _row_blocks(self, ids, pads, gen_length: int, block_length: int | None) -> list[tuple]:
-        """The blocks each row is decoded on: those it has alone, moved right by its padding."""
-        mask_id, width = self.mask_token_id, ids.shape[1]
+    def _row_blocks(self, rows: list[list[int]], pads: list[int], gen_length: int,
+                    block_length: int | None) -> list[tuple]:
+        """The blocks each row (its token ids, before `pads` of left padding) is decoded on: those it has alone,
+        moved right by its padding. Read from the lists the ids were made of, not from the device."""
+        mask_id, width = self.mask_token_id, len(rows[0]) + pads[0]
         out = []
-        for row, pad in zip(ids, pads):
-            masked = (row == mask_id).nonzero().flatten()
-            first = int(masked[0])
+        for row, pad in zip(rows, pads):
+            masked = [pad + i for i, token in enumerate(row) if token == mask_id]
+            first = masked[0]
             if not gen_length:  # pure infilling: one block over the masked region
-                out.append(((first, int(masked[-1]) + 1),))
+                out.append(((first, masked[-1] + 1),))
                 continue
             blocks = default_blocks(self.dlm, width - gen_length, width, block_length, origin=pad)
             if first < width - gen_length:  # placeholders in the prompt: filled first, as one block
@@ -243,10 +263,10 @@ class TextDiffusionPipeline(DiffusionPipeline):
             out.append(tuple(blocks))
         return out
 
-    def _decode(self, seq: torch.Tensor, start: int, n_prompt: int, infill: bool, width: int) -> str:
+    def _decode(self, seq: list[int], start: int, n_prompt: int, infill: bool, width: int) -> str:
         tok = self.tokenizer
         bos = int(tok.bos_token_id is not None)
-        body = seq[start + bos: width].tolist()
+        body = seq[start + bos: width]
         gen_from = n_prompt - bos  # index in body where the appended tail starts
         tail = body[gen_from:]
         if tok.eos_token_id in tail:

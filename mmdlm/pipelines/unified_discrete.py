@@ -101,6 +101,13 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             check_component(name, value, MaskedDiffusionScheduler)
         super().__setattr__(name, value)
 
+    def to(self, *args, **kwargs):
+        """diffusers' move to a device and dtype, except that the VQ model stays in float32: its nearest-code
+        search has no half-precision kernel, and would pick other codes. It is small next to the transformer."""
+        super().to(*args, **kwargs)
+        self.vqvae.to(torch.float32)
+        return self
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         index = Path(pretrained_model_name_or_path) / "model_index.json"
@@ -196,8 +203,12 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         return img, txt, gen_image, gen_text
 
     # ---------------------------------------------------------------- images
-    def _decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
-        return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid))
+    def _decode_images(self, codes: torch.LongTensor, check: bool = True) -> torch.Tensor:
+        return self.image_tokenizer.decode(codes.view(-1, self.grid, self.grid), check=check)
+
+    def _decode_predictions(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Images of a step's predicted codes (valid by construction: [MASK] is never predicted), for the history."""
+        return self._decode_images(codes, check=False)
 
     @torch.no_grad()
     def preview_images(self, tensors: dict) -> torch.Tensor | None:
@@ -262,12 +273,12 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
             MaskedTokens("image", img, mask_token_id=mask_ids["image"], scheduler=self.scheduler, generated=gen_image,
                          num_steps=num_inference_steps, options={"temperature": image_temperature, **options},
                          names=("image_ids", "image_pred_ids"), history_key="images",
-                         to_history=self._decode_images),
+                         to_history=self._decode_predictions),
             MaskedTokens("text", txt, mask_token_id=mask_ids["text"], scheduler=text_scheduler, generated=gen_text,
                          num_steps=text_steps, options=text_options)]
 
-        def denoise(x):
-            out = self.transformer(x["image"].view(-1, self.grid, self.grid), x["text"])
+        def denoise(x):  # the ids come from the tokenizers and the scheduler: no range check needed
+            out = self.transformer(x["image"].view(-1, self.grid, self.grid), x["text"], check_ids=False)
             return {"image": out.image_logits, "text": out.text_logits}
 
         with self.progress_bar(total=num_inference_steps if gen_image else text_steps) as bar:

@@ -57,9 +57,13 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return get_schedule(self.config.schedule, self.config.eps)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Noise levels t_k = 1 - k/N for k = 0..N-1; step k goes from t_k to t_k - 1/N."""
+        """Noise levels t_k = 1 - k/N for k = 0..N-1; step k goes from t_k to t_k - 1/N.
+
+        `timesteps` holds them on `device`, `levels` as Python numbers: a loop that passes `levels[k]` to `step`
+        steps without a host synchronisation (the models read the noise level from the ids, never from here)."""
         check_steps(num_inference_steps, "num_inference_steps")
         self.num_inference_steps = num_inference_steps
+        self.levels = torch.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
         self.timesteps = torch.linspace(1.0, 0.0, num_inference_steps + 1, device=device)[:-1]
 
     def _next_t(self, t: float) -> float:
@@ -71,6 +75,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
              **overrides):
         """One reverse step. `model_output` (B, L, V) are logits aligned with `sample` (B, L).
 
+        `timestep`: a level of `levels` (or of `timesteps`, which, on an accelerator, the host must wait to read).
         Only masked positions that are `editable` (default: all) can be committed (or, with
         remasking, taken back). `confidence`: the previous step's `out.confidence` (remasking
         only; None at the first step). Any sampling option of the config can be overridden per
@@ -82,7 +87,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                              f"and {tuple(model_output.shape)}")
         t = float(timestep)
         out = reverse_step(model_output, sample, t, self._next_t(t), mask_token_id, self.noise_schedule, options,
-                           editable=editable, confidence=confidence, first=t >= float(self.timesteps[0]),
+                           editable=editable, confidence=confidence, first=t >= self.levels[0],
                            generator=generator)
         out = MaskedDiffusionSchedulerOutput(prev_sample=out.ids, pred_original_sample=out.pred,
                                              committed=out.committed, confidence=out.confidence)

@@ -13,7 +13,7 @@ with the diffusion settings. A LoRA-trained DLM is saved as a peft adapter inste
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,13 +26,15 @@ from ..diffusion import get_schedule
 from ..diffusion._checks import check_bool, check_finite, check_int
 from ..io import atomic_dir
 from . import attention as attn
-from .base import load_causal_lm, load_tokenizer
+from .base import ATTN_IMPLEMENTATIONS, load_causal_lm, load_tokenizer
 
 CONFIG_NAME = "mmdlm.json"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "mmdlm-text-dlm"
 MASK_INITS = ("mean", "special")
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+SUPPORTED_ATTENTION = ATTN_IMPLEMENTATIONS
+MASK_FREE_ONLY = ("flash_attention_2",)  # implementations that take no 4D mask: the mask-free path or nothing
+OPEN_MODES = ("bidirectional", "annealed")  # modes whose inference pattern is full attention
 
 
 @dataclass
@@ -116,11 +118,65 @@ class DiffusionLM(nn.Module):
         super().__init__()
         impl = getattr(model.config, "_attn_implementation", None)
         if impl not in SUPPORTED_ATTENTION:
-            raise ValueError(f"{type(model).__name__} uses attention implementation {impl!r}, which cannot "
-                             f"take arbitrary 4D masks; load it with attn_implementation='sdpa' or 'eager'")
+            raise ValueError(f"{type(model).__name__} uses attention implementation {impl!r}, which cannot run "
+                             f"diffusion attention patterns; load it with one of {', '.join(SUPPORTED_ATTENTION)}")
+        if impl in MASK_FREE_ONLY and config.attention not in (*OPEN_MODES, "causal"):
+            raise ValueError(f"attention mode {config.attention!r} needs a 4D attention mask, which {impl} cannot "
+                             "take; load the model with attn_implementation='sdpa'")
         self.model = model
         self.config = config
         self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's layer-wise wrapping
+        self.probe()
+
+    @torch.no_grad()
+    def probe(self) -> None:
+        """Find out, by trying, what this model's forward can be trusted with (a few passes over 8 random tokens
+        in eval mode; nothing is learnt for a model not yet on a real device):
+
+        - `mask_free`: the inference pattern without a 4D mask (the model's own causal attention, or
+          `is_causal=False` for full attention), which lets SDPA use its flash and memory-efficient kernels;
+          some families keep their causal mask whatever they are told, so it is used only where its logits are
+          those of the 4D mask (nearer them than the other pattern's by a factor of 10).
+        - `keeps_masked_logits`: `logits_to_keep` may be a (B, L) boolean mask (the output head on the masked
+          positions only; newer transformers).
+        """
+        self.mask_free = self.keeps_masked_logits = False
+        self._probed_impl = getattr(self.model.config, "_attn_implementation", None)
+        weight = self.model.get_input_embeddings().weight
+        # flash attention runs on CUDA only: its probe waits for the first forward there
+        self._probe_pending = self._probed_impl in MASK_FREE_ONLY and weight.device.type != "cuda"
+        if weight.device.type == "meta" or self._probe_pending:
+            return
+        length = 8
+        ids = torch.randint(0, weight.shape[0], (2, length), generator=torch.Generator().manual_seed(0))
+        ids = ids.to(weight.device)
+        positions = torch.arange(length, device=weight.device)[None].expand(2, -1)
+        with _eval_mode(self), _attention_implementation(self.model, "sdpa", when=self._probed_impl in MASK_FREE_ONLY):
+            patterns = {m: attn.inference_pattern(m, length, device=weight.device) for m in ("causal", "bidirectional")}
+            ref = {m: self._masked(ids, pattern, positions).logits.float() for m, pattern in patterns.items()}
+            keep = torch.zeros_like(ids, dtype=torch.bool)
+            keep[:, 1::3] = True
+            try:
+                kept = self._masked(ids, patterns["bidirectional"], positions, logits_to_keep=keep).logits.float()
+                self.keeps_masked_logits = kept.shape == (int(keep.sum()), ref["causal"].shape[-1]) and \
+                    torch.allclose(kept, ref["bidirectional"][keep], rtol=1e-2, atol=1e-3)
+            except Exception:  # noqa: BLE001 - an older transformers indexes the hidden states with it and fails
+                self.keeps_masked_logits = False
+        if self.config.attention not in (*OPEN_MODES, "causal"):
+            return  # block patterns always take the 4D mask
+        mode = "causal" if self.config.attention == "causal" else "bidirectional"
+        other = ref["bidirectional" if mode == "causal" else "causal"]
+        with _eval_mode(self):
+            try:
+                fast = self._mask_free(ids, positions, causal=mode == "causal").logits.float()
+            except Exception:  # noqa: BLE001 - a family whose forward refuses is_causal: the 4D mask it is
+                return
+        gap = (ref[mode] - other).abs().max()
+        self.mask_free = bool(gap > 0 and (fast - ref[mode]).abs().max() < 0.1 * gap)
+        if self._probed_impl in MASK_FREE_ONLY and not self.mask_free:
+            raise ValueError(f"{type(self.model).__name__} does not run {mode} attention under "
+                             f"{self._probed_impl} (the probe's logits differ from the 4D mask's); load it with "
+                             "attn_implementation='sdpa'")
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -143,15 +199,25 @@ class DiffusionLM(nn.Module):
         return dlm
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype=torch.float32, base_model: str | None = None,
-                        merge_lora: bool = False) -> "DiffusionLM":
-        """Load a saved DLM. For a LoRA adapter folder: its base (`base_model` overrides the path
-        recorded in the adapter) with the adapter attached, or merged into it with `merge_lora`."""
+    def from_pretrained(cls, path: str | Path, *, dtype=torch.float32, attn_implementation: str = "sdpa",
+                        base_model: str | None = None, merge_lora: bool = False) -> "DiffusionLM":
+        """Load a saved DLM (weights in `dtype`, attention by `attn_implementation`). For a LoRA adapter folder:
+        its base (`base_model` overrides the path recorded in the adapter) with the adapter attached, or merged
+        into it with `merge_lora`."""
         config = DiffusionConfig.load(path)
+        load = dict(dtype=dtype, attn_implementation=attn_implementation)
         if not (Path(path) / ADAPTER_CONFIG).exists():
-            return cls(load_causal_lm(str(path), dtype=dtype), config)
-        model = _load_adapter(Path(path), config, dtype, base_model)
+            return cls(load_causal_lm(str(path), **load), config)
+        model = _load_adapter(Path(path), config, base_model, **load)
         return cls(model.merge_and_unload() if merge_lora else model, config)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the wrapped model's layers: transformers' switch (`activation_checkpointing_enable` where
+        a newer transformers names it so)."""
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     @property
     def is_lora(self) -> bool:
@@ -228,11 +294,29 @@ class DiffusionLM(nn.Module):
             raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self._probe_pending and input_ids.device.type == "cuda":
+            self.probe()
+        if pattern is None and self._can_skip_mask(attention_mask, kwargs):
+            return self._mask_free(input_ids, position_ids, causal=self.config.attention == "causal", **kwargs)
         if pattern is None:
             pattern = self.pattern(length, input_ids.device, position_ids)
+        return self._masked(input_ids, pattern.to(input_ids.device), position_ids, attention_mask, **kwargs)
+
+    def _can_skip_mask(self, attention_mask, kwargs) -> bool:
+        """Whether the inference pattern may run mask-free: the probe trusts it, no padding, no cached keys."""
+        return (self.mask_free and attention_mask is None and kwargs.get("past_key_values") is None
+                and self.config.attention in (*OPEN_MODES, "causal")
+                and getattr(self.model.config, "_attn_implementation", None) == self._probed_impl)
+
+    def _masked(self, input_ids, pattern, position_ids, attention_mask=None, **kwargs):
         dtype = self.model.get_input_embeddings().weight.dtype
-        mask = attn.to_additive(pattern.to(input_ids.device), attention_mask, dtype=dtype)
+        mask = attn.to_additive(pattern, attention_mask, dtype=dtype)
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+
+    def _mask_free(self, input_ids, position_ids, *, causal: bool, **kwargs):
+        if not causal:
+            kwargs["is_causal"] = False  # reaches the attention functions (transformers' attention kwargs)
+        return self.model(input_ids=input_ids, position_ids=position_ids, **kwargs)
 
     def align(self, logits: torch.Tensor) -> torch.Tensor:
         """With shift, logits[:, i-1] predict token i: move them right; position 0 keeps its own."""
@@ -245,7 +329,33 @@ class DiffusionLM(nn.Module):
         return self.align(self.forward(input_ids, attention_mask, **kwargs).logits)
 
 
-def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | None):
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """`module` in eval mode (no dropout) inside, every submodule's own mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _attention_implementation(model, impl: str, *, when: bool):
+    """`model` with attention implementation `impl` inside (when `when`), its own restored after."""
+    if not when:
+        yield
+        return
+    own = model.config._attn_implementation
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
+
+
+def _load_adapter(path: Path, config: DiffusionConfig, base_model: str | None, **load):
     """The base model named by a LoRA adapter folder, with the adapter attached (peft)."""
     from peft import PeftConfig, PeftModel
 
@@ -257,10 +367,10 @@ def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | 
     if not base:
         raise ValueError(f"the LoRA adapter in {path} does not name its base model; pass base_model")
     if (Path(base) / CONFIG_NAME).exists():  # a DLM (SFT on a DLM); merge its own adapter, if any
-        model = DiffusionLM.from_pretrained(base, dtype=dtype, merge_lora=True).model
+        model = DiffusionLM.from_pretrained(base, merge_lora=True, **load).model
     else:  # a causal LM adapted with LoRA: the [MASK] row comes back from the adapter
         try:
-            model = load_causal_lm(base, dtype=dtype)
+            model = load_causal_lm(base, **load)
         except ValueError as err:
             raise ValueError(f"the LoRA adapter in {path} was trained on the base {base!r}, which could not be "
                              f"loaded; pass base_model (mmdlm: --base-model) with its path ({err})") from err
@@ -275,9 +385,9 @@ def _load_adapter(path: Path, config: DiffusionConfig, dtype, base_model: str | 
 
 
 def takes_logits_to_keep(dlm) -> bool:
-    """Whether the wrapped transformers model can run its output head on chosen positions only."""
-    inner = dlm.model.get_base_model() if hasattr(dlm.model, "get_base_model") else dlm.model  # peft
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    """Whether the wrapped transformers model can run its output head on the masked positions only (a boolean
+    `logits_to_keep`, found by `DiffusionLM.probe`)."""
+    return dlm.keeps_masked_logits
 
 
 def denoiser_logits(model, config: DiffusionConfig, x0: torch.Tensor, x_t: torch.Tensor, masked: torch.Tensor, *,
@@ -307,19 +417,20 @@ def denoiser_logits(model, config: DiffusionConfig, x0: torch.Tensor, x_t: torch
         first = torch.arange(bs, length, bs, device=x0.device)
         logits[:, first] = clean[:, first - 1]
         return logits[masked]
-    if pattern is None:
-        pattern = attn.inference_pattern(config.attention, length, config.block_size, x0.device)
     keep = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], 1) if config.shift else masked
     if head_on_kept_only:
         return model(x_t, pattern=pattern, logits_to_keep=keep).logits
     return model(x_t, pattern=pattern).logits[keep]
 
 
-def load_dlm(path: str | Path, *, base_model: str | None = None, merge_lora: bool = False):
-    """(DiffusionLM, tokenizer) from a folder written by `save_pretrained(path, tokenizer)`.
+def load_dlm(path: str | Path, *, base_model: str | None = None, merge_lora: bool = False, dtype=torch.float32,
+             attn_implementation: str = "sdpa"):
+    """(DiffusionLM, tokenizer) from a folder written by `save_pretrained(path, tokenizer)`, the weights in
+    `dtype`, the attention by `attn_implementation`.
 
     A LoRA adapter folder loads its base plus the adapter (merged into it with `merge_lora`)."""
-    dlm = DiffusionLM.from_pretrained(path, base_model=base_model, merge_lora=merge_lora)
+    dlm = DiffusionLM.from_pretrained(path, base_model=base_model, merge_lora=merge_lora, dtype=dtype,
+                                      attn_implementation=attn_implementation)
     tokenizer = load_tokenizer(str(path))
     if tokenizer.mask_token_id != dlm.mask_token_id:
         raise ValueError(f"{path}: the tokenizer's mask token id {tokenizer.mask_token_id} does not match "

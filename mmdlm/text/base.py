@@ -9,6 +9,21 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # those that run diffusion attention (adapt.py)
+
+
+def check_attn_implementation(name: str) -> str:
+    """`name` if it is one of `ATTN_IMPLEMENTATIONS` that this machine can run, else a one-line ValueError."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attn_implementation {name!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ValueError("attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU; "
+                             "use sdpa (which picks a flash kernel itself where the attention allows)")
+    return name
+
 
 def load_tokenizer(name_or_path: str):
     try:
@@ -27,6 +42,7 @@ def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtyp
     read): for the processes that FSDP's RAM-efficient loading sends the main process's weights."""
     if empty:
         return random_causal_lm_like(name_or_path, attn_implementation=attn_implementation, empty=True)
+    check_attn_implementation(attn_implementation)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
         raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
     try:
@@ -79,6 +95,7 @@ def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementati
                           empty: bool = False):
     """A freshly initialised causal LM with the architecture (config.json) of `name_or_path`
     (`empty`: its parameters on the meta device, `from_config`)."""
+    check_attn_implementation(attn_implementation)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
         raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
     try:
@@ -107,6 +124,7 @@ def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str =
                     empty: bool = False):
     """A freshly initialised causal LM from a transformers config dict with a `model_type` key
     (`empty`: on the meta device, `from_config`)."""
+    check_attn_implementation(attn_implementation)
     cfg = dict(model_config)
     model_type = cfg.pop("model_type", None)
     if model_type is None:

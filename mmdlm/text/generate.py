@@ -79,17 +79,20 @@ class _Runner:
             self.pattern = dlm.pattern(length, device, self.positions)
         self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
 
-    def _run(self, x, q, kv, **kwargs):
+    def _run(self, x, q, kv, *, own_pattern: bool = False, **kwargs):
+        """The model on queries `q` over keys `kv`; `own_pattern`: the queries and keys are one prefix of the
+        sequence, whose pattern the model builds itself (mask-free where it can)."""
         pad = None if self.attention_mask is None else self.attention_mask[:, kv]
         positions = self.positions.expand(x.shape[0], -1)[:, q]
         self.nfe += 1
-        return self.dlm(x[:, q], pad, pattern=self.pattern[..., q, :][..., kv], position_ids=positions, **kwargs)
+        pattern = None if own_pattern else self.pattern[..., q, :][..., kv]
+        return self.dlm(x[:, q], pad, pattern=pattern, position_ids=positions, **kwargs)
 
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
         q0, end = lo - self.shift, hi if self.past_only else x.shape[1]
         q = torch.arange(end, device=x.device)
-        out = self._run(x, q, q, use_cache=keep_cache != "none",
+        out = self._run(x, q, q, own_pattern=True, use_cache=keep_cache != "none",
                         logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
         if keep_cache != "none":
             keep = torch.arange(q0, device=x.device)
@@ -106,6 +109,21 @@ class _Runner:
                         logits_to_keep=torch.arange(hi - lo, device=x.device))
         self.cache.crop(-len(q))
         return out.logits
+
+
+def _status(x, lo: int, hi: int, mask_id: int, eos_token_id: int | None, start: int, *,
+            last: bool) -> tuple[bool, bool]:
+    """(the block [lo, hi) holds no mask any more, every row has written `eos_token_id` in [start, hi)), read
+    from the device at once: the sampling loop's one host synchronisation per step (none after a block's
+    `last` step when no EOS is watched: that step commits whatever is left)."""
+    if last and eos_token_id is None:
+        return True, False
+    finished = torch.ones((), dtype=torch.bool, device=x.device) if last else ~(x[:, lo:hi] == mask_id).any()
+    code = finished.long()
+    if eos_token_id is not None:
+        code = code + 2 * (x[:, start:hi] == eos_token_id).any(-1).all().long()
+    code = int(code)
+    return bool(code & 1), bool(code & 2)
 
 
 def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
@@ -148,11 +166,9 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
+        levels = scheduler.levels
         confidence = None  # carried from step to step by a remasking scheduler
-        for k in range(len(scheduler.timesteps)):  # the last step commits whatever is left
-            t = scheduler.timesteps[k]  # (iterating the tensor would make a view of every step at once)
-            if not (x[:, lo:hi] == mask_id).any():
-                break
+        for k, t in enumerate(levels):  # the last step commits whatever is left
             if guidance_scale > 0:
                 c = runner.full(x, lo, hi, "none")
                 u = runner.full(x.masked_fill(prompt_mask, mask_id), lo, hi, "none")
@@ -168,12 +184,16 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
             if record_history:
                 history.append(x.clone())
             if callback is not None:
-                callback(step_index, float(t), x)
-        if stop_at_eos and eos_token_id is not None:
-            done = (x[:, region[0]:hi] == eos_token_id).any(-1)
-            rest = x[done, hi:]
-            x[done, hi:] = rest.masked_fill(rest == mask_id, eos_token_id)
-            if done.all():
+                callback(step_index, t, x)
+            finished, all_eos = _status(x, lo, hi, mask_id, eos_token_id if stop_at_eos else None, region[0],
+                                        last=k == len(levels) - 1)
+            if finished:
+                break
+        if stop_at_eos and eos_token_id is not None:  # rows that wrote EOS: their later masks become EOS
+            done = (x[:, region[0]:hi] == eos_token_id).any(-1, keepdim=True)
+            rest = x[:, hi:]
+            x[:, hi:] = torch.where(done & (rest == mask_id), eos_token_id, rest)
+            if all_eos:
                 break
     return GenerationResult(x, runner.nfe, history)
 

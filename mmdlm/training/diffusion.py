@@ -63,12 +63,14 @@ class DiffusionTrainer(Trainer):
         self.t_sampling, self.loss_normalize = t_sampling, loss_normalize
         self.head_on_kept_only = takes_logits_to_keep(dlm)
 
-    def _pattern(self, length: int, step: int, device) -> torch.Tensor:
-        if self.dc.attention == "annealed":
-            ratio = min(1.0, step / self.dc.anneal_steps)
-            g = torch.Generator(device).manual_seed(self.args.seed * 7919 + step)
-            return attn.annealed(length, ratio, generator=g, device=device)
-        return attn.inference_pattern(self.dc.attention, length, self.dc.block_size, device)
+    def _pattern(self, length: int, step: int, device) -> torch.Tensor | None:
+        """The training pattern of a non-block mode at `step`: annealing's draw while the mask opens, else None,
+        the inference pattern, which the model runs without a 4D mask where its probe allows."""
+        ratio = min(1.0, step / self.dc.anneal_steps) if self.dc.attention == "annealed" else 1.0
+        if ratio >= 1.0:
+            return None
+        g = torch.Generator(device).manual_seed(self.args.seed * 7919 + step)
+        return attn.annealed(length, ratio, generator=g, device=device)
 
     def diffusion_loss(self, model, x0: torch.Tensor, step: int, generator: torch.Generator,
                        prompt_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -61,7 +61,7 @@ class DiscreteTrainer(Trainer):
                                generator=generator)
         x_txt, m_txt = corrupt(text_in, t_txt, text_mask, self.text_schedule, protect=t2i[:, None].expand_as(text),
                                generator=generator)
-        out = model(x_img.view(b, side, side), x_txt)
+        out = model(x_img.view(b, side, side), x_txt, check_ids=False)  # ids from the run's tokenizer and VQ model
         common = dict(normalize="masked", elbo_weight=False)
         image_loss = masked_diffusion_loss(out.image_logits, codes, m_img, t_img, self.image_schedule, **common)
         text_loss = masked_diffusion_loss(out.text_logits, text, m_txt, t_txt, self.text_schedule, **common)

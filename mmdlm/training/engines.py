@@ -66,9 +66,10 @@ def _check_engine_on_cpu(engine: str) -> None:
                              "pip install 'mmdlm[scale]' (or use configs/accelerate/fsdp.yaml)") from err
 
 
-def accelerator(**kwargs) -> Accelerator:
-    """An `Accelerator` that runs the engine the launch asks for, on GPUs or on CPUs."""
-    cpu = on_cpu()
+def accelerator(*, cpu: bool = False, **kwargs) -> Accelerator:
+    """An `Accelerator` that runs the engine the launch asks for, on GPUs or on CPUs (`cpu`: on the
+    CPUs even where there are GPUs)."""
+    cpu = cpu or on_cpu()
     engine = requested_engine()
     if cpu and engine != "ddp" and not AcceleratorState._shared_state:
         _check_engine_on_cpu(engine)

@@ -107,11 +107,14 @@ def draw_tasks(batch_size: int, weights: Mapping[str, float], generator: torch.G
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    w = torch.tensor(list(check_task_weights(weights).values()), dtype=torch.float64)
-    cdf = w.cumsum(0) / w.sum()
-    u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(batch_size)) / batch_size
-    tasks = torch.searchsorted(cdf, u, right=True).clamp(max=len(TRAIN_TASKS) - 1)
-    tasks = tasks[torch.randperm(batch_size, generator=generator)]
+    w = list(check_task_weights(weights).values())
+    where = generator.device if generator is not None else device  # a generator draws on its own device
+    u = (torch.rand(1, generator=generator, dtype=torch.float64, device=where)
+         + torch.arange(batch_size, device=where)) / batch_size
+    tasks = torch.zeros(batch_size, dtype=torch.long, device=where)
+    for k in range(1, len(w)):  # task = how many of the cumulative shares (Python numbers) u has passed
+        tasks += u >= sum(w[:k]) / sum(w)
+    tasks = tasks[torch.randperm(batch_size, generator=generator, device=where)]
     return tasks.to(device) if device is not None else tasks
 
 
@@ -136,7 +139,8 @@ def drop_captions(text_ids: torch.LongTensor, p: float, mask_token_id: int, gene
     unconditional pass sees at sampling time. Returns (new ids, which rows were dropped)."""
     if not 0 <= p < 1:
         raise ValueError(f"caption dropout must be in [0, 1), got {p}")
-    draw = torch.rand(text_ids.shape[0], generator=generator).to(text_ids.device) < p
+    where = generator.device if generator is not None else text_ids.device  # a generator draws on its own device
+    draw = torch.rand(text_ids.shape[0], generator=generator, device=where).to(text_ids.device) < p
     if rows is not None:
         draw &= rows.to(draw.device)
     return torch.where(draw[:, None], torch.full_like(text_ids, mask_token_id), text_ids), draw

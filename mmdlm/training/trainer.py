@@ -37,7 +37,8 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..diffusion._checks import check_finite, is_real
+from ..devices import default_mixed_precision, resolve_device
+from ..diffusion._checks import check_bool, check_finite, is_real
 from ..io import atomic_dir, atomic_write_text, check_output_dir, replace_dir, save_figure
 from .checkpoint import check_data_only, load_states, remove_code, save_states
 from .engines import accelerator, full_weights
@@ -45,6 +46,7 @@ from .engines import accelerator, full_weights
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 LOG_FIELDS = ["step", "tokens", "loss", "lr", "tokens_per_s", "elapsed_s", "val_loss"]
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
 
 
@@ -60,7 +62,15 @@ class TrainArgs:
     warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup, then cosine decay to 0"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (accelerate)"})
+    mixed_precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on a GPU that has it, else no) | no | bf16 | fp16 (accelerate)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass (less memory, about a third more compute)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model's repeated blocks (regional compilation; the first steps compile)"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu to train there even on a GPU machine (default: accelerate's choice, the GPU when there is one; "
+                "CUDA_VISIBLE_DEVICES chooses among GPUs)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: only at the end)"})
@@ -82,11 +92,25 @@ class TrainArgs:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         check_finite(self.weight_decay, "weight_decay")
         check_finite(self.max_grad_norm, "max_grad_norm")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got "
+                             f"{self.mixed_precision!r}")
+        if self.device is not None and self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r} (accelerate places each process on "
+                             "its GPU: choose them with CUDA_VISIBLE_DEVICES)")
+        if self.device is not None:
+            resolve_device(self.device)  # available on this machine
+        for name in ("gradient_checkpointing", "compile"):
+            check_bool(getattr(self, name), name)
         if self.report_to not in (None, "none", *TRACKERS):
             raise ValueError(f"unknown report_to {self.report_to!r}; choose one of none, {', '.join(TRACKERS)}")
         check_output_dir(self.output_dir, "output_dir")
+
+    def resolved_mixed_precision(self) -> str:
+        """`mixed_precision` with "auto" resolved for this machine (and `device`)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        return "no" if self.device == "cpu" else default_mixed_precision()
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
@@ -112,11 +136,18 @@ def data_len(data: Data) -> int:
 
 
 def take(data: Data, index, device) -> Data:
-    """Rows `index` of every tensor in `data`, on `device`."""
+    """Rows `index` of every tensor in `data`, on `device` (to a GPU through pinned memory: the copy does not make
+    the host wait for the device)."""
     index = torch.as_tensor(list(index), dtype=torch.long)
+
+    def moved(rows: torch.Tensor) -> torch.Tensor:
+        if rows.device.type == "cpu" and torch.device(device).type == "cuda":
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)
+
     if not isinstance(data, Mapping):
-        return data[index].to(device)
-    return {k: v[index].to(device) for k, v in data.items()}
+        return moved(data[index])
+    return {k: moved(v[index]) for k, v in data.items()}
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -142,9 +173,10 @@ class Trainer:
             raise ValueError("train_data is empty: no training example to learn from")
         self.args = args
         tracker = None if args.report_to in (None, "none") else args.report_to
+        self.mixed_precision = args.resolved_mixed_precision()
         self.accelerator = accelerator(gradient_accumulation_steps=args.grad_accum,
-                                       mixed_precision=args.mixed_precision, log_with=tracker,
-                                       project_dir=args.output_dir)
+                                       mixed_precision=self.mixed_precision, log_with=tracker,
+                                       project_dir=args.output_dir, cpu=args.device == "cpu")
         self.train_data, self.eval_data = train_data, eval_data
         self.run_info = run_info or {}
         self.out = Path(args.output_dir)
@@ -156,6 +188,10 @@ class Trainer:
             ds["gradient_clipping"] = args.max_grad_norm
         # The dtype of every weight before an engine takes it (DeepSpeed's bf16 casts the model).
         self.dtypes = {name: p.dtype for name, p in model.named_parameters()}
+        if args.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        if args.compile:
+            compile_blocks(model)
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
         # Empty groups left out (LoRA trains no bias): DeepSpeed drops them, the LR schedule would not.
@@ -305,13 +341,14 @@ class Trainer:
         for i in range(min(self.args.eval_batches, math.ceil(n / bs))):
             batch = take(self.eval_data, range(i * bs, min((i + 1) * bs, n)), self.accelerator.device)
             g = torch.Generator(self.accelerator.device).manual_seed(10_000 + i)
-            losses.append(self.eval_loss(self.model, batch, g).float().item())
+            losses.append(self.eval_loss(self.model, batch, g).float())
         self.model.train()
-        return sum(losses) / len(losses)
+        return torch.stack(losses).mean().item()  # one read of the device for the whole evaluation
 
     # ---- the loop ------------------------------------------------------------------------
-    def train_step(self) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss, a 0-d tensor on the device
+        (reading it makes the host wait for the step: `train` reads it only when it logs)."""
         a, args = self.accelerator, self.args
         loss_sum, tokens = 0.0, 0
         for micro in range(args.grad_accum):
@@ -330,7 +367,7 @@ class Trainer:
         self.step += 1
         self.tokens += tokens * a.num_processes
         # The loss of the whole global batch (the mean over processes), the same on every process.
-        return a.reduce(loss_sum.to(a.device), "mean").item() if a.num_processes > 1 else loss_sum.item()
+        return a.reduce(loss_sum.to(a.device), "mean") if a.num_processes > 1 else loss_sum
 
     def train(self) -> Path:
         a, args = self.accelerator, self.args
@@ -351,7 +388,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "run.json", json.dumps(
                 {"args": asdict(args), "num_processes": a.num_processes,
-                 "distributed_type": str(a.distributed_type), **self.run_info}, indent=2, default=str))
+                 "distributed_type": str(a.distributed_type), "mixed_precision": self.mixed_precision,
+                 **self.run_info}, indent=2, default=str))
             with log_path.open("w", newline="") as f:
                 w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
                 w.writeheader()
@@ -365,23 +403,14 @@ class Trainer:
         with tqdm(total=args.max_steps, initial=self.step, disable=not a.is_local_main_process,
                   desc="train", dynamic_ncols=True) as bar:
             while self.step < args.max_steps:
-                loss_sum = self.train_step()
-                tps = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+                loss = self.train_step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
                 last = self.step == args.max_steps
                 val = self.evaluate() if self.should_evaluate(self.step) else None
-                if a.is_main_process and (self.step % args.log_every == 0 or last or val is not None):
-                    row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss_sum:.5f}",
-                           "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "tokens_per_s": f"{tps:.1f}",
-                           "elapsed_s": f"{time.perf_counter() - start:.1f}",
-                           "val_loss": "" if val is None else f"{val:.5f}"}
-                    with log_path.open("a", newline="") as f:
-                        csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
-                if a.log_with and (self.step % args.log_every == 0 or last or val is not None):
-                    values = {"train/loss": loss_sum, "train/lr": self.scheduler.get_last_lr()[0],
-                              "train/tokens": self.tokens, "train/tokens_per_s": tps}
-                    a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
+                if self.step % args.log_every == 0 or last or val is not None:
+                    # The loss is read only here: between log steps, steps are queued without waiting for the last.
+                    self._log(log_path, float(loss), val, tokens_per_s=(self.tokens - tok0) / max(
+                        time.perf_counter() - t0, 1e-9), elapsed_s=time.perf_counter() - start, bar=bar)
                 if args.save_every and self.step % args.save_every == 0 and not last:
                     self.save_checkpoint()
         if latest_checkpoint(self.out) != self.out / "checkpoints" / f"step-{self.step:07d}":
@@ -398,9 +427,50 @@ class Trainer:
         a.wait_for_everyone()
         return final
 
+    def _log(self, log_path: Path, loss: float, val: float | None, *, tokens_per_s: float, elapsed_s: float,
+             bar) -> None:
+        """A row of log.csv (and of the tracker) after this step, and the progress bar's figures."""
+        a = self.accelerator
+        lr = self.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        if a.is_main_process:
+            row = {"step": self.step, "tokens": self.tokens, "loss": f"{loss:.5f}", "lr": f"{lr:.3e}",
+                   "tokens_per_s": f"{tokens_per_s:.1f}", "elapsed_s": f"{elapsed_s:.1f}",
+                   "val_loss": "" if val is None else f"{val:.5f}"}
+            with log_path.open("a", newline="") as f:
+                csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerow(row)
+        if a.log_with:
+            values = {"train/loss": loss, "train/lr": lr, "train/tokens": self.tokens,
+                      "train/tokens_per_s": tokens_per_s}
+            a.log({**values, **({} if val is None else {"eval/loss": val})}, step=self.step)
+
     def announce(self, what: str, final: Path) -> None:
         """Say (once, on the main process) where `train` saved `what`, its log and its loss curve."""
         self.accelerator.print(f"{what} saved to {final}; log {self.out / 'log.csv'}, curve {self.out / 'loss.png'}")
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass, through the model's own switch: transformers'
+    (`activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`, which a DiffusionLM passes on)
+    or diffusers' `enable_gradient_checkpointing` (a peft model passes either to its base)."""
+    reentrant = {"use_reentrant": False}  # no need for inputs that require grad (frozen embeddings, LoRA)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=reentrant)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=reentrant)
+    elif getattr(model, "_supports_gradient_checkpointing", False):
+        model.enable_gradient_checkpointing()
+    else:
+        raise ValueError(f"{type(model).__name__} has no gradient checkpointing; train without it")
+
+
+def compile_blocks(model) -> None:
+    """torch.compile the model in place, region by region (accelerate's regional compilation: each repeated
+    block, whose copies share one compiled graph, and each other part): compiling takes as long as for one
+    block, and parameter names, checkpoints and saved models stay as they are."""
+    from accelerate.utils import compile_regions_deepspeed  # the in-place variant (module.compile())
+
+    compile_regions_deepspeed(model)
 
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> None:
