@@ -17,7 +17,7 @@ for memory and time, not for learning). For each size, on a fresh data cache:
 Peak RSS is the kernel's high-water mark of each process (`ru_maxrss`): the token file's pages
 count in it when mapped, shared between the processes of the machine.
 
-    python bench/data_scale.py          # bench/results/data_scale.{json,png} (~25 minutes on 2 cores)
+    python bench/data_scale.py          # bench/results/data_scale.{json,png} (~12 minutes on 2 shared cores)
 """
 from __future__ import annotations
 

@@ -278,7 +278,7 @@ def data_scale(r: dict | None) -> str | None:
         f"in place (every other process, resume and later run). Training: `mmdlm adapt` of {s['model']} under "
         f"{s['launch']}, {s['processes']} processes, {s['steps']} steps x batch {s['batch_size']} x {s['seq_len']} "
         f"tokens; the time to the first step includes starting the processes and loading the model. Peak RSS: "
-        f"each process's `ru_maxrss` (the token file's mapped pages included). {r['machine']['note']}; "
+        f"each process's `ru_maxrss` (the token file's mapped pages included). Machine: {r['machine']['note']}; "
         f"torch {r['versions']['torch']}. Command: `{r['command']}`.",
     ])
 
