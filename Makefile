@@ -37,15 +37,16 @@ define ship
 	rm -rf assets/$(1) && mv assets/$(1).new assets/$(1)
 endef
 
-.PHONY: install browser quickstart test gpu-check gpu-wheels demo screenshot teacher dlm mmdit-shapes mmdit-digits vq discrete-shapes \
-	discrete-digits assets bench eval-mm report clean sft bench-sft study study-quick
+.PHONY: install browser quickstart test gpu-check gpu-wheels demo screenshot teacher dlm mmdit-shapes mmdit-digits vq \
+	discrete-shapes discrete-digits assets bench eval-mm eval-lm lm-eval-tasks cards report clean sft bench-sft study \
+	study-quick
 
 # DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation deepspeed
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,scale]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,eval,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -142,6 +143,27 @@ eval-mm: install
 	$(BIN)/mmdlm eval-mm --model assets/mmdit-shapes --dataset shapes --n 1024 --steps 40 --label "40 steps"
 	$(BIN)/mmdlm eval-mm --model assets/discrete-shapes --dataset shapes --n 1024 --steps 64 --label "64 steps"
 	$(BIN)/python bench/report.py
+
+# lm-evaluation-harness on the shipped tasks (mmdlm/eval/lm_tasks): the AR teacher (lm-eval's hf), the DLM
+# (lm-eval model mmdlm) and the DLM with token editing on the generation task; bench/results/lm_eval.json,
+# then the table in docs/results-text.md (about 10 minutes on 2 shared cores).
+eval-lm: install
+	$(BIN)/mmdlm eval-lm --model assets/teacher --label "AR teacher"
+	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM" --model-args elbo_grid=8,elbo_replicates=1
+	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM, token editing 0.9" --tasks mmdlm_stdlib_line \
+		--model-args editing_threshold=0.9
+	$(BIN)/mmdlm eval-lm --model assets/dlm --label "DLM, token editing 0.5" --tasks mmdlm_stdlib_line \
+		--model-args editing_threshold=0.5
+	$(BIN)/python bench/report.py
+
+# Model cards (README.md) and diffusers' loader file (pipeline.py) of the shipped checkpoints, from their
+# run.json and log.csv (what every save and training run writes by itself now).
+cards: install
+	$(BIN)/python bench/cards.py
+
+# The shipped tasks' data, from this Python's standard library (held-out files of the built-in corpus).
+lm-eval-tasks: install
+	$(BIN)/python -c "from mmdlm.eval.lm_tasks import build; build()"
 
 # The discrete backbone: its VQ image tokenizer, then the transformer on shapes and on digits.
 vq: install

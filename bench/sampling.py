@@ -9,8 +9,10 @@ round runs every configuration, so machine noise hits all alike), and are scored
 - tokens/s (median over rounds) and forward passes (NFE) per generated token;
 - peak memory: growth of the process's resident high-water mark during the configuration
   (the mark is reset before each one);
-- gen_ppl: perplexity of the generated tokens under the AR teacher, given the prompt, and
-  distinct_2 (share of distinct bigrams), since a looping sample also has a low perplexity;
+- gen_ppl: perplexity of the generated tokens under the AR teacher, given the prompt. A looping
+  sample has a low perplexity too, so it is only read beside the sample's mean token entropy,
+  distinct-2 (share of distinct bigrams) and the share of repeated 4-grams, each compared with
+  the held-out documents' own continuations of the same prompts (the reference text);
 - infill_exact_match: held-out spans of standard-library code filled exactly (the DLM sees
   both sides; the AR teacher sees only the left context and writes the span greedily).
 
@@ -35,6 +37,7 @@ from mmdlm.data import load_text_splits  # noqa: E402
 from mmdlm.eval.infill import exact_match, fill_spans_ar, fill_spans_dlm  # noqa: E402
 from mmdlm.eval.infill import held_out as held_out_examples  # noqa: E402
 from mmdlm.eval.likelihood import continuation_nll  # noqa: E402
+from mmdlm.eval.samples import distinct_n, repeated_ngrams, token_entropy  # noqa: E402
 from mmdlm.io import atomic_write_text, save_figure  # noqa: E402
 
 CONFIGS = [
@@ -51,6 +54,12 @@ CONFIGS = [
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.9, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.7, "cache": "dual"},
     {"method": "dlm_dual_cache_parallel", "block_length": 16, "threshold": 0.5, "cache": "dual"},
+    # sampled at the AR's temperature: greedy text of either kind loops, which open-text quality must not reward
+    {"method": "dlm_vanilla_sampled", "block_length": 32, "temperature": 0.8},
+    {"method": "dlm_dual_cache_parallel_sampled", "block_length": 16, "threshold": 0.9, "cache": "dual",
+     "temperature": 0.8},
+    {"method": "dlm_dual_cache_parallel_sampled", "block_length": 16, "threshold": 0.7, "cache": "dual",
+     "temperature": 0.8},
 ]
 
 
@@ -73,10 +82,19 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
-def distinct_2(tokens: list[int]) -> float:
-    """Share of distinct bigrams: low when a sample loops (which a low perplexity can hide)."""
-    pairs = list(zip(tokens, tokens[1:]))
-    return len(set(pairs)) / max(len(pairs), 1)
+def reference_continuations(tokenizer, prompts: list[list[int]], gen_length: int) -> list[list[int]]:
+    """The `gen_length` tokens that follow each prompt in its held-out document (a prompt is a document's start);
+    prompts from documents too short for that are left out."""
+    _, validation, _ = load_text_splits("stdlib")
+    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in validation["text"]]
+    n = len(prompts[0])
+    follow = {tuple(d[:n]): d[n:n + gen_length] for d in docs}  # (documents sharing a start: one of them)
+    return [c for p in prompts if len(c := follow.get(tuple(p), [])) == gen_length]
+
+
+def text_quality(samples: list[list[int]]) -> dict:
+    return {"entropy": round(token_entropy(torch.tensor(samples)), 3), "distinct_2": round(distinct_n(samples, 2), 3),
+            "repeated_4grams": round(repeated_ngrams(samples, 4), 3)}
 
 
 class Runner:
@@ -97,7 +115,8 @@ class Runner:
         from mmdlm.schedulers import MaskedDiffusionScheduler
 
         c = self.dlm.config
-        return MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, threshold=cfg.get("threshold"))
+        return MaskedDiffusionScheduler(schedule=c.schedule, eps=c.eps, threshold=cfg.get("threshold"),
+                                        temperature=cfg.get("temperature", 0.0))
 
     @torch.no_grad()
     def continue_all(self, cfg) -> tuple[list[list[int]], int, float]:
@@ -190,19 +209,22 @@ def main() -> None:
                "tokens_per_s_rounds": [round(x, 1) for x in speed[i]],
                "nfe_per_token": round(nfes[i] / len(flat), 4),
                "gen_ppl": round(run.gen_ppl(outputs[i]), 3),
-               "distinct_2": round(statistics.mean(distinct_2(o) for o in outputs[i]), 3),
+               **text_quality(outputs[i]),
                "infill_exact_match": round(run.infill_exact_match(cfg), 4),
                "peak_mem_mb": round(peak[i], 1),
                "sample_output": run.tokenizer.decode(outputs[i][0])}
         print(json.dumps({k: rec[k] for k in ("method", "block_length", "threshold", "tokens_per_s",
-                                              "nfe_per_token", "gen_ppl", "distinct_2", "infill_exact_match")}))
+                                              "nfe_per_token", "gen_ppl", "entropy", "distinct_2",
+                                              "infill_exact_match")}))
         records.append(rec)
     from mmdlm.provenance import machine, versions
 
     keys = ("prompts", "prompt_len", "gen_length", "spans", "span", "left", "right", "rounds")
+    reference = reference_continuations(run.tokenizer, prompts, a.gen_length)
     result = {
         "benchmark": "sampling",
         "records": records,
+        "reference_text": {"samples": len(reference), **text_quality(reference)},
         "settings": {k: getattr(a, k) for k in keys}
         | {"teacher": os.path.relpath(a.teacher, ROOT), "dlm": os.path.relpath(a.dlm, ROOT), "batch_size": 1,
            "torch_threads": torch.get_num_threads(),

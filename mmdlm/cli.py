@@ -12,6 +12,7 @@ from .commands.adapt import AdaptConfig
 from .commands.average import AverageConfig
 from .commands.caption import CaptionConfig
 from .commands.common import DataArgs
+from .commands.eval_lm import EvalLMConfig
 from .commands.eval_mm import EvalMMConfig
 from .commands.generate import GenerateConfig
 from .commands.merge_lora import MergeLoraConfig
@@ -22,9 +23,9 @@ from .commands.train_mm import TrainMMConfig
 from .commands.train_vq import TrainVQConfig
 from .demo.config import DemoConfig
 
-__all__ = ["COMMANDS", "AdaptConfig", "AverageConfig", "CaptionConfig", "DataArgs", "DemoConfig", "EvalMMConfig",
-           "GenerateConfig", "MergeLoraConfig", "PretrainConfig", "SftConfig", "T2IConfig", "TrainMMConfig",
-           "TrainVQConfig", "main", "parser"]
+__all__ = ["COMMANDS", "AdaptConfig", "AverageConfig", "CaptionConfig", "DataArgs", "DemoConfig", "EvalLMConfig",
+           "EvalMMConfig", "GenerateConfig", "MergeLoraConfig", "PretrainConfig", "SftConfig", "T2IConfig",
+           "TrainMMConfig", "TrainVQConfig", "main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -62,6 +62,24 @@ class PipelineContract:
         assert type(again) is type(pipe)
         assert same(self.rows(again(**self.inputs(2, gen(0)))), before)
 
+    def test_diffusers_generic_loader_and_model_card(self, pipe, tmp_path, monkeypatch):
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import dynamic_modules_utils
+        from huggingface_hub import ModelCard
+
+        monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # not ~/.cache
+        before = self.rows(pipe(**self.inputs(2, gen(0))))
+        pipe.save_pretrained(tmp_path / "pipe")
+        with pytest.raises(ValueError, match="trust_remote_code=True"):  # diffusers runs a folder's code when told
+            DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+        again = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+        again.set_progress_bar_config(disable=True)
+        assert type(again) is type(pipe)
+        assert same(self.rows(again(**self.inputs(2, gen(0)))), before)
+        card = ModelCard.load(tmp_path / "pipe" / "README.md")
+        assert card.data.library_name == "diffusers" and "mmdlm" in card.data.tags
+        assert "trust_remote_code=True" in card.text and "load_pipeline" in card.text
+
     def test_a_generator_per_sample_gives_each_sample_what_it_gives_alone(self, pipe):
         batch = self.rows(pipe(**self.inputs(2, [gen(1), gen(2)])))
         alone = [self.rows(pipe(**self.inputs(1, [gen(seed)])))[0] for seed in (1, 2)]

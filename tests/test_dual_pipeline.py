@@ -237,7 +237,7 @@ def test_inpainting_keeps_the_known_region(pipe):
 def test_save_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
-    assert index["_class_name"] == "DualDiffusionPipeline" and index["vae"] == [None, None]
+    assert index["_class_name"] == ["pipeline", "DualDiffusionPipeline"] and index["vae"] == [None, None]
     again = load_pipeline(tmp_path / "p")
     again.set_progress_bar_config(disable=True)
     assert isinstance(again, DualDiffusionPipeline) and again.vae is None and again.image_size == 16

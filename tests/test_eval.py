@@ -10,7 +10,7 @@ from mmdlm.data import pack_texts
 from mmdlm.diffusion import get_schedule, masked_diffusion_loss
 from mmdlm.eval.infill import exact_match, fill_spans_ar, fill_spans_dlm, held_out
 from mmdlm.eval.likelihood import ar_nll, continuation_nll, dlm_elbo, dlm_elbo_terms, elbo_from_terms
-from mmdlm.eval.samples import sample_ar, sample_dlm, token_entropy
+from mmdlm.eval.samples import distinct_n, repeated_ngrams, sample_ar, sample_dlm, token_entropy
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text.adapt import DiffusionLM
 
@@ -70,7 +70,10 @@ def test_standard_error_matches_the_spread_of_estimates(tokenizer):
 def test_estimator_is_reproducible_and_shares_noise_across_models(tokenizer):
     a, b = _dlm(tokenizer, seed=0), _dlm(tokenizer, seed=1)
     rows = _rows(tokenizer)
-    assert torch.equal(dlm_elbo_terms(a, rows, grid=3, replicates=2), dlm_elbo_terms(a, rows, grid=3, replicates=2))
+    terms = dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=len(rows))
+    assert torch.equal(terms, dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=len(rows)))
+    # several draws in one forward pass (room for 4 x the rows): the same draws, the same terms
+    assert torch.allclose(terms, dlm_elbo_terms(a, rows, grid=3, replicates=2, batch_size=4 * len(rows)), atol=1e-5)
     assert dlm_elbo(a, rows, seed=0).nll != dlm_elbo(a, rows, seed=1).nll
     # Same seed, same masks: rows whose terms are zero (nothing masked) match across models.
     ta, tb = dlm_elbo_terms(a, rows, grid=4, replicates=2), dlm_elbo_terms(b, rows, grid=4, replicates=2)
@@ -159,5 +162,9 @@ def test_samples_and_entropy(tokenizer):
     assert gen_ar.shape == (2, 5)
     assert token_entropy(torch.tensor([[1, 1, 1, 1]])) == 0.0
     assert math.isclose(token_entropy(torch.tensor([[1, 2, 3, 4]])), math.log(4))
+    loop, fresh = [7, 8, 9, 7, 8, 9, 7, 8, 9], list(range(9))  # a sample that loops, one that never repeats
+    assert distinct_n([fresh], 2) == 1.0 and distinct_n([loop], 2) == 3 / 8
+    assert repeated_ngrams([fresh], 4) == 0.0 and repeated_ngrams([loop], 4) == 3 / 6  # 4-grams 4..6 seen before
+    assert repeated_ngrams(torch.tensor([fresh, loop]), 4) == 0.25
     with pytest.raises(ValueError, match="one length"):
         sample_ar(dlm.model, [[1], [1, 2]], None, gen_length=2)

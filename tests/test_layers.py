@@ -10,7 +10,7 @@ import mmdlm
 ROOT = Path(mmdlm.__file__).parent
 # Lower floors never import higher ones; a module may import its own floor and the floors below.
 FLOORS = [
-    ("mmdlm", "mmdlm.provenance", "mmdlm.io", "mmdlm.config", "mmdlm.placeholders", "mmdlm.images"),
+    ("mmdlm", "mmdlm.provenance", "mmdlm.io", "mmdlm.config", "mmdlm.placeholders", "mmdlm.images", "mmdlm.cards"),
     ("mmdlm.diffusion",),
     ("mmdlm.text", "mmdlm.multimodal"),
     ("mmdlm.schedulers",),

@@ -31,6 +31,21 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
 
 
+def test_generic_loader_keeps_the_models_diffusion_settings(tmp_path, tokenizer, monkeypatch):
+    """diffusers' DiffusionPipeline.from_pretrained builds the pipeline itself: the DiffusionConfig
+    still comes from model/mmdlm.json (here a block model with a cosine schedule), not from defaults."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    dlm = DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer, attention="block", block_size=4,
+                                     shift=False, schedule="cosine")
+    dlm.save_pretrained(tmp_path / "dlm", tokenizer=tokenizer)
+    TextDiffusionPipeline.from_dlm(tmp_path / "dlm").save_pretrained(tmp_path / "pipe")
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert isinstance(generic, TextDiffusionPipeline) and generic.dlm.config == dlm.config
+
+
 def test_batch_left_padding_matches_single(pipe):
     """A short prompt in a batch with a longer one generates what it generates alone."""
     alone = pipe("x", gen_length=5, num_inference_steps=5)
@@ -85,6 +100,54 @@ def test_remasking_is_a_call_option(pipe):
     assert pipe.scheduler.config.remasking is False  # a call option, not a change to the scheduler
     with pytest.raises(ValueError, match="remasking ranks by confidence"):  # it reaches the scheduler
         pipe("a", gen_length=6, remasking=True, threshold=0.5)
+
+
+def test_editing_is_a_call_option(pipe):
+    out = pipe("a", gen_length=6, num_inference_steps=6, editing_threshold=0.5, output_type="ids")
+    assert not (out.sequences == pipe.mask_token_id).any()
+    assert pipe.scheduler.config.editing_threshold is None
+    with pytest.raises(ValueError, match="choose one"):
+        pipe("a", gen_length=6, remasking=True, editing_threshold=0.5)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_is_prompted_as_sft_trains_and_stops_at_the_end_of_turn(tmp_path, tokenizer):
+    from mmdlm.data.sft import encode_sft
+    from mmdlm.text.chat import render_chat
+
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    DiffusionLM.from_causal_lm(tiny_causal_lm("llama", tokenizer), tokenizer).save_pretrained(tmp_path / "dlm",
+                                                                                          tokenizer=tokenizer)
+    chat_pipe = TextDiffusionPipeline.from_dlm(tmp_path / "dlm")
+    chat_pipe.set_progress_bar_config(disable=True)
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "def f(x):"}]
+    trained, _ = encode_sft([{"messages": [*chat, {"role": "assistant", "content": "ok"}]}], tokenizer, 64)
+    n = int(trained["prompt_mask"].sum())
+
+    def end_turn(pipe, step, t, tensors):  # the model "answers" one token, then ends its turn
+        seq = tensors["sequences"]
+        seq[:, n + 1] = end
+        return {"sequences": seq}
+
+    kw = dict(gen_length=6, block_length=2, num_inference_steps=6, callback_on_step_end=end_turn,
+              callback_on_step_end_tensor_inputs=["sequences"])
+    as_chat = chat_pipe(messages=chat, **kw)
+    assert torch.equal(as_chat.sequences[0, :n], trained["input_ids"][0, :n])  # the prompt sft trains with
+    assert as_chat.sequences[0, n + 2:].eq(tokenizer.eos_token_id).all()  # later blocks: EOS, not generated
+    assert as_chat.texts[0] == tokenizer.decode(as_chat.sequences[0, n:n + 1])
+    plain = chat_pipe(render_chat(tokenizer, chat), **kw)  # the same text as a plain prompt: no end of turn
+    assert torch.equal(plain.sequences[0, :n], as_chat.sequences[0, :n]) and "<|im_end|>" in plain.texts[0]
+    batch = chat_pipe(messages=[chat, chat[1:]], gen_length=2, num_inference_steps=2)
+    assert len(batch.texts) == 2
+    for bad, match in (({"prompt": "x", "messages": chat}, "not both"), ({"messages": [{"role": "bot"}]}, "messages"),
+                       ({"messages": []}, "messages must be a chat")):
+        with pytest.raises(ValueError, match=match):
+            chat_pipe(gen_length=2, **bad)
 
 
 def test_history_writers(tmp_path, pipe):

@@ -122,3 +122,49 @@ def test_remasking_errors():
         s.step(_probs(4), s.timesteps[1], x, mask_token_id=M)
     with pytest.raises(ValueError, match="shape of the ids"):
         s.step(_probs(4), s.timesteps[1], x, mask_token_id=M, confidence=torch.zeros(1, 3))
+
+
+def test_editing_replaces_a_committed_token_the_model_now_disagrees_with():
+    """Token 4 is given, three positions are generated in three steps. Step 1 commits token 1 at
+    position 1 (p ~ 0.69); at step 2 the model is sure (p ~ 0.99) that position 1 is token 2 and
+    that the given position 0 is token 3: with editing above 0.9 only the committed token changes."""
+    first = torch.zeros(1, 4, 10)
+    first[0, 1, 1] = 3.0
+    second = torch.zeros(1, 4, 10)
+    second[0, 1, 2] = second[0, 0, 3] = 12.0
+    x = torch.tensor([[4, M, M, M]])
+    for editing, expected in ((None, 1), (0.9, 2), (0.99999, 1)):  # p(2) ~ 0.99995
+        s = MaskedDiffusionScheduler(num_inference_steps=3, editing_threshold=editing)
+        out = s.step(first, s.timesteps[0], x, mask_token_id=M)
+        assert out.prev_sample.tolist() == [[4, 1, M, M]] and (out.confidence is None) == (editing is None)
+        out = s.step(second, s.timesteps[1], out.prev_sample, mask_token_id=M, confidence=out.confidence)
+        assert out.prev_sample[0, :2].tolist() == [4, expected]  # the given token is never edited
+        assert out.prev_sample[0, 2:].eq(M).sum() == 1  # the schedule's commit happens as without editing
+        if editing is not None:
+            assert out.edited.tolist() == [[False, expected == 2, False, False]]
+            # the confidence carried is that of the token now there (an edited one: its new prediction's)
+            assert torch.isinf(out.confidence[0, 0]) and (out.confidence[0, 1] > 0.9) == (expected == 2)
+
+
+def test_editing_never_touches_given_tokens_and_ends_unmasked():
+    s = MaskedDiffusionScheduler(num_inference_steps=5, editing_threshold=0.2, temperature=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([[4, M, M, M, 5, M, M, M]] * 3)
+    conf, edits = None, 0
+    for i, t in enumerate(s.timesteps):
+        out = s.step(_probs(8, b=3, seed=i), t, x, mask_token_id=M, confidence=conf, generator=g)
+        assert not (out.edited & (x == M)).any()  # only committed tokens are edited
+        x, conf, edits = out.prev_sample, out.confidence, edits + int(out.edited.sum())
+        assert (x[:, 0] == 4).all() and (x[:, 4] == 5).all()
+    assert not (x == M).any() and edits > 0
+
+
+def test_editing_errors():
+    with pytest.raises(ValueError, match="choose one"):
+        MaskedDiffusionScheduler(remasking=True, editing_threshold=0.9)
+    for bad in (0, 1.5, float("nan"), "high"):
+        with pytest.raises(ValueError, match=r"editing_threshold must be in \(0, 1\]"):
+            MaskedDiffusionScheduler(editing_threshold=bad)
+    s = MaskedDiffusionScheduler(num_inference_steps=4, editing_threshold=0.5)
+    with pytest.raises(ValueError, match="token editing needs the confidences"):
+        s.step(_probs(4), s.timesteps[1], torch.full((1, 4), M), mask_token_id=M)

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from conftest import tiny_causal_lm
 
 from mmdlm import cli
-from mmdlm.data.sft import encode_sft, format_chat_prompt, function_pairs
+from mmdlm.data.sft import encode_sft, function_pairs
 from mmdlm.diffusion import corrupt, get_schedule
 from mmdlm.pipelines import TextDiffusionPipeline
 from mmdlm.schedulers import MaskedDiffusionScheduler
 from mmdlm.text import attention as attn
 from mmdlm.text.adapt import DiffusionLM, load_dlm
+from mmdlm.text.chat import render_chat
 from mmdlm.training import TrainArgs
 from mmdlm.training.diffusion import DiffusionTrainer
 
@@ -86,7 +87,7 @@ def test_chat_template_path(tokenizer):
     by_pair, _ = encode_sft([{"prompt": "hi", "response": "ok"}], tokenizer, 32)
     assert torch.equal(by_messages["input_ids"], by_pair["input_ids"])
     n_prompt = int(by_pair["prompt_mask"].sum())
-    assert tokenizer.decode(by_pair["input_ids"][0, 1:n_prompt]) == format_chat_prompt(tokenizer, "hi") == \
+    assert tokenizer.decode(by_pair["input_ids"][0, 1:n_prompt]) == render_chat(tokenizer, chat[:1]) == \
         "<user>hi\n<assistant>"
     assert tokenizer.decode(by_pair["input_ids"][0, n_prompt:]).startswith("ok\n")
     plain, _ = encode_sft([{"prompt": "hi", "response": "ok"}], tokenizer, 32, chat_template=False)

@@ -32,6 +32,12 @@ class GenerateConfig(DeviceArgs):
     alg_temp: float = field(default=0.0, metadata={"help": "randomness in choosing which tokens to commit (Dream)"})
     remasking: bool = field(default=False, metadata={
         "help": "committed tokens can be taken back when new predictions outrank them (rule confidence)"})
+    editing_threshold: float | None = field(default=None, metadata={
+        "help": "token editing (LLaDA2): a committed token is replaced when the model predicts another with "
+                "probability above this"})
+    chat: bool = field(default=False, metadata={
+        "help": "send --prompt as a user message through the tokenizer's chat template (as mmdlm sft trains); "
+                "the answer ends at the template's end of turn"})
     guidance_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance (the prompt masked)"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop once EOS is generated"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -62,8 +68,10 @@ def run(c) -> dict:
     for name, path in (("--output", c.output), ("--history", c.history)):
         if path not in (None, "terminal"):
             check_output_file(path, name)
+    if c.chat and c.prompt is None:
+        raise ValueError("--chat sends --prompt through the chat template: give --prompt")
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
-                    threshold=c.threshold, remasking=c.remasking)
+                    threshold=c.threshold, remasking=c.remasking, editing_threshold=c.editing_threshold)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
     device, dtype = c.resolve()
     check_attn_implementation(c.attn_implementation)
@@ -71,23 +79,26 @@ def run(c) -> dict:
                               **sampling)
     pipe.set_progress_bar_config(disable=True)
     settings = {**sampling, "steps": c.steps, "cache": c.cache, "gen_length": c.gen_length,
-                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed,
+                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed, "chat": c.chat,
                 "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                 "attn_implementation": c.attn_implementation}
     results: dict = {"model": c.model, "settings": settings}
-    jobs = []
+    jobs = []  # (kind, text, the call's input: a prompt or a chat, its other arguments)
     if c.prompt is not None:
-        jobs.append(("continuation", _unescape(c.prompt), dict(gen_length=c.gen_length, block_length=c.block_length,
-                                                    guidance_scale=c.guidance_scale)))
+        text = _unescape(c.prompt)
+        call = {"messages": [{"role": "user", "content": text}]} if c.chat else {"prompt": text}
+        jobs.append(("continuation", text, call, dict(gen_length=c.gen_length, block_length=c.block_length,
+                                                      guidance_scale=c.guidance_scale)))
     if c.infill is not None:
-        jobs.append(("infill", _unescape(c.infill), dict(gen_length=0)))
-    for _, text, kw in jobs:  # every job checked (lengths against the model's context) before any runs
-        pipe.check_inputs(text, num_inference_steps=c.steps, cache=c.cache, **kw)
-    for kind, text, kw in jobs:
-        out = pipe(text, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
+        jobs.append(("infill", _unescape(c.infill), {"prompt": _unescape(c.infill)}, dict(gen_length=0)))
+    for _, _, call, kw in jobs:  # every job checked (lengths against the model's context) before any runs
+        pipe.check_inputs(**call, num_inference_steps=c.steps, cache=c.cache, **kw)
+    for kind, text, call, kw in jobs:
+        out = pipe(**call, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
                    return_history=c.history is not None, generator=generator(device, c.seed), **kw)
         results[kind] = {"input": text, "output": out.texts[0], "nfe": out.nfe}
-        shown = f"{text}\033[1m{out.texts[0]}\033[0m" if kind == "continuation" else out.texts[0]
+        turn = "\n" if "messages" in call else ""  # a chat's answer goes on a line of its own
+        shown = f"{text}{turn}\033[1m{out.texts[0]}\033[0m" if kind == "continuation" else out.texts[0]
         print(f"--- {kind} ---\n{shown}\n")
         if c.history is not None:
             _show_history(pipe, out.history, c.history, kind)

@@ -23,9 +23,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..text.chat import check_chat, render_chat
 from .corpus import BUILTIN, RecordSplits, TextSplits
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -114,24 +113,14 @@ class SftSplits:
 
 def _chat_texts(tokenizer, messages) -> tuple[str, str]:
     """(prompt text, response text) of a chat whose last message is the assistant's answer."""
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
-        raise ValueError(f"messages must be a list of {{'role': {'|'.join(ROLES)}, 'content': str}}, "
-                         f"got {messages!r:.200}")
-    if messages[-1]["role"] != "assistant":
+    if not check_chat(messages) or messages[-1]["role"] != "assistant":
         raise ValueError("the last message of a chat must be the assistant's answer (the response to learn)")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = render_chat(tokenizer, messages[:-1])
+    full = render_chat(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise ValueError("the tokenizer's chat template does not render the conversation as prompt + answer "
                          "(the prompt with the generation prompt is not a prefix of the whole chat)")
     return prompt, full[len(prompt):]
-
-
-def format_chat_prompt(tokenizer, prompt: str) -> str:
-    """The text to give `mmdlm generate` for a model fine-tuned with the chat template."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
 
 
 def encode_records(records: Iterable[dict], tokenizer, seq_len: int, stats: SFTStats, *,

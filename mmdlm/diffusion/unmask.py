@@ -17,6 +17,10 @@ some of them:
   masked as without remasking) and masks the rest again; the ranking is log-confidence plus Gumbel
   noise of scale `alg_temp` x t (MaskGIT's annealed choice temperature). The caller carries the
   confidences from step to step; tokens that were never masked are never taken back.
+- with `editing_threshold` (LLaDA2's token editing), a token this sampler committed at an earlier
+  step is replaced when the current prediction disagrees with it with a probability above the
+  threshold. The caller carries the confidences as with remasking (they mark which tokens the
+  sampler committed); given tokens (the prompt) are never edited.
 
 `generator` is one torch.Generator, or a list with one per row: every random draw of a row then
 comes from its own generator, so a row samples the same in any batch.
@@ -54,6 +58,7 @@ class SamplingOptions:
     alg_temp: float = 0.0
     threshold: float | None = None
     remasking: bool = False
+    editing_threshold: float | None = None
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -62,13 +67,20 @@ class SamplingOptions:
         check_finite(self.alg_temp, "alg_temp")
         if self.top_k is not None:
             check_int(self.top_k, "top_k", 1)
-        for name in ("top_p", "threshold"):
+        for name in ("top_p", "threshold", "editing_threshold"):
             value = getattr(self, name)
             if value is not None and not (is_real(value) and 0 < value <= 1):  # NaN fails too
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if check_bool(self.remasking, "remasking") and (self.rule != "confidence" or self.threshold is not None):
             raise ValueError(f"remasking ranks by confidence on the commit schedule: it needs rule 'confidence' "
                              f"and no threshold, got rule={self.rule!r}, threshold={self.threshold}")
+        if self.remasking and self.editing_threshold is not None:
+            raise ValueError("remasking and editing_threshold both revise committed tokens: choose one")
+
+    @property
+    def carries_confidence(self) -> bool:
+        """Whether a step needs the confidences of the step before (remasking, token editing)."""
+        return self.remasking or self.editing_threshold is not None
 
     def replace(self, **overrides) -> "SamplingOptions":
         """These options with some changed (checked); an unknown name is a TypeError."""
@@ -81,13 +93,15 @@ class SamplingOptions:
 @dataclass
 class ReverseStep:
     """ids: after the step; pred: every masked position filled with its prediction; committed: the
-    positions this step committed; confidence (remasking only): what the next step needs, the
-    confidence of each generated token (inf where a token was given)."""
+    positions this step committed; confidence (remasking, editing): what the next step needs, the
+    confidence of each generated token (inf where a token was given); edited (editing): the
+    committed tokens this step replaced."""
 
     ids: Tensor
     pred: Tensor
     committed: Tensor
     confidence: Tensor | None = None
+    edited: Tensor | None = None
 
 
 def check_generators(generator: Generators, rows: int) -> None:
@@ -251,9 +265,10 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
     """One step from noise level `t` to `s < t` (see the module docstring).
 
     `logits` (B, L, V) predict `ids` (B, L) position by position; only masked positions that are
-    `editable` (default: all) can be committed (or, with remasking, taken back). [MASK] itself is
-    never predicted, and the caller's logits are left untouched. `confidence`: the previous step's
-    (remasking only; None at the `first` step). At s <= 0 every candidate is committed.
+    `editable` (default: all) can be committed (or, with remasking, taken back; with editing,
+    replaced). [MASK] itself is never predicted, and the caller's logits are left untouched.
+    `confidence`: the previous step's (remasking, editing; None at the `first` step). At s <= 0
+    every candidate is committed.
     """
     if ids.ndim != 2 or logits.ndim != 3 or logits.shape[:2] != ids.shape:
         raise ValueError(f"need ids (B, L) and logits (B, L, V); got {tuple(ids.shape)} and {tuple(logits.shape)}")
@@ -268,20 +283,25 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
     tokens, probs = predict(logits, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                             generator=generator)
     filled = torch.where(masked, tokens, ids)
+    chosen = probs.gather(-1, tokens[..., None])[..., 0]  # the probability of each prediction
     n_cand = candidates.sum(-1)
 
-    if options.remasking:
+    if options.carries_confidence:
         if confidence is None:
             if not first:
-                raise ValueError("remasking needs the confidences of the previous step: pass "
-                                 "confidence=out.confidence from the step before")
+                raise ValueError(f"{'remasking' if options.remasking else 'token editing'} needs the confidences of "
+                                 "the previous step: pass confidence=out.confidence from the step before")
             confidence = torch.full(ids.shape, float("inf"), device=ids.device)  # all but [MASK] given
         elif confidence.shape != ids.shape:
             raise ValueError(f"confidence must have the shape of the ids {tuple(ids.shape)}, got "
                              f"{tuple(confidence.shape)}")
-        committed = ~masked & torch.isfinite(confidence)
-        pool = candidates | (committed if editable is None else committed & editable)
-        ranked = torch.where(masked, probs.gather(-1, tokens[..., None])[..., 0], confidence)
+        committed = ~masked & torch.isfinite(confidence)  # by this sampler, at an earlier step
+        if editable is not None:
+            committed &= editable
+
+    if options.remasking:
+        pool = candidates | committed
+        ranked = torch.where(masked, chosen, confidence)
         stay_masked = n_cand - tokens_to_commit(n_cand, t, s, schedule)  # as many as without remasking
         keep = select_top(ranked.clamp_min(1e-30).log(), pool.sum(-1) - stay_masked, pool,
                           alg_temp=options.alg_temp * t, generator=generator)
@@ -295,12 +315,15 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
     else:
         scores = commit_scores(probs, tokens, options.rule, generator=generator)
         if options.threshold is not None:
-            conf = probs.gather(-1, tokens[..., None])[..., 0]
-            commit = candidates & (conf >= options.threshold)
+            commit = candidates & (chosen >= options.threshold)
             commit |= select_top(scores, torch.ones_like(n_cand), candidates)  # at least one
         else:
             n = tokens_to_commit(n_cand, t, s, schedule) if t > 0 else n_cand
             commit = select_top(scores, n, candidates, alg_temp=options.alg_temp, generator=generator)
     if s <= 0.0:  # the last step leaves nothing masked
         commit = candidates
-    return ReverseStep(ids=torch.where(commit, tokens, ids), pred=filled, committed=commit)
+    if options.editing_threshold is None:
+        return ReverseStep(ids=torch.where(commit, tokens, ids), pred=filled, committed=commit)
+    edited = committed & (tokens != ids) & (chosen > options.editing_threshold)
+    return ReverseStep(ids=torch.where(commit | edited, tokens, ids), pred=filled, committed=commit,
+                       confidence=torch.where(commit | edited, chosen, confidence), edited=edited)

@@ -209,34 +209,35 @@ def evaluate(pipe, dataset: str = "shapes", *, n: int = 64, num_inference_steps:
     return record
 
 
-def write_record(path: str | Path, record: dict) -> dict:
-    """Insert `record` into the results file at `path`, replacing the one with the same
-    (backbone, dataset, label), the label being optional (e.g. "stage 3"); atomic. The file
-    holds the records plus the versions and machine of the last writer; each record also keeps
-    its own. Returns the file's content."""
+def write_record(path: str | Path, record: dict, *, benchmark: str = "imagetext",
+                 slot: tuple[str, ...] = ("dataset", "backbone", "label")) -> dict:
+    """Insert `record` into the `benchmark` results file at `path`, replacing the one in the same
+    `slot` (by default (dataset, backbone, label), the label being optional, e.g. "stage 3"; every
+    other key of the slot required); atomic. The file holds the records plus the versions and
+    machine of the last writer; each record also keeps its own. Returns the file's content."""
     from importlib.metadata import version
 
     from ..provenance import machine, versions
 
-    for key in ("backbone", "dataset"):
+    for key in slot[:-1]:
         if not record.get(key):
             raise ValueError(f"a record needs a {key!r}")
     path = Path(path)
-    data = {"benchmark": "imagetext", "records": []}
+    data = {"benchmark": benchmark, "records": []}
     if path.exists():
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); move it away rather than have it overwritten") from err
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-            raise ValueError(f"{path} is not an image-text results file (no list of records)")
+            raise ValueError(f"{path} is not a {benchmark} results file (no list of records)")
     env = {"versions": {**versions(), "diffusers": version("diffusers")}, "machine": machine()}
     record = {**record, **{k: record.get(k) or v for k, v in env.items()}}
 
-    def slot(r: dict) -> tuple[str, str, str]:
-        return r.get("dataset", ""), r.get("backbone", ""), r.get("label") or ""
+    def key(r: dict) -> tuple[str, ...]:
+        return tuple(r.get(k) or "" for k in slot)
 
-    records = [r for r in data["records"] if slot(r) != slot(record)] + [record]
-    data.update(env, records=sorted(records, key=slot))
+    records = [r for r in data["records"] if key(r) != key(record)] + [record]
+    data.update(env, records=sorted(records, key=key))
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return data

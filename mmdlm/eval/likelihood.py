@@ -62,11 +62,18 @@ def _seed(seed: int, replicate: int, stratum: int, row: int) -> int:
 
 @torch.no_grad()
 def dlm_elbo_terms(dlm, ids: torch.Tensor, *, grid: int = 8, replicates: int = 2, batch_size: int = 32,
-                   seed: int = 0) -> torch.Tensor:
-    """(rows, grid, replicates) per-row sums of w(t) x CE over the masked tokens of one draw each."""
+                   seed: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
+    """(rows, grid, replicates) per-row sums of w(t) x CE over the masked tokens of one draw each.
+
+    `context` (rows,): how many leading tokens of each row are given, never masked nor scored
+    (default 1, position 0): the terms then bound -log p(the rest | the context)."""
     _check_ids(ids)
     if grid < 1 or replicates < 1 or batch_size < 1:
         raise ValueError(f"grid, replicates and batch_size must be >= 1, got {grid}, {replicates}, {batch_size}")
+    n_context = torch.ones(len(ids), dtype=torch.long) if context is None else torch.as_tensor(context).long()
+    if n_context.shape != (len(ids),) or not ((n_context >= 1) & (n_context < ids.shape[1])).all():
+        raise ValueError(f"context must give each of the {len(ids)} rows between 1 and {ids.shape[1] - 1} "
+                         "leading tokens")
     cfg = dlm.config
     schedule = get_schedule(cfg.schedule, cfg.eps)
     device = next(dlm.parameters()).device
@@ -76,21 +83,26 @@ def dlm_elbo_terms(dlm, ids: torch.Tensor, *, grid: int = 8, replicates: int = 2
     was_training = dlm.training
     dlm.eval()
     out = torch.zeros(n, grid, replicates)
+    draws = [(r, k) for r in range(replicates) for k in range(grid)]
     try:
         for a in range(0, n, batch_size):
             x0 = ids[a:a + batch_size].to(device)
-            protect = torch.zeros_like(x0, dtype=torch.bool)
-            protect[:, 0] = True
-            for r in range(replicates):
-                for k in range(grid):
+            protect = torch.arange(length, device=device) < n_context[a:a + batch_size, None].to(device)
+            per_pass = max(1, batch_size // len(x0))  # draws that share a forward pass (fewer rows, more draws)
+            for d in range(0, len(draws), per_pass):
+                noisy, masks, levels = [], [], []
+                for r, k in draws[d:d + per_pass]:
                     g = torch.Generator(device).manual_seed(_seed(seed, r, k, a))
                     u = torch.rand(x0.shape[0], n_blocks, generator=g, device=device)
                     t = schedule.eps + (1.0 - schedule.eps) * (k + u) / grid
                     t = block_t(t, cfg.block_size, length) if cfg.attention == "block" else t[:, 0]
                     x_t, masked = corrupt(x0, t, cfg.mask_token_id, schedule, protect=protect, generator=g)
-                    logits = denoiser_logits(dlm, cfg, x0, x_t, masked, head_on_kept_only=fast_head)
-                    out[a:a + len(x0), k, r] = masked_diffusion_loss(logits, x0, masked, t, schedule,
-                                                                     normalize="none").float().cpu()
+                    noisy.append(x_t), masks.append(masked), levels.append(t)
+                clean, masked, t = x0.repeat(len(noisy), 1), torch.cat(masks), torch.cat(levels)
+                logits = denoiser_logits(dlm, cfg, clean, torch.cat(noisy), masked, head_on_kept_only=fast_head)
+                loss = masked_diffusion_loss(logits, clean, masked, t, schedule, normalize="none").float().cpu()
+                for (r, k), part in zip(draws[d:d + per_pass], loss.split(len(x0))):
+                    out[a:a + len(x0), k, r] = part
     finally:
         dlm.train(was_training)
     return out

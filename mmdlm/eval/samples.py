@@ -1,8 +1,9 @@
 """Samples from diffusion and AR LMs after held-out prompts, scored by a reference AR model.
 
 Generative perplexity (the reference model's perplexity of the sampled tokens given the
-prompt, `likelihood.continuation_nll`) rewards text the reference finds likely, and also rewards repetition; the mean
-per-sample token entropy is reported beside it to expose degenerate, repetitive samples.
+prompt, `likelihood.continuation_nll`) rewards text the reference finds likely, and also rewards repetition: greedy
+text that loops scores better than any honest sample. So it is reported only beside the mean per-sample token
+entropy (`token_entropy`) and repetition (`distinct_n`, `repeated_ngrams`), which expose degenerate samples.
 """
 from __future__ import annotations
 
@@ -56,3 +57,27 @@ def token_entropy(samples: torch.Tensor) -> float:
         values.append(-sum(c / n * math.log(c / n) for c in counts.values()))
     return sum(values) / len(values)
 
+
+
+def _ngrams(row: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+
+
+def distinct_n(samples: torch.Tensor | list[list[int]], n: int = 2) -> float:
+    """Mean over samples of the share of distinct n-grams among a sample's n-grams (1: no n-gram repeats)."""
+    rows = samples.tolist() if isinstance(samples, torch.Tensor) else samples
+    grams = [_ngrams(row, n) for row in rows]
+    return sum(len(set(g)) / max(len(g), 1) for g in grams) / len(rows)
+
+
+def repeated_ngrams(samples: torch.Tensor | list[list[int]], n: int = 4) -> float:
+    """Mean over samples of the share of n-grams that already occurred earlier in the same sample (0: none)."""
+    rows = samples.tolist() if isinstance(samples, torch.Tensor) else samples
+    shares = []
+    for row in rows:
+        seen, repeats, grams = set(), 0, _ngrams(row, n)
+        for g in grams:
+            repeats += g in seen
+            seen.add(g)
+        shares.append(repeats / max(len(grams), 1))
+    return sum(shares) / len(rows)

@@ -21,6 +21,7 @@ from ..multimodal.text import attention_mask, decode_captions, encode_captions
 from ..schedulers import MaskedDiffusionScheduler
 from .joint_loop import FlowImage, Guidance, MaskedTokens, joint_loop
 from .multimodal import (
+    CARD_EXAMPLE,
     MultimodalPipelineOutput,
     check_call_options,
     check_component,
@@ -31,6 +32,7 @@ from .multimodal import (
     resolve_text_steps,
     step_callback,
 )
+from .sharing import SharedPipeline
 
 
 def check_image_scheduler(scheduler) -> None:
@@ -60,8 +62,15 @@ def image_timesteps_kwargs(scheduler, latents: torch.Tensor, patch_size: int) ->
 
 
 @register_pipeline
-class DualDiffusionPipeline(DiffusionPipeline):
+class DualDiffusionPipeline(SharedPipeline, DiffusionPipeline):
     """An MM-DiT that draws images from captions and captions images (see the module docstring)."""
+
+    card_title = "MM-DiT image-text pipeline (mmdlm DualDiffusionPipeline)"
+    card_about = ("One MM-DiT (D-DiT) for text-to-image, captioning, question answering, joint generation, "
+                  "caption infilling and inpainting: flow matching on the image, masked diffusion on the text.")
+    card_example = CARD_EXAMPLE
+    card_tags = ("text-to-image", "image-to-text", "masked-diffusion", "mm-dit")
+    card_pipeline_tag = "text-to-image"
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]

@@ -66,6 +66,7 @@ from PIL import Image
 from ..diffusion._checks import check_finite
 from ..images import to_pil
 from ..placeholders import PLACEHOLDER
+from .sharing import class_name
 from .text_diffusion import TextDiffusionPipeline
 
 TASKS = ("t2i", "caption", "vqa", "joint", "infill", "inpaint")
@@ -251,6 +252,11 @@ def format_images(images: torch.Tensor, output_type: str = "pil"):
     return x if output_type == "pt" else x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+# The call both model cards show (`mmdlm.pipelines.sharing`).
+CARD_EXAMPLE = ('image = pipe("a large green triangle above a small red square").images[0]\n'
+                'print(pipe(image=image).texts[0])  # its caption')
+
+
 # ---------------------------------------------------------------- loading any mmdlm pipeline
 PIPELINES: dict[str, type] = {}
 
@@ -272,7 +278,7 @@ def saved_pipeline_class(path: str | Path) -> str | None:
     if not index.is_file():
         return None
     try:
-        return json.loads(index.read_text()).get("_class_name")
+        return class_name(json.loads(index.read_text()).get("_class_name"))
     except (json.JSONDecodeError, AttributeError) as err:
         raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
 

@@ -22,7 +22,9 @@ from ..placeholders import PLACEHOLDER, parse_infill
 from ..schedulers import MaskedDiffusionScheduler
 from ..text.adapt import CONFIG_NAME, DiffusionConfig, DiffusionLM, load_dlm
 from ..text.base import check_attn_implementation
+from ..text.chat import check_chat, end_of_turn_id, render_chat
 from ..text.generate import check_options, default_blocks, generate
+from .sharing import SharedPipeline
 
 
 @dataclass
@@ -37,14 +39,21 @@ class TextDiffusionPipelineOutput(BaseOutput):
     nfe: int = 0
 
 
-class TextDiffusionPipeline(DiffusionPipeline):
+class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
     model_cpu_offload_seq = "model"
     _callback_tensor_inputs = ["sequences"]
+    card_title = "Text diffusion pipeline (mmdlm TextDiffusionPipeline)"
+    card_example = 'print(pipe("def add(a, b):", gen_length=32).texts[0])'
+    card_tags = ("diffusion-lm", "masked-diffusion")
+    card_pipeline_tag = "text-generation"
 
     def __init__(self, model, tokenizer, scheduler: MaskedDiffusionScheduler,
                  diffusion_config: DiffusionConfig | None = None):
         super().__init__()
         self.register_modules(model=model, tokenizer=tokenizer, scheduler=scheduler)
+        saved = Path(getattr(model, "name_or_path", None) or "nowhere") / CONFIG_NAME
+        if diffusion_config is None and saved.is_file():  # a saved pipeline's model/, whoever loads it
+            diffusion_config = DiffusionConfig.load(saved.parent)
         if diffusion_config is None:
             mask_token_id = getattr(tokenizer, "mask_token_id", None)
             if mask_token_id is None:
@@ -82,8 +91,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         if path.is_dir() and not (path / "model" / CONFIG_NAME).is_file():
             raise ValueError(f"{path} is not a saved TextDiffusionPipeline: it has no model/{CONFIG_NAME} (the "
                              "model's diffusion settings)")
-        config = DiffusionConfig.load(path / "model") if path.is_dir() else None
-        pipe = super().from_pretrained(pretrained_model_name_or_path, diffusion_config=config,
+        pipe = super().from_pretrained(pretrained_model_name_or_path,  # (__init__ reads model/mmdlm.json)
                                        **({"torch_dtype": dtype} if dtype is not None else {}), **kwargs)
         if attn_implementation is not None:
             pipe.set_attn_implementation(attn_implementation)
@@ -96,10 +104,14 @@ class TextDiffusionPipeline(DiffusionPipeline):
             self.model.set_attn_implementation(name)
         self.dlm = DiffusionLM(self.model, self.dlm.config)
 
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """diffusers' save, with the model's `DiffusionConfig` beside its weights (model/mmdlm.json)."""
-        super().save_pretrained(save_directory, **kwargs)
-        self.dlm.config.save(Path(save_directory) / "model")
+    def _save_extra(self, folder: Path) -> None:
+        self.dlm.config.save(folder / "model")  # the model's `DiffusionConfig` beside its weights
+
+    def _card_about(self) -> str:
+        c = self.dlm.config
+        return (f"Text generation with a masked diffusion LM (a transformers `{type(self.model).__name__}` run "
+                f"with {c.attention} attention; its diffusion settings in `model/{CONFIG_NAME}`) and mmdlm's "
+                f"`MaskedDiffusionScheduler`. `pipe(messages=[...])` prompts through the tokenizer's chat template.")
 
     def _tokenize(self, prompts: list[str], gen_length: int) -> tuple[list[int], list[list[int]]]:
         """(BOS ids, the token ids of each prompt with its placeholders as masks), checked against
@@ -134,18 +146,33 @@ class TextDiffusionPipeline(DiffusionPipeline):
             prompt_mask[i, width - len(r) + len(bos): width - len(r) + n] = True
         return ids, attention_mask, prompt_mask, n_prompt, rows
 
-    def check_inputs(self, prompt, *, gen_length: int = 64, block_length: int | None = None,
+    def _prompts(self, prompt, messages) -> list[str]:
+        """The prompt texts of a call: `prompt`, or each chat of `messages` under the chat template."""
+        if messages is not None:
+            if prompt is not None:
+                raise ValueError("give a prompt or messages, not both")
+            chats = [messages] if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
+                else messages
+            if not isinstance(chats, list) or not chats or not all(check_chat(c) for c in chats):
+                raise ValueError("messages must be a chat (a non-empty list of {'role', 'content'} dicts) or a "
+                                 "list of chats")
+            return [render_chat(self.tokenizer, c) for c in chats]
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings (or give messages), got "
+                             f"{type(prompt).__name__}" + (" with other items" if isinstance(prompt, (list, tuple))
+                                                           else ""))
+        if not prompts:
+            raise ValueError("no prompt given")
+        return list(prompts)
+
+    def check_inputs(self, prompt=None, *, messages=None, gen_length: int = 64, block_length: int | None = None,
                      num_inference_steps: int = 64, cache: str = "none", guidance_scale: float = 0.0,
                      stop_at_eos: bool = True, output_type: str = "text", return_history: bool = False,
                      return_dict: bool = True, callback_on_step_end_tensor_inputs: list[str] | None = None,
                      **sampling) -> None:
         """Refuse bad call arguments (a one-line ValueError) before anything is built or run."""
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
-                             + (" with other items" if isinstance(prompt, (list, tuple)) else ""))
-        if not prompts:
-            raise ValueError("no prompt given")
+        prompts = self._prompts(prompt, messages)
         check_int(gen_length, "gen_length", 0)
         if block_length is not None:
             check_int(block_length, "block_length", 1)
@@ -165,30 +192,38 @@ class TextDiffusionPipeline(DiffusionPipeline):
         self._tokenize(prompts, gen_length)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], *, gen_length: int = 64, block_length: int | None = None,
+    def __call__(self, prompt: str | list[str] | None = None, *, messages: list[dict] | list[list[dict]] | None = None,
+                 gen_length: int = 64, block_length: int | None = None,
                  num_inference_steps: int = 64, rule: str | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
-                 threshold: float | None = None, remasking: bool | None = None, cache: str = "none",
-                 guidance_scale: float = 0.0,
+                 threshold: float | None = None, remasking: bool | None = None,
+                 editing_threshold: float | None = None, cache: str = "none", guidance_scale: float = 0.0,
                  stop_at_eos: bool = True, generator: torch.Generator | list[torch.Generator] | None = None,
                  output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
 
-        Sampling options left as None take the scheduler's config (`remasking`: a committed token
-        can go back under the mask, see `MaskedDiffusionScheduler`). `output_type` is "text"
-        (decoded texts) or "ids" (sequences only). `generator`: one, or a list with one per prompt.
+        `messages` (instead of `prompt`): a chat, or a list of chats, rendered with the tokenizer's
+        chat template and its generation prompt (as `mmdlm sft` renders training data); the answer
+        stops at the template's end-of-turn token as at EOS. Sampling options left as None take the
+        scheduler's config (`remasking`: a committed token can go back under the mask;
+        `editing_threshold`: a committed token is replaced when the model disagrees with it with
+        more confidence; see `MaskedDiffusionScheduler`). `output_type` is "text" (decoded texts)
+        or "ids" (sequences only). `generator`: one, or a list with one per prompt.
         """
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
-                                           alg_temp=alg_temp, threshold=threshold,
-                                           remasking=remasking).items() if v is not None}
-        self.check_inputs(prompt, gen_length=gen_length, block_length=block_length,
+                                           alg_temp=alg_temp, threshold=threshold, remasking=remasking,
+                                           editing_threshold=editing_threshold).items() if v is not None}
+        self.check_inputs(prompt, messages=messages, gen_length=gen_length, block_length=block_length,
                           num_inference_steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
                           stop_at_eos=stop_at_eos, output_type=output_type, return_history=return_history,
                           return_dict=return_dict,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = self._prompts(prompt, messages)
+        stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        if messages is not None and (end := end_of_turn_id(self.tokenizer)) is not None:
+            stops.append(end)
         check_generators(generator, len(prompts))
         ids, attention_mask, prompt_mask, n_prompt, rows = self._encode(prompts, gen_length)
         width = ids.shape[1]
@@ -226,7 +261,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
             out = generate(self.dlm, sequences[sel, cut:], self.scheduler, steps=num_inference_steps,
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
                            attention_mask=mask, cache=cache, guidance_scale=guidance_scale,
-                           prompt_mask=prompt_mask[sel, cut:], eos_token_id=self.tokenizer.eos_token_id,
+                           prompt_mask=prompt_mask[sel, cut:], eos_token_id=stops or None,
                            stop_at_eos=stop_at_eos, callback=on_step, **overrides,
                            generator=[generator[i] for i in index] if isinstance(generator, list) else generator)
             sequences[sel, cut:] = out.sequences
@@ -238,7 +273,7 @@ class TextDiffusionPipeline(DiffusionPipeline):
         texts = None
         if output_type == "text":
             values = sequences.tolist()  # one copy to the host for every row
-            texts = [self._decode(values[i], pad, n, PLACEHOLDER.search(p) is not None, width)
+            texts = [self._decode(values[i], pad, n, PLACEHOLDER.search(p) is not None, width, stops)
                      for i, (pad, n, p) in enumerate(zip(pads, n_prompt, prompts))]
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -263,12 +298,12 @@ class TextDiffusionPipeline(DiffusionPipeline):
             out.append(tuple(blocks))
         return out
 
-    def _decode(self, seq: list[int], start: int, n_prompt: int, infill: bool, width: int) -> str:
+    def _decode(self, seq: list[int], start: int, n_prompt: int, infill: bool, width: int,
+                stops: list[int]) -> str:
         tok = self.tokenizer
         bos = int(tok.bos_token_id is not None)
         body = seq[start + bos: width]
         gen_from = n_prompt - bos  # index in body where the appended tail starts
         tail = body[gen_from:]
-        if tok.eos_token_id in tail:
-            tail = tail[: tail.index(tok.eos_token_id)]
+        tail = tail[: min([tail.index(i) for i in stops if i in tail], default=len(tail))]
         return tok.decode((body[:gen_from] if infill else []) + tail)

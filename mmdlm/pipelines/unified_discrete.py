@@ -48,6 +48,7 @@ from ..multimodal.tokenizers import VQImageTokenizer
 from ..schedulers import MaskedDiffusionScheduler
 from .joint_loop import Guidance, MaskedTokens, joint_loop
 from .multimodal import (
+    CARD_EXAMPLE,
     MultimodalPipelineOutput,
     check_call_options,
     check_component,
@@ -57,15 +58,22 @@ from .multimodal import (
     resolve_text_steps,
     step_callback,
 )
+from .sharing import SharedPipeline, class_name
 
 JOINT_TEMPERATURE = JOINT_ALG_TEMP = 1.0
 
 
 @register_pipeline
-class UnifiedDiscretePipeline(DiffusionPipeline):
+class UnifiedDiscretePipeline(SharedPipeline, DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["image_ids", "text_ids", "image_pred_ids"]
     backbone = "discrete"
+    card_title = "Discrete image-text pipeline (mmdlm UnifiedDiscretePipeline)"
+    card_about = ("VQ image codes and caption tokens in one masked diffusion: text-to-image, captioning, question "
+                  "answering, joint generation, caption infilling and inpainting with one transformer.")
+    card_example = CARD_EXAMPLE
+    card_tags = ("text-to-image", "image-to-text", "masked-diffusion", "discrete-diffusion", "vq")
+    card_pipeline_tag = "text-to-image"
 
     def __init__(self, transformer: UnifiedDiscreteTransformer, vqvae: VQModel, tokenizer,
                  scheduler: MaskedDiffusionScheduler, image_size: int | None = None, vq_normalize: bool = True):
@@ -113,7 +121,7 @@ class UnifiedDiscretePipeline(DiffusionPipeline):
         index = Path(pretrained_model_name_or_path) / "model_index.json"
         if index.is_file():
             try:
-                name = json.loads(index.read_text()).get("_class_name")
+                name = class_name(json.loads(index.read_text()).get("_class_name"))
             except (json.JSONDecodeError, AttributeError) as err:
                 raise ValueError(f"{index} is not a valid model_index.json: {err}") from err
             if name != cls.__name__:

@@ -4,8 +4,8 @@ It works on any tensor of token ids (text tokens, VQ image codes): `set_timestep
 noise levels from t=1 down to 0, and `step` turns the model's logits at the current ids into
 the next ids, committing some masked positions and leaving the rest masked. The config holds
 the noise schedule and the sampling options (`mmdlm.diffusion.SamplingOptions`: rule,
-temperature, top_k, top_p, alg_temp, threshold, remasking), each of which a call of `step` may
-override; what the options do is documented with the core step.
+temperature, top_k, top_p, alg_temp, threshold, remasking, editing_threshold), each of which a
+call of `step` may override; what the options do is documented with the core step.
 """
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ SAMPLING_OPTIONS = tuple(f.name for f in dataclasses.fields(SamplingOptions))
 @dataclass
 class MaskedDiffusionSchedulerOutput(BaseOutput):
     """prev_sample: ids after the step; pred_original_sample: every masked position filled with
-    its prediction; committed: the positions committed by this step; confidence (with remasking): what
-    the next step needs, the confidence of each generated token (inf where a token was given)."""
+    its prediction; committed: the positions committed by this step; confidence (with remasking or
+    editing): what the next step needs, the confidence of each generated token (inf where a token was
+    given); edited (with editing): the committed tokens this step replaced."""
 
     prev_sample: torch.LongTensor
     pred_original_sample: torch.LongTensor
     committed: torch.BoolTensor
     confidence: torch.Tensor | None = None
+    edited: torch.BoolTensor | None = None
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -42,10 +44,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_inference_steps: int = 64, schedule: str = "linear", eps: float = 1e-3,
                  rule: str = "confidence", temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None, alg_temp: float = 0.0, threshold: float | None = None,
-                 remasking: bool = False):
+                 remasking: bool = False, editing_threshold: float | None = None):
         get_schedule(schedule, eps)
         SamplingOptions(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p, alg_temp=alg_temp,
-                        threshold=threshold, remasking=remasking)
+                        threshold=threshold, remasking=remasking, editing_threshold=editing_threshold)
         self.set_timesteps(num_inference_steps)
 
     def sampling_options(self, **overrides) -> SamplingOptions:
@@ -77,9 +79,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
         `timestep`: a level of `levels` (or of `timesteps`, which, on an accelerator, the host must wait to read).
         Only masked positions that are `editable` (default: all) can be committed (or, with
-        remasking, taken back). `confidence`: the previous step's `out.confidence` (remasking
-        only; None at the first step). Any sampling option of the config can be overridden per
-        call. `generator`: one, or a list with one per row.
+        remasking, taken back; with editing, replaced). `confidence`: the previous step's
+        `out.confidence` (remasking, editing; None at the first step). Any sampling option of the
+        config can be overridden per call. `generator`: one, or a list with one per row.
         """
         options = self.sampling_options(**overrides)
         if sample.ndim != 2 or model_output.shape[:2] != sample.shape:
@@ -90,7 +92,8 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                            editable=editable, confidence=confidence, first=t >= self.levels[0],
                            generator=generator)
         out = MaskedDiffusionSchedulerOutput(prev_sample=out.ids, pred_original_sample=out.pred,
-                                             committed=out.committed, confidence=out.confidence)
+                                             committed=out.committed, confidence=out.confidence,
+                                             edited=out.edited)
         return out if return_dict else out.to_tuple()
 
     def add_noise(self, original_samples: torch.LongTensor, t: torch.Tensor, mask_token_id: int,

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..cards import push_folder, write_card
 from ..diffusion import get_schedule
 from ..diffusion._checks import check_bool, check_finite, check_int
 from ..io import atomic_dir
@@ -224,7 +225,8 @@ class DiffusionLM(nn.Module):
         return hasattr(self.model, "peft_config")
 
     def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
-        """Write atomically: the folder appears complete or not at all. With LoRA, the adapter."""
+        """Write atomically: the folder appears complete or not at all. With LoRA, the adapter.
+        A model card (README.md) says what the folder holds and how to load it."""
         with atomic_dir(path) as tmp:
             if self.is_lora:  # the adapter only: the [MASK] rows are in it (trainable tokens), no full embedding
                 self.model.save_pretrained(tmp, save_embedding_layers=False)
@@ -233,6 +235,34 @@ class DiffusionLM(nn.Module):
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
+            self.write_model_card(tmp)
+
+    def write_model_card(self, folder: Path) -> None:
+        """README.md in `folder`: what this model is and how to load it."""
+        c = self.config
+        inner = self.model.get_base_model() if self.is_lora else self.model
+        base = next(iter(self.model.peft_config.values())).base_model_name_or_path if self.is_lora else None
+        what = f"a LoRA adapter (peft) on `{base}`, loaded with its base" if self.is_lora else "the full weights"
+        about = (f"A masked diffusion language model made with mmdlm from the transformers causal LM "
+                 f"`{type(inner).__name__}` ({what}). Attention: {c.attention}"
+                 + (f" (blocks of {c.block_size})" if c.attention == "block" else "")
+                 + f"; shift: {c.shift}; [MASK] id {c.mask_token_id}; noise schedule {c.schedule}. The diffusion "
+                 f"settings are `{CONFIG_NAME}`, beside the weights: transformers alone loads the weights as a "
+                 f"causal LM, which this model is no longer trained to be.")
+        usage = ('from mmdlm.pipelines import TextDiffusionPipeline\n\n'
+                 'pipe = TextDiffusionPipeline.from_pretrained("PATH")  # this folder\n'
+                 'print(pipe("def add(a, b):", gen_length=32).texts[0])')
+        write_card(folder, title="Masked diffusion LM", about=about, usage=usage, library_name="mmdlm",
+                   tags=["diffusion-lm", "masked-diffusion", *(["lora"] if self.is_lora else [])],
+                   pipeline_tag="text-generation", base_model=base)
+
+    def push_to_hub(self, repo_id: str, tokenizer=None, **hub_options):
+        """Save (card included) and upload to the hub repository `repo_id` (`mmdlm.cards.push_folder`'s options)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "model", tokenizer)
+            return push_folder(Path(tmp) / "model", repo_id, **hub_options)
 
     @torch.no_grad()
     def check_bidirectional(self) -> None:

@@ -11,8 +11,9 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
-- stop_at_eos: once a row has produced EOS, its remaining masks become EOS (no EOS flood to
-  decode, nothing after EOS in the text); the loop ends when every row has.
+- stop_at_eos: once a row has produced EOS (or another of the `eos_token_id` given, e.g. a chat
+  template's end of turn), its remaining masks become EOS (no EOS flood to decode, nothing after
+  EOS in the text); the loop ends when every row has.
 
 With shift, token i is predicted at position i-1, so each pass also includes the position
 just before the block.
@@ -111,17 +112,17 @@ class _Runner:
         return out.logits
 
 
-def _status(x, lo: int, hi: int, mask_id: int, eos_token_id: int | None, start: int, *,
+def _status(x, lo: int, hi: int, mask_id: int, stops: torch.Tensor | None, start: int, *,
             last: bool) -> tuple[bool, bool]:
-    """(the block [lo, hi) holds no mask any more, every row has written `eos_token_id` in [start, hi)), read
-    from the device at once: the sampling loop's one host synchronisation per step (none after a block's
-    `last` step when no EOS is watched: that step commits whatever is left)."""
-    if last and eos_token_id is None:
+    """(the block [lo, hi) holds no mask any more, every row has written one of the `stops` token ids in
+    [start, hi)), read from the device at once: the sampling loop's one host synchronisation per step (none
+    after a block's `last` step when no stop is watched: that step commits whatever is left)."""
+    if last and stops is None:
         return True, False
     finished = torch.ones((), dtype=torch.bool, device=x.device) if last else ~(x[:, lo:hi] == mask_id).any()
     code = finished.long()
-    if eos_token_id is not None:
-        code = code + 2 * (x[:, start:hi] == eos_token_id).any(-1).all().long()
+    if stops is not None:
+        code = code + 2 * torch.isin(x[:, start:hi], stops).any(-1).all().long()
     code = int(code)
     return bool(code & 1), bool(code & 2)
 
@@ -137,7 +138,7 @@ def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
              attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
-             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | None = None,
+             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | list[int] | None = None,
              stop_at_eos: bool = False, record_history: bool = False, callback=None,
              generator: torch.Generator | None = None, **step_options) -> GenerationResult:
     """Fill every mask token of `ids` (B, L). `blocks` cut the masked region (default: one block).
@@ -163,11 +164,13 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     history = [x.clone()] if record_history else None
     per_block = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
     step_index = 0
+    stops = (torch.as_tensor(eos_token_id, device=x.device).flatten()  # the first is EOS
+             if stop_at_eos and eos_token_id is not None else None)
 
     for (lo, hi), budget in zip(blocks, per_block):
         scheduler.set_timesteps(max(budget, 1), device=x.device)
         levels = scheduler.levels
-        confidence = None  # carried from step to step by a remasking scheduler
+        confidence = None  # carried from step to step by a remasking or editing scheduler
         for k, t in enumerate(levels):  # the last step commits whatever is left
             if guidance_scale > 0:
                 c = runner.full(x, lo, hi, "none")
@@ -185,14 +188,13 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 history.append(x.clone())
             if callback is not None:
                 callback(step_index, t, x)
-            finished, all_eos = _status(x, lo, hi, mask_id, eos_token_id if stop_at_eos else None, region[0],
-                                        last=k == len(levels) - 1)
+            finished, all_eos = _status(x, lo, hi, mask_id, stops, region[0], last=k == len(levels) - 1)
             if finished:
                 break
-        if stop_at_eos and eos_token_id is not None:  # rows that wrote EOS: their later masks become EOS
-            done = (x[:, region[0]:hi] == eos_token_id).any(-1, keepdim=True)
+        if stops is not None:  # rows that wrote a stop token: their later masks become EOS (the first)
+            done = torch.isin(x[:, region[0]:hi], stops).any(-1, keepdim=True)
             rest = x[:, hi:]
-            x[:, hi:] = torch.where(done & (rest == mask_id), eos_token_id, rest)
+            x[:, hi:] = torch.where(done & (rest == mask_id), stops[0], rest)
             if all_eos:
                 break
     return GenerationResult(x, runner.nfe, history)

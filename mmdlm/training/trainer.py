@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..cards import add_training
 from ..devices import default_mixed_precision, resolve_device
 from ..diffusion._checks import check_bool, check_finite, is_real
 from ..io import atomic_dir, atomic_write_text, check_output_dir, replace_dir, save_figure
@@ -384,12 +385,11 @@ class Trainer:
                 if log_path.exists():
                     with log_path.open() as f:
                         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        record = {"args": asdict(args), "num_processes": a.num_processes, "distributed_type": str(a.distributed_type),
+                  "mixed_precision": self.mixed_precision, **self.run_info}
         if a.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "run.json", json.dumps(
-                {"args": asdict(args), "num_processes": a.num_processes,
-                 "distributed_type": str(a.distributed_type), "mixed_precision": self.mixed_precision,
-                 **self.run_info}, indent=2, default=str))
+            atomic_write_text(self.out / "run.json", json.dumps(record, indent=2, default=str))
             with log_path.open("w", newline="") as f:
                 w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
                 w.writeheader()
@@ -419,8 +419,11 @@ class Trainer:
         # Gathered from every process when an engine shards or recasts the weights (collectives).
         with self.final_weights(), full_weights(a, self.model, self.dtypes) as model:
             if a.is_main_process:
+                record["held_out"] = last_validation(log_path)
+                atomic_write_text(self.out / "run.json", json.dumps(record, indent=2, default=str))
                 with atomic_dir(final) as tmp:
                     self.save_model(model, tmp)
+                    add_training(tmp, json.loads(json.dumps(record, default=str)))  # the model card: recipe, figures
                 plot_loss_curve(log_path, self.out / "loss.png")
         if a.log_with:
             a.end_training()
@@ -447,6 +450,14 @@ class Trainer:
     def announce(self, what: str, final: Path) -> None:
         """Say (once, on the main process) where `train` saved `what`, its log and its loss curve."""
         self.accelerator.print(f"{what} saved to {final}; log {self.out / 'log.csv'}, curve {self.out / 'loss.png'}")
+
+
+def last_validation(log_path: Path) -> dict | None:
+    """The run's latest held-out figure in its log.csv: {validation_loss, step, tokens}, or None."""
+    with Path(log_path).open() as f:
+        rows = [r for r in csv.DictReader(f) if r["val_loss"]]
+    return {"validation_loss": float(rows[-1]["val_loss"]), "step": int(rows[-1]["step"]),
+            "tokens": int(rows[-1]["tokens"])} if rows else None
 
 
 def enable_gradient_checkpointing(model) -> None:
