@@ -41,10 +41,12 @@ endef
 	discrete-shapes discrete-digits assets bench eval-mm eval-lm lm-eval-tasks cards report clean sft bench-sft study \
 	study-quick task-ar task-dlm bench-task
 
+# DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,eval]"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation deepspeed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,eval,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -323,6 +323,43 @@ def ddp_equality(r: dict | None) -> str | None:
             f"{r['max_abs_update']:.1e} (torch {r['versions']['torch']}, accelerate {r['versions']['accelerate']}).")
 
 
+def data_scale(r: dict | None) -> str | None:
+    if r is None:
+        return None
+    s, goals = r["settings"], r["goals"]
+    rows = ["| corpus | text | tokens | prepare: time | prepare: peak RSS | reuse: time | reuse: peak RSS | "
+            "training: peak RSS per process | training: launch to first step |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["runs"]:
+        train = x["train"]
+        rows.append(f"| {x['scale']}x | {x['text_bytes'] / 1e6:,.0f} MB | {x['prepare']['tokens'] / 1e6:,.1f} M | "
+                    f"{x['prepare']['seconds']:,.1f} s | {x['prepare']['peak_rss_mb']:,.0f} MB | "
+                    f"{x['reuse']['seconds']:.2f} s | {x['reuse']['peak_rss_mb']:,.0f} MB | "
+                    f"{' / '.join(f'{m:,.0f}' for m in train['peak_rss_mb_per_rank'])} MB | "
+                    f"{train['seconds_to_first_step']:.1f} s |")
+    growth, reuse = r["rss_growth"], r["reuse_over_prepare"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    return "\n".join(rows + [
+        "",
+        f"Peak RSS growth from {r['runs'][0]['scale']}x to {r['runs'][-1]['scale']}x: preparing process "
+        f"{100 * growth['prepare']:+.1f}%, training processes {100 * growth['train']:+.1f}% (goal: within "
+        f"{100 * goals['rss_growth_max']:.0f}%: {verdict(max(growth.values()) <= goals['rss_growth_max'])}). "
+        f"Reuse over preparation time: {', '.join(f'{100 * v:.2f}%' for v in reuse)} (goal: under "
+        f"{100 * goals['reuse_over_prepare_max']:.0f}%: {verdict(max(reuse) <= goals['reuse_over_prepare_max'])}).",
+        "",
+        f"Corpus: {s['corpus']}. Prepare: one process tokenises it into the data cache (`prepared_text`, what the "
+        f"main process of the first run does; `datasets` streams the files); reuse: the same call with the cache "
+        f"in place (every other process, resume and later run). Training: `mmdlm adapt` of {s['model']} under "
+        f"{s['launch']}, {s['processes']} processes, {s['steps']} steps x batch {s['batch_size']} x {s['seq_len']} "
+        f"tokens; the time to the first step includes starting the processes and loading the model. Peak RSS: "
+        f"each process's `ru_maxrss` (the token file's mapped pages included). Machine: {r['machine']['note']}; "
+        f"torch {r['versions']['torch']}. Command: `{r['command']}`.",
+    ])
+
+
 def _ratio(x: dict) -> str:
     if x.get("reached_before_training"):
         return "before training"
@@ -687,7 +724,7 @@ RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling":
              "sampling_task": sampling_task, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
-             "gpu": gpu}
+             "gpu": gpu, "data_scale": data_scale}
 
 
 def load_result(name: str) -> dict | None:

@@ -3,6 +3,7 @@ a YAML recipe."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config as cfg
@@ -38,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    import torch
+
+    if not torch.accelerator.is_available():  # DeepSpeed (mmdlm[scale]) would warn, when imported, that it found none
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     cls, run = COMMANDS[args.command]
     try:
         run(cfg.resolve(cls, args))

@@ -1,10 +1,14 @@
 """Tiny models and data built in milliseconds; nothing here reaches a hub."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Prepared data (mmdlm.data.prepare) goes to a folder of this session, which the launched processes inherit.
+os.environ.setdefault("MMDLM_CACHE", tempfile.mkdtemp(prefix="mmdlm-test-cache-"))
 
 import pytest
 import torch
@@ -81,3 +85,10 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_data_cache():
+    yield
+    if os.path.basename(os.environ["MMDLM_CACHE"]).startswith("mmdlm-test-cache-"):
+        shutil.rmtree(os.environ["MMDLM_CACHE"], ignore_errors=True)

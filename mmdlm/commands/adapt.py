@@ -36,22 +36,26 @@ class AdaptConfig(LoraArgs, DataArgs, TrainArgs):
 INITS = ("pretrained", "random")
 
 
-def build_dlm(c):
-    """(DiffusionLM, tokenizer) for an adapt config: the causal LM's weights, or its architecture only."""
+def build_dlm(c, *, empty: bool = False, check: bool = True):
+    """(DiffusionLM, tokenizer) for an adapt config: the causal LM's weights, or its architecture only.
+
+    `empty`: the model on the meta device (no weights read, no memory), to receive its weights
+    from the main process (FSDP's RAM-efficient loading); `check=False` leaves the
+    bidirectionality probe for once the weights are there."""
     from ..text.adapt import DiffusionLM
     from ..text.base import load_causal_lm, load_tokenizer, random_causal_lm_like
 
     if c.init not in INITS:
         raise ValueError(f"unknown init {c.init!r}; choose one of {', '.join(INITS)}")
     tokenizer = load_tokenizer(c.model)
-    attn = dict(attn_implementation=c.attn_implementation)
+    attn = dict(attn_implementation=c.attn_implementation, empty=empty)
     model = load_causal_lm(c.model, **attn) if c.init == "pretrained" else \
         random_causal_lm_like(c.model, seed=c.seed, **attn)
     check_positions(model, c.seq_len)
     dlm = DiffusionLM.from_causal_lm(model, tokenizer, attention=c.attention, shift=c.shift,
                                      mask_token=c.mask_token, mask_init=c.mask_init,
                                      block_size=c.block_size if c.attention == "block" else None,
-                                     anneal_steps=c.anneal_steps, schedule=c.schedule, eps=c.eps)
+                                     anneal_steps=c.anneal_steps, schedule=c.schedule, eps=c.eps, check=check)
     return dlm, tokenizer
 
 
@@ -65,18 +69,28 @@ def run(c, *, data=None, trainer_cls=None, **trainer_options):
     from ..text.base import check_attn_implementation
     from ..training import process_state
     from ..training.diffusion import DiffusionTrainer
+    from ..training.engines import low_memory_loading
 
     c.validate()
     check_attn_implementation(c.attn_implementation)  # before any data is read
     c.validate_lora()
     state = process_state()
-    dlm, tokenizer = build_dlm(c)
+    # Only the main process reads the weights; the others build the model empty. Not with LoRA: peft keeps
+    # the trained token rows' original values in buffers that FSDP does not send (they would stay empty).
+    lazy = low_memory_loading() and not c.lora_r
+    dlm, tokenizer = build_dlm(c, empty=lazy and not state.is_main_process, check=not lazy)
+    if lazy:  # what the main process's probe found on the weights, for the processes that have none yet
+        from accelerate.utils import broadcast_object_list
+
+        dlm.mask_free, dlm.keeps_masked_logits = broadcast_object_list([dlm.mask_free, dlm.keeps_masked_logits])
     maybe_lora(c, dlm, state)
-    train_ids, val_ids, info = data if data is not None else packed_splits(c, tokenizer)
+    train_ids, val_ids, info = data if data is not None else packed_splits(c, tokenizer, state)
     trainer = (trainer_cls or DiffusionTrainer)(
         dlm, train_ids, c, eval_data=val_ids, tokenizer=tokenizer, ar_loss_weight=c.ar_loss_weight,
         block_warmup_steps=c.block_warmup_steps, t_sampling=c.t_sampling, loss_normalize=c.loss_normalize,
-        run_info=run_info(c, info, dlm, len(train_ids)), **trainer_options)
+        run_info=run_info(c, info, dlm, train_ids), **trainer_options)
+    if lazy:  # the weights are in place once sharded: the probe, on every process (a collective)
+        trainer.accelerator.unwrap_model(trainer.model).check_bidirectional()
     final = trainer.train()
     what = "LoRA adapter" if c.lora_r else "diffusion LM"
     trainer.announce(what, final)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..data import load_text_splits, pack_texts
+from ..data.corpus import prepared_text
 from ..devices import resolve_device, resolve_dtype
 from ..provenance import command_line, versions
 
@@ -21,18 +21,35 @@ class DataArgs:
     max_files: int | None = field(default=None, metadata={"help": "built-in corpus: use only the first N files"})
     max_train_sequences: int | None = field(default=None, metadata={"help": "cap on packed training sequences"})
     seq_len: int = field(default=128, metadata={"help": "tokens per packed training sequence"})
+    data_cache: str | None = field(default=None, metadata={
+        "help": "folder of the tokenised corpus, prepared once and shared by every process, resume and run with "
+                "the same data and tokenizer (default: $MMDLM_CACHE, else ~/.cache/mmdlm)"})
+    streaming: bool = field(default=False, metadata={
+        "help": "read the corpus as a stream, tokenised as training goes (for corpora bigger than the disk; "
+                "nothing prepared): each process reads its share of the files, in order; resumes exactly with "
+                "the same number of processes"})
 
 
-def packed_splits(c, tokenizer):
-    train, validation, info = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
-                                               validation_fraction=c.validation_fraction, max_files=c.max_files)
-    train_ids = pack_texts(train["text"], tokenizer, c.seq_len)
+def packed_splits(c, tokenizer, state=None):
+    """(training rows, validation rows or None, CorpusInfo): the corpus tokenised once into the data
+    cache and read from disk in rows of seq_len tokens (`mmdlm.data.corpus.prepared_text`), or with
+    `streaming` this process's stream of rows (`mmdlm.data.streaming.streamed_text`)."""
+    if c.streaming:
+        from ..data.streaming import streamed_text
+
+        if c.max_train_sequences is not None or c.max_files is not None:
+            raise ValueError("max_train_sequences and max_files cap a prepared corpus; a stream has no length "
+                             "(set max_steps)")
+        return streamed_text(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len, data_files=c.data_files,
+                             text_column=c.text_column, validation_fraction=c.validation_fraction,
+                             eval_rows=c.eval_batches * c.batch_size, state=state,
+                             warn=(state.print if state is not None else print))
+    train_ids, val_ids, info = prepared_text(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len,
+                                             data_files=c.data_files, text_column=c.text_column,
+                                             validation_fraction=c.validation_fraction, max_files=c.max_files,
+                                             data_cache=c.data_cache, state=state)
     if c.max_train_sequences is not None:
         train_ids = train_ids[: c.max_train_sequences]
-    try:
-        val_ids = pack_texts(validation["text"], tokenizer, c.seq_len)
-    except ValueError:  # a validation split shorter than one sequence: no evaluation
-        val_ids = None
     return train_ids, val_ids, info
 
 
@@ -43,10 +60,13 @@ def check_positions(model, seq_len: int) -> None:
                          "(max_position_embeddings); lower seq_len")
 
 
-def run_info(c, info, model, n_train) -> dict:
+def run_info(c, info, model, train_data) -> dict:
+    """What run.json records of a text run (`train_sequences`: None for a stream, which has no length)."""
+    from ..training.trainer import is_stream
+
     return {"command": command_line(), "config": asdict(c), "corpus": info.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters()), "train_sequences": n_train,
-            "versions": versions()}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_sequences": None if is_stream(train_data) else len(train_data), "versions": versions()}
 
 
 def maybe_lora(c, dlm, state) -> None:

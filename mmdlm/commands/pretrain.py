@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data import load_text_splits
+from ..data.corpus import TextSplits
 from ..training.trainer import TrainArgs
 from .common import DataArgs, attn_implementation_field, check_positions, packed_splits, run_info
 
@@ -33,9 +33,9 @@ def _run_tokenizer(c, state):
     with state.main_process_first():
         if (folder / "tokenizer.json").exists() and (c.resume or not state.is_main_process):
             return load_tokenizer(str(folder))
-        train, _, _ = load_text_splits(c.dataset, data_files=c.data_files, text_column=c.text_column,
-                                       validation_fraction=c.validation_fraction, max_files=c.max_files)
-        tokenizer = train_bpe(train["text"], c.vocab_size)
+        splits = TextSplits(c.dataset, data_files=c.data_files, text_column=c.text_column,
+                            validation_fraction=c.validation_fraction, max_files=c.max_files)
+        tokenizer = train_bpe(splits.documents("train"), c.vocab_size)  # read a batch at a time
         with atomic_dir(folder) as tmp:
             tokenizer.save_pretrained(tmp)
         return tokenizer
@@ -46,15 +46,19 @@ def run(c) -> None:
     from ..text.base import build_causal_lm, check_attn_implementation, load_tokenizer
     from ..training import process_state
     from ..training.causal import CausalLMTrainer
+    from ..training.engines import low_memory_loading
 
     c.validate()
     check_attn_implementation(c.attn_implementation)  # before any data is read
     state = process_state()
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else _run_tokenizer(c, state)
-    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed, attn_implementation=c.attn_implementation)
+    # with FSDP's RAM-efficient loading the main process initialises the weights, the others receive them
+    empty = low_memory_loading() and not state.is_main_process
+    model = build_causal_lm(c.model_config, tokenizer, seed=c.seed, attn_implementation=c.attn_implementation,
+                            empty=empty)
     check_positions(model, c.seq_len)
-    train_ids, val_ids, info = packed_splits(c, tokenizer)
+    train_ids, val_ids, info = packed_splits(c, tokenizer, state)
     trainer = CausalLMTrainer(model, train_ids, c, eval_data=val_ids, tokenizer=tokenizer,
-                              run_info=run_info(c, info, model, len(train_ids)))
+                              run_info=run_info(c, info, model, train_ids))
     final = trainer.train()
     trainer.announce("teacher", final)

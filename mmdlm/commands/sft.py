@@ -37,6 +37,9 @@ class SftConfig(LoraArgs, TrainArgs):
         "help": "share held out when the data has no validation split"})
     max_files: int | None = field(default=None, metadata={"help": "built-in set: use only the first N stdlib files"})
     max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
+    data_cache: str | None = field(default=None, metadata={
+        "help": "folder of the encoded examples, prepared once and shared by every process, resume and run with "
+                "the same data, tokenizer and settings (default: $MMDLM_CACHE, else ~/.cache/mmdlm)"})
     seq_len: int = field(default=128, metadata={
         "help": "tokens per example: [BOS] prompt response EOS..., padded with EOS; longer examples are dropped"})
     t_sampling: str = field(default="stratified", metadata={"help": "uniform | stratified | antithetic"})
@@ -52,7 +55,7 @@ def run(c) -> None:
     """Supervised fine-tuning, the loss on the response only. A diffusion LM: the prompt stays clean, the
     response is noised. A causal LM (a folder without mmdlm.json, or a hub id): next-token cross-entropy on
     the response up to its first EOS, saved as a plain transformers checkpoint."""
-    from ..data.sft import encode_sft, load_sft_splits
+    from ..data.sft import prepared_sft
     from ..text.adapt import CONFIG_NAME, load_dlm
     from ..text.base import check_attn_implementation, load_causal_lm, load_tokenizer
     from ..training import process_state
@@ -71,22 +74,22 @@ def run(c) -> None:
         model, tokenizer = load_dlm(c.model, merge_lora=True, attn_implementation=c.attn_implementation)
         check_positions(model.model, c.seq_len)
         maybe_lora(c, model, state)
-    train_records, val_records, source = load_sft_splits(c.dataset, data_files=c.data_files,
-                                                         validation_fraction=c.validation_fraction,
-                                                         max_files=c.max_files)
     fields = dict(prompt_field=c.prompt_field, response_field=c.response_field, messages_field=c.messages_field,
                   chat_template=c.chat_template)
-    train, train_stats = encode_sft(train_records, tokenizer, c.seq_len, **fields)
-    val, val_stats = encode_sft(val_records, tokenizer, c.seq_len, **fields)
+    data, stats, source = prepared_sft(c.dataset, tokenizer=tokenizer, seq_len=c.seq_len, data_files=c.data_files,
+                                       validation_fraction=c.validation_fraction, max_files=c.max_files,
+                                       data_cache=c.data_cache, state=state, **fields)
+    train, train_stats, val_stats = data["train"], stats["train"], stats["validation"]
     if train_stats.kept == 0:
         raise ValueError(f"no training example fits in seq_len {c.seq_len} with at least one EOS "
                          f"({train_stats.records} records, {train_stats.dropped_too_long} too long, "
                          f"{train_stats.dropped_empty} empty); raise seq_len or shorten the data")
     if c.max_train_examples is not None:
         train = {k: v[: c.max_train_examples] for k, v in train.items()}
-    # Validation in a fixed shuffled order, so that a few eval batches span many sources.
-    order = torch.randperm(val_stats.kept, generator=torch.Generator().manual_seed(0))
-    val = {k: v[order] for k, v in val.items()} if val_stats.kept else None
+    # Validation in a fixed shuffled order, so that a few eval batches span many sources; only the
+    # rows the evaluation reads are taken (eval_batches x batch_size).
+    order = torch.randperm(val_stats.kept, generator=torch.Generator().manual_seed(0))[: c.eval_batches * c.batch_size]
+    val = {k: v[order] for k, v in data["validation"].items()} if val_stats.kept else None
     state.print(f"SFT data: {len(train['input_ids'])} training and {val_stats.kept} validation examples; dropped as "
                 f"longer than seq_len {c.seq_len} (prompt + response + one EOS): {train_stats.dropped_too_long} "
                 f"training, {val_stats.dropped_too_long} validation")

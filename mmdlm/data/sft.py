@@ -15,13 +15,19 @@ exact answers (`arithmetic.py`), whose validation split is its held-out split.
 from __future__ import annotations
 
 import ast
+import hashlib
+import itertools
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from ..text.chat import check_chat, render_chat
 from . import arithmetic
-from .corpus import BUILTIN, _load_source, check_fraction, stdlib_corpus, train_validation
+from .corpus import BUILTIN, RecordSplits, TextSplits
 
 
 @dataclass
@@ -73,29 +79,57 @@ def _dedent(lines: list[str], indent: int) -> str:
     return "".join(out)
 
 
-def builtin_sft_splits(validation_fraction: float = 0.05, max_files: int | None = None):
-    """(train records, validation records, corpus info) from the standard library."""
-    train, validation, info = stdlib_corpus(validation_fraction, max_files)
-    return function_pairs(train["text"]), function_pairs(validation["text"]), info
+BUILTIN_RECORDS = "stdlib functions: prompt = signature + docstring, response = body"
 
 
-def load_sft_splits(source: str = BUILTIN, *, data_files: list[str] | None = None,
-                    validation_fraction: float = 0.05, max_files: int | None = None):
-    """(train records, validation records, description) from the built-in set or json(l) files,
-    a local folder or a hub dataset. Without a validation split one is carved off (seed 0)."""
-    check_fraction(validation_fraction)
-    if source == arithmetic.NAME and not data_files:
-        return arithmetic.arithmetic_splits()
-    if source == BUILTIN and not data_files:
-        train, validation, info = builtin_sft_splits(validation_fraction, max_files)
-        return train, validation, {**info.to_dict(),
-                                   "records": "stdlib functions: prompt = signature + docstring, response = body"}
-    dsd = _load_source(source, data_files)
-    if "train" not in dsd:
-        raise ValueError(f"dataset {source!r} has no 'train' split (splits: {list(dsd)})")
-    train, validation = train_validation(dsd, dsd["train"], validation_fraction)
-    validation = train.select([]) if validation is None else validation
-    return list(train), list(validation), {"source": source if not data_files else ",".join(data_files)}
+class SftSplits:
+    """The records of an SFT source's train and validation splits, read lazily: the built-in set
+    (the functions of `corpus.TextSplits`' standard-library files, a file at a time), or json(l)
+    files, a local folder or a hub dataset (`corpus.RecordSplits`: without a validation split,
+    the records whose content `is_validation`). `identity` is what the records depend on."""
+
+    def __init__(self, source: str = BUILTIN, *, data_files: list[str] | None = None,
+                 validation_fraction: float = 0.05, max_files: int | None = None):
+        self.source, self.data_files, self.fixed = source, data_files, None
+        if source == arithmetic.NAME and not data_files:  # generated in memory: small, deterministic
+            train, held_out, info = arithmetic.arithmetic_splits()
+            self.text = self.table = None
+            self.fixed = {"train": train, "validation": held_out}, info
+            digest = hashlib.sha256(json.dumps(self.fixed[0], sort_keys=True).encode()).hexdigest()
+            self.identity = {"builtin": arithmetic.NAME, "records_sha256": digest}
+        elif source == BUILTIN and not data_files:
+            self.text, self.table = TextSplits(validation_fraction=validation_fraction, max_files=max_files), None
+            self.identity = {"builtin": BUILTIN_RECORDS, **self.text.identity}
+        else:
+            self.text = None
+            self.table = RecordSplits(source, data_files, validation_fraction,
+                                      key=lambda record: json.dumps(record, sort_keys=True, default=str))
+            self.identity = self.table.identity()
+
+    def records(self, split: str) -> Iterator[dict]:
+        """The records of `split` ("train" or "validation"), in the source's order."""
+        if self.fixed is not None:
+            yield from self.fixed[0][split]
+            return
+        if self.text is None:
+            yield from self.table.records(split)
+            return
+        for text in self.text.documents(split):
+            yield from function_pairs([text])
+
+    def description(self) -> dict:
+        if self.fixed is not None:
+            return self.fixed[1]
+        if self.text is not None:
+            return {**self.text.info().to_dict(), "records": BUILTIN_RECORDS}
+        return {"source": self.source if not self.data_files else ",".join(self.data_files)}
+
+
+def load_sft_splits(source: str = BUILTIN, **options) -> tuple[list[dict], list[dict], dict]:
+    """(train records, validation records, description) of `SftSplits(source, **options)` in memory, for small
+    sets, tests and benchmarks (training reads them through `prepared_sft`)."""
+    splits = SftSplits(source, **options)
+    return list(splits.records("train")), list(splits.records("validation")), splits.description()
 
 
 def _chat_texts(tokenizer, messages) -> tuple[str, str]:
@@ -110,13 +144,14 @@ def _chat_texts(tokenizer, messages) -> tuple[str, str]:
     return prompt, full[len(prompt):]
 
 
-def encode_sft(records, tokenizer, seq_len: int, *, prompt_field: str = "prompt", response_field: str = "response",
-               messages_field: str = "messages", chat_template: bool | None = None):
-    """Encode records as ({"input_ids": (N, seq_len), "prompt_mask": (N, seq_len) bool}, SFTStats).
+def encode_records(records: Iterable[dict], tokenizer, seq_len: int, stats: SFTStats, *,
+                   prompt_field: str = "prompt", response_field: str = "response", messages_field: str = "messages",
+                   chat_template: bool | None = None) -> Iterator[tuple[list[int], int]]:
+    """(token ids of the row, prompt length) of each record that fits, counted in `stats`.
 
-    `chat_template`: None uses the tokenizer's chat template when it has one. With the
-    template, a record's `messages` are used as they are, and a prompt/response pair becomes
-    a user turn and an assistant turn.
+    A row is [BOS] + prompt, then the response, then EOS up to `seq_len`. `chat_template`: None
+    uses the tokenizer's chat template when it has one. With the template, a record's `messages`
+    are used as they are, and a prompt/response pair becomes a user turn and an assistant turn.
     """
     if seq_len < 3:
         raise ValueError(f"seq_len must be at least 3 (prompt, response, EOS), got {seq_len}")
@@ -128,8 +163,6 @@ def encode_sft(records, tokenizer, seq_len: int, *, prompt_field: str = "prompt"
         raise ValueError("chat_template is on but the tokenizer has no chat template")
     use_template = has_template if chat_template is None else chat_template
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    rows, prompts = [], []
-    stats = SFTStats(records=0, kept=0, dropped_too_long=0, dropped_prompt_too_long=0, dropped_empty=0)
     for i, rec in enumerate(records):
         stats.records += 1
         if use_template and rec.get(messages_field) is not None:
@@ -153,9 +186,83 @@ def encode_sft(records, tokenizer, seq_len: int, *, prompt_field: str = "prompt"
             stats.dropped_too_long += 1
             stats.dropped_prompt_too_long += len(p) + 1 >= seq_len
             continue
-        rows.append(p + r + [eos] * (seq_len - len(p) - len(r)))
-        prompts.append(len(p))
         stats.kept += 1
+        yield p + r + [eos] * (seq_len - len(p) - len(r)), len(p)
+
+
+def empty_stats() -> SFTStats:
+    return SFTStats(records=0, kept=0, dropped_too_long=0, dropped_prompt_too_long=0, dropped_empty=0)
+
+
+def prompt_mask(prompt_lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(N, seq_len) bool, True over the first prompt_lengths[i] positions of row i."""
+    return torch.arange(seq_len)[None] < prompt_lengths.view(-1, 1)
+
+
+def encode_sft(records, tokenizer, seq_len: int, **fields):
+    """Encode records as ({"input_ids": (N, seq_len), "prompt_mask": (N, seq_len) bool}, SFTStats)
+    in memory (`encode_records`; `prepared_sft` writes the same rows to disk)."""
+    stats = empty_stats()
+    rows, prompts = [], []
+    for row, n in encode_records(records, tokenizer, seq_len, stats, **fields):
+        rows.append(row)
+        prompts.append(n)
     ids = torch.tensor(rows, dtype=torch.long).view(-1, seq_len)
-    prompt_mask = torch.arange(seq_len)[None] < torch.tensor(prompts, dtype=torch.long).view(-1, 1)
-    return {"input_ids": ids, "prompt_mask": prompt_mask}, stats
+    return {"input_ids": ids, "prompt_mask": prompt_mask(torch.tensor(prompts, dtype=torch.long), seq_len)}, stats
+
+
+class PromptMask:
+    """The prompt mask of SFT rows prepared on disk, made on demand from their prompt lengths
+    (int32, one per row): indexed like the (N, seq_len) bool tensor `encode_sft` gives."""
+
+    def __init__(self, path: Path, seq_len: int, n_rows: int | None = None):
+        self.path, self.seq_len = Path(path), seq_len
+        self.n_rows = self.path.stat().st_size // 4 if n_rows is None else n_rows
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return PromptMask(self.path, self.seq_len, len(range(*index.indices(self.n_rows))))
+        lengths = np.memmap(self.path, dtype=np.int32, mode="r", shape=(self.n_rows,))
+        index = np.asarray(index.tolist() if isinstance(index, torch.Tensor) else index, dtype=np.int64)
+        return prompt_mask(torch.from_numpy(lengths[index].astype(np.int64)), self.seq_len)
+
+
+def prepared_sft(source: str = BUILTIN, *, tokenizer, seq_len: int, data_files: list[str] | None = None,
+                 validation_fraction: float = 0.05, max_files: int | None = None, data_cache: str | None = None,
+                 state=None, **fields):
+    """({split: {"input_ids": TokenRows, "prompt_mask": PromptMask}}, {split: SFTStats}, description):
+    the encoded rows of both splits (`encode_records`), written once into the data cache
+    (`prepare.prepared`, keyed by `SftSplits.identity`, the tokenizer, `seq_len` and the fields)
+    and read from disk."""
+    from accelerate import PartialState
+
+    from .prepare import TokenRows, prepared, token_dtype, tokenizer_fingerprint
+
+    splits = SftSplits(source, data_files=data_files, validation_fraction=validation_fraction, max_files=max_files)
+    dtype = token_dtype(len(tokenizer))
+    identity = {"kind": "sft", **splits.identity, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype.name,
+                "seq_len": seq_len, "fields": fields}
+
+    def build(folder: Path) -> dict:
+        stats, files = {}, {}
+        for split in ("train", "validation"):
+            stats[split] = empty_stats()
+            rows = encode_records(splits.records(split), tokenizer, seq_len, stats[split], **fields)
+            with open(folder / f"{split}.bin", "wb") as ids, open(folder / f"{split}.prompt.bin", "wb") as lengths:
+                while chunk := list(itertools.islice(rows, 1024)):
+                    np.asarray([r for r, _ in chunk], dtype=dtype).tofile(ids)
+                    np.asarray([n for _, n in chunk], dtype=np.int32).tofile(lengths)
+            files[f"{split}.bin"] = stats[split].kept * seq_len * dtype.itemsize
+            files[f"{split}.prompt.bin"] = stats[split].kept * 4
+        return {"stats": {k: v.to_dict() for k, v in stats.items()}, "description": splits.description(),
+                "files": files}
+
+    folder, meta = prepared("sft", identity, build, state or PartialState(), data_cache=data_cache,
+                            what="the SFT set")
+    data = {split: {"input_ids": TokenRows(folder / f"{split}.bin", dtype, seq_len),
+                    "prompt_mask": PromptMask(folder / f"{split}.prompt.bin", seq_len)}
+            for split in ("train", "validation")}
+    return data, {k: SFTStats(**v) for k, v in meta["stats"].items()}, meta["description"]

@@ -183,15 +183,19 @@ class DiffusionLM(nn.Module):
     @classmethod
     def from_causal_lm(cls, model, tokenizer, *, attention: str = "bidirectional", shift: bool = True,
                        mask_token: str = "<|mask|>", mask_init: str = "mean", block_size: int | None = None,
-                       anneal_steps: int = 0, schedule: str = "linear", eps: float = 1e-3) -> "DiffusionLM":
-        """Adapt a causal LM (a model object, a local folder or a hub id). Mutates `tokenizer`."""
+                       anneal_steps: int = 0, schedule: str = "linear", eps: float = 1e-3,
+                       check: bool = True) -> "DiffusionLM":
+        """Adapt a causal LM (a model object, a local folder or a hub id). Mutates `tokenizer`.
+
+        `check=False` leaves `check_bidirectional` to the caller, for a model whose weights are
+        not there yet (on the meta device, until an engine fills them in)."""
         if isinstance(model, (str, Path)):
             model = load_causal_lm(str(model))
         mask_id = add_mask_token(model, tokenizer, mask_token, mask_init)
         config = DiffusionConfig(mask_token_id=mask_id, shift=shift, attention=attention,
                                  block_size=block_size, anneal_steps=anneal_steps, schedule=schedule, eps=eps)
         dlm = cls(model, config)
-        if attention != "causal":
+        if check:
             dlm.check_bidirectional()
         return dlm
 
@@ -220,20 +224,14 @@ class DiffusionLM(nn.Module):
     def is_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    def save_pretrained(self, path: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
         """Write atomically: the folder appears complete or not at all. With LoRA, the adapter.
-        A model card (README.md) says what the folder holds and how to load it.
-
-        `state_dict` (keys of this module, `model.` first) replaces the module's own weights,
-        for parameters gathered from shards (FSDP)."""
+        A model card (README.md) says what the folder holds and how to load it."""
         with atomic_dir(path) as tmp:
             if self.is_lora:  # the adapter only: the [MASK] rows are in it (trainable tokens), no full embedding
                 self.model.save_pretrained(tmp, save_embedding_layers=False)
-            elif state_dict is None:
-                self.model.save_pretrained(tmp)
             else:
-                inner = {k.removeprefix("model."): v for k, v in state_dict.items()}
-                self.model.save_pretrained(tmp, state_dict=inner)
+                self.model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
@@ -268,9 +266,14 @@ class DiffusionLM(nn.Module):
 
     @torch.no_grad()
     def check_bidirectional(self) -> None:
-        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0).
+        """Fail clearly if the model ignores 4D masks (changing a later token must reach position 0);
+        nothing to check in the causal mode.
 
-        Runs in eval mode (dropout alone would change the logits), then restores the mode."""
+        Runs in eval mode (dropout alone would change the logits), then restores the mode. Called
+        through the module (`self(...)`), so that an engine's hooks (FSDP's gathering of sharded
+        weights) run: under an engine, every process calls it."""
+        if self.config.attention == "causal":
+            return
         device = next(self.model.parameters()).device
         vocab = self.model.get_input_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
@@ -279,7 +282,7 @@ class DiffusionLM(nn.Module):
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
-            a, b = (self.forward(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
+            a, b = (self(x, pattern=attn.bidirectional(6, device)).logits[0, 0] for x in (ids, other))
         except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be adapted
             raise ValueError(f"{type(self.model).__name__} cannot be made bidirectional: its forward "
                              f"rejected a 4D attention mask ({err})") from err

@@ -32,10 +32,16 @@ def load_tokenizer(name_or_path: str):
         raise ValueError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
 
 
-def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtype=torch.float32):
+def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtype=torch.float32,
+                   empty: bool = False):
     """`AutoModelForCausalLM.from_pretrained`, refusing weights that do not fit the architecture
     of the checkpoint's config.json (a model with random weights in their place would load), with
-    a message that names the input on any failure."""
+    a message that names the input on any failure.
+
+    `empty`: the architecture only, its parameters on the meta device (no memory, no weights
+    read): for the processes that FSDP's RAM-efficient loading sends the main process's weights."""
+    if empty:
+        return random_causal_lm_like(name_or_path, attn_implementation=attn_implementation, empty=True)
     check_attn_implementation(attn_implementation)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
         raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
@@ -85,8 +91,10 @@ def check_weights_fit(model, info: dict, name_or_path: str) -> None:
                          f"describes ({counts}; e.g. {kind} {keys[0]}): is config.json another model's?")
 
 
-def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa"):
-    """A freshly initialised causal LM with the architecture (config.json) of `name_or_path`."""
+def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa",
+                          empty: bool = False):
+    """A freshly initialised causal LM with the architecture (config.json) of `name_or_path`
+    (`empty`: its parameters on the meta device, `from_config`)."""
     check_attn_implementation(attn_implementation)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").exists():
         raise ValueError(f"{name_or_path} has no config.json: not a transformers checkpoint")
@@ -94,12 +102,28 @@ def random_causal_lm_like(name_or_path: str, *, seed: int = 0, attn_implementati
         config = AutoConfig.from_pretrained(name_or_path)
     except (ValueError, OSError) as err:
         raise ValueError(f"could not load a model config from {name_or_path!r}: {err}") from err
+    return from_config(config, attn_implementation, seed, empty)
+
+
+def from_config(config, attn_implementation: str, seed: int, empty: bool):
+    """`AutoModelForCausalLM.from_config`: initialised from `seed`, or with `empty` its parameters
+    on the meta device (accelerate's `init_empty_weights`; buffers such as RoPE's frequencies are
+    computed as usual)."""
+    if empty:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        model.tie_weights()  # skipped under init_empty_weights: a tied head would be a parameter of its own
+        return model
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
-def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str = "sdpa", seed: int = 0):
-    """A freshly initialised causal LM from a transformers config dict with a `model_type` key."""
+def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str = "sdpa", seed: int = 0,
+                    empty: bool = False):
+    """A freshly initialised causal LM from a transformers config dict with a `model_type` key
+    (`empty`: on the meta device, `from_config`)."""
     check_attn_implementation(attn_implementation)
     cfg = dict(model_config)
     model_type = cfg.pop("model_type", None)
@@ -112,5 +136,4 @@ def build_causal_lm(model_config: dict, tokenizer, *, attn_implementation: str =
     config.vocab_size = len(tokenizer)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, name, getattr(tokenizer, name))
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return from_config(config, attn_implementation, seed, empty)

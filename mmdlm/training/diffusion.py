@@ -117,5 +117,5 @@ class DiffusionTrainer(Trainer):
         x0, prompt = self.unpack(batch)
         return self.diffusion_loss(model, x0, self.args.max_steps, generator, prompt_mask=prompt)
 
-    def save_model(self, model, path: Path, state_dict: dict | None = None) -> None:
-        model.save_pretrained(path, tokenizer=self.tokenizer, state_dict=state_dict)
+    def save_model(self, model, path: Path) -> None:
+        model.save_pretrained(path, tokenizer=self.tokenizer)

@@ -23,6 +23,7 @@ average of the weights (diffusers' `EMAModel`, with warmup).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -119,19 +120,25 @@ class MMDiTTrainer(Trainer):
             self.ema.step(self._params())
         return loss
 
-    def save_model(self, model, path: Path) -> None:
-        """The final model (with `ema_decay`, the averaged weights), as a pipeline when one is given."""
-        if self.ema is not None:
-            self.ema.store(model.parameters())
-            self.ema.copy_to(model.parameters())
+    @contextlib.contextmanager
+    def final_weights(self):
+        """With `ema_decay`, the averaged weights are the ones saved (swapped in on every process)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self._params())
+        self.ema.copy_to(self._params())
         try:
-            if self.save_pipeline is None:
-                super().save_model(model, path)
-            else:
-                self.save_pipeline(model, path)
+            yield
         finally:
-            if self.ema is not None:
-                self.ema.restore(model.parameters())
+            self.ema.restore(self._params())
+
+    def save_model(self, model, path: Path) -> None:
+        """The final model, as a pipeline when one is given."""
+        if self.save_pipeline is None:
+            super().save_model(model, path)
+        else:
+            self.save_pipeline(model, path)
 
 
 # ---------------------------------------------------------------------- the recipe

@@ -19,6 +19,7 @@ never code (`checkpoint`): the trainer's own state is JSON and safetensors.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Mapping, Union
 
 import torch
-from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
@@ -41,7 +41,8 @@ from ..cards import add_training
 from ..devices import default_mixed_precision, resolve_device
 from ..diffusion._checks import check_bool, check_finite, is_real
 from ..io import atomic_dir, atomic_write_text, check_output_dir, replace_dir, save_figure
-from .checkpoint import check_data_only, load_states, save_states
+from .checkpoint import check_data_only, load_states, remove_code, save_states
+from .engines import accelerator, full_weights
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -114,13 +115,21 @@ class TrainArgs:
 
 
 # A dataset is one tensor of examples (N, ...) or a dict of such tensors, row i of each
-# belonging to example i (e.g. {"input_ids", "prompt_mask"}, or {"pixels", "text_ids"}).
+# belonging to example i (e.g. {"input_ids", "prompt_mask"}, or {"pixels", "text_ids"}). Rows
+# read from disk on demand (`mmdlm.data.prepare.TokenRows`) serve as tensors: anything with
+# len() whose [index] (a LongTensor of row numbers) gives those rows as a tensor.
 Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
+def is_stream(data) -> bool:
+    """A stream of rows (`mmdlm.data.streaming.PackedStream`): read in order with `next_rows(n)`,
+    one per process, checkpointed by each process, instead of rows taken by index."""
+    return hasattr(data, "next_rows")
+
+
 def data_len(data: Data) -> int:
-    if isinstance(data, torch.Tensor):
-        return len(data) if data.ndim else 0
+    if not isinstance(data, Mapping):
+        return len(data) if not isinstance(data, torch.Tensor) or data.ndim else 0
     lengths = {len(v) for v in data.values()}
     if len(lengths) > 1:
         raise ValueError(f"the tensors of a dataset must have one length each, got {sorted(lengths)}")
@@ -137,20 +146,9 @@ def take(data: Data, index, device) -> Data:
             return rows.pin_memory().to(device, non_blocking=True)
         return rows.to(device)
 
-    if isinstance(data, torch.Tensor):
+    if not isinstance(data, Mapping):
         return moved(data[index])
     return {k: moved(v[index]) for k, v in data.items()}
-
-
-def on_cpu() -> bool:
-    """No accelerator device: accelerate must be told, so that a torchrun-style launch of several
-    processes (accelerate launch, torchrun) forms a gloo process group instead of N lone runs."""
-    return not torch.accelerator.is_available()
-
-
-def process_state() -> PartialState:
-    """The process group as the trainer will see it (for work before the trainer exists)."""
-    return PartialState(cpu=on_cpu())
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -172,41 +170,49 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_data: Data, args: TrainArgs,
                  eval_data: Data | None = None, run_info: dict | None = None):
         args.validate()
-        if data_len(train_data) == 0:
+        if not is_stream(train_data) and data_len(train_data) == 0:
             raise ValueError("train_data is empty: no training example to learn from")
         self.args = args
         tracker = None if args.report_to in (None, "none") else args.report_to
         self.mixed_precision = args.resolved_mixed_precision()
-        self.accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
+        self.accelerator = accelerator(gradient_accumulation_steps=args.grad_accum,
                                        mixed_precision=self.mixed_precision, log_with=tracker,
-                                       project_dir=args.output_dir, cpu=on_cpu() or args.device == "cpu")
+                                       project_dir=args.output_dir, cpu=args.device == "cpu")
         self.train_data, self.eval_data = train_data, eval_data
         self.run_info = run_info or {}
         self.out = Path(args.output_dir)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # No dataloader goes through accelerate: DeepSpeed takes the recipe's batch and accumulation.
+            # No dataloader goes through accelerate: DeepSpeed takes the recipe's batch, accumulation
+            # and clipping (DeepSpeed clips; accelerate's clip_grad_norm_ leaves it to DeepSpeed).
             ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
             ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = args.batch_size, args.grad_accum
+            ds["gradient_clipping"] = args.max_grad_norm
+        # The dtype of every weight before an engine takes it (DeepSpeed's bf16 casts the model).
+        self.dtypes = {name: p.dtype for name, p in model.named_parameters()}
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if args.compile:
             compile_blocks(model)
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=args.lr, betas=(0.9, 0.95))
+        # Empty groups left out (LoRA trains no bias): DeepSpeed drops them, the LR schedule would not.
+        groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, args.weight_decay), (no_decay, 0.0)) if ps]
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
         # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
         # step it once per process, but one step here is already global across processes.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.states = {"lr_scheduler": scheduler}  # checkpointed as data (register_state)
+        self.process_states = {}  # each process's own (a stream's position)
+        if is_stream(train_data):
+            self.register_state("train_stream", train_data, per_process=True)
         self.step, self.tokens = 0, 0
 
-    def register_state(self, name: str, obj) -> None:
-        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state."""
-        self.states[name] = obj
+    def register_state(self, name: str, obj, per_process: bool = False) -> None:
+        """Checkpoint `obj` (anything with state_dict / load_state_dict) with the trainer's state:
+        the main process's, or with `per_process` every process's own."""
+        (self.process_states if per_process else self.states)[name] = obj
 
     # ---- hooks -------------------------------------------------------------------------
     def compute_loss(self, model, batch: Data, step: int, generator: torch.Generator):
@@ -216,10 +222,15 @@ class Trainer:
     def eval_loss(self, model, batch: Data, generator: torch.Generator) -> torch.Tensor:
         return self.compute_loss(model, batch, self.args.max_steps, generator)[0]
 
-    def save_model(self, model, path: Path, state_dict: dict | None = None) -> None:
-        """Write the final model into `path`. `state_dict` is given only when the parameters are
-        sharded (FSDP): the full weights, gathered from every process."""
-        model.save_pretrained(path, **({} if state_dict is None else {"state_dict": state_dict}))
+    def save_model(self, model, path: Path) -> None:
+        """Write the final model into `path`: `model` is unwrapped and holds the full weights,
+        whichever engine trained it (`engines.full_weights`)."""
+        model.save_pretrained(path)
+
+    @contextlib.contextmanager
+    def final_weights(self):
+        """The weights to save are the model's (a recipe may swap others in, on every process)."""
+        yield
 
     def should_evaluate(self, step: int) -> bool:
         """Whether to compute the validation loss after optimizer step `step` (always after the last)."""
@@ -228,17 +239,20 @@ class Trainer:
     # ---- data and noise: pure functions of (seed, step) ---------------------------------
     def _batch(self, step: int, micro: int) -> torch.Tensor:
         a = self.accelerator
+        if is_stream(self.train_data):  # this process's next rows, in the stream's order
+            return self.train_data.next_rows(self.args.batch_size).to(a.device)
         start = (step * self.args.grad_accum + micro) * self.args.batch_size * a.num_processes \
             + a.process_index * self.args.batch_size
         n = data_len(self.train_data)
-        idx = [self._order(i // n)[i % n] for i in range(start, start + self.args.batch_size)]
+        idx = [int(self._order(i // n)[i % n]) for i in range(start, start + self.args.batch_size)]
         return take(self.train_data, idx, a.device)
 
-    def _order(self, epoch: int) -> list[int]:
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the examples (a tensor: 8 bytes an example, not a Python list)."""
         cache = getattr(self, "_orders", {})
         if epoch not in cache:
             g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
-            cache = {epoch: torch.randperm(data_len(self.train_data), generator=g).tolist()}
+            cache = {epoch: torch.randperm(data_len(self.train_data), generator=g)}
             self._orders = cache
         return cache[epoch]
 
@@ -262,8 +276,13 @@ class Trainer:
             tmp.mkdir(parents=True)
         a.wait_for_everyone()
         a.save_state(str(tmp), safe_serialization=True)
+        if self.process_states:
+            i = a.process_index
+            data = save_states(self.process_states, tmp, f"process_{i}.safetensors")
+            atomic_write_text(tmp / f"process_{i}.json", json.dumps(data))
         a.wait_for_everyone()
         if a.is_main_process:
+            remove_code(tmp)
             state = {"step": self.step, "tokens": self.tokens, "num_processes": a.num_processes,
                      "args": asdict(self.args), "states": save_states(self.states, tmp)}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
@@ -300,6 +319,16 @@ class Trainer:
         except SafetensorError as err:
             raise ValueError(f"the weights in {path} are damaged or truncated (safetensors: {err})") from err
         load_states(self.states, state.get("states", {}), path, self.accelerator.device)
+        if self.process_states:
+            if state["num_processes"] != self.accelerator.num_processes:
+                raise ValueError(f"{path} was written by {state['num_processes']} processes, this run has "
+                                 f"{self.accelerator.num_processes}: a streamed corpus resumes with the same number")
+            i = self.accelerator.process_index
+            try:
+                data = json.loads((Path(path) / f"process_{i}.json").read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"the state of process {i} in {path} is missing or corrupt: {err}") from err
+            load_states(self.process_states, data, path, "cpu", f"process_{i}.safetensors")
         self.step, self.tokens = state["step"], state["tokens"]
 
     # ---- evaluation ----------------------------------------------------------------------
@@ -387,15 +416,15 @@ class Trainer:
         if latest_checkpoint(self.out) != self.out / "checkpoints" / f"step-{self.step:07d}":
             self.save_checkpoint()
         final = self.out / "model"
-        # FSDP shards the parameters: gather a full state dict (a collective, on every process).
-        extra = {"state_dict": a.get_state_dict(self.model)} if a.distributed_type == DistributedType.FSDP else {}
-        if a.is_main_process:
-            record["held_out"] = last_validation(log_path)
-            atomic_write_text(self.out / "run.json", json.dumps(record, indent=2, default=str))
-            with atomic_dir(final) as tmp:
-                self.save_model(a.unwrap_model(self.model), tmp, **extra)
-                add_training(tmp, json.loads(json.dumps(record, default=str)))  # the model card: recipe, figures
-            plot_loss_curve(log_path, self.out / "loss.png")
+        # Gathered from every process when an engine shards or recasts the weights (collectives).
+        with self.final_weights(), full_weights(a, self.model, self.dtypes) as model:
+            if a.is_main_process:
+                record["held_out"] = last_validation(log_path)
+                atomic_write_text(self.out / "run.json", json.dumps(record, indent=2, default=str))
+                with atomic_dir(final) as tmp:
+                    self.save_model(model, tmp)
+                    add_training(tmp, json.loads(json.dumps(record, default=str)))  # the model card: recipe, figures
+                plot_loss_curve(log_path, self.out / "loss.png")
         if a.log_with:
             a.end_training()
         a.wait_for_everyone()

@@ -27,10 +27,10 @@ MAX_LINE = 32
 
 def build(folder: Path = TASKS_DIR, *, n_lines: int = 100, n_functions: int = 40, seed: int = 0) -> None:
     """Write stdlib_lines.jsonl (prompt, target, choices, label) and stdlib_functions.jsonl (text)."""
-    from ...data.sft import builtin_sft_splits
+    from ...data.sft import load_sft_splits
     from ...io import atomic_write_text
 
-    _, held_out, _ = builtin_sft_splits()
+    _, held_out, _ = load_sft_splits()
     functions = [f["prompt"] + f["response"] for f in held_out if len(f["prompt"]) + len(f["response"]) <= MAX_CHARS]
     rng = random.Random(seed)
     rng.shuffle(functions)
