@@ -204,6 +204,33 @@ def sampling_goals(recs: list[dict], ar: dict, ref: dict) -> list[str]:
     return lines
 
 
+def _fastest_dlm(r: dict, batch_size: int) -> tuple[list[dict], list[dict], dict]:
+    """(the DLM records at `batch_size`, those at equal quality, the fastest of those, else of all)."""
+    dlm = [x for x in r["records"] if x["batch_size"] == batch_size and x["method"].startswith("dlm_")]
+    ok = [x for x in dlm if x["equal_quality"]]
+    return dlm, ok, max(ok or dlm, key=lambda x: x["tokens_per_s"])
+
+
+def sampling_task_summary(r: dict | None) -> str | None:
+    """The race's headline for the README: AR greedy against the fastest DLM configuration at equal quality."""
+    if r is None:
+        return None
+    rows = ["| batch | AR greedy: correct, tokens/s | fastest DLM at equal quality | correct | tokens/s | x AR | "
+            "tokens per forward |", "|---:|---|---|---:|---:|---:|---:|"]
+    for bs in r["settings"]["batch_sizes"]:
+        ar = next(x for x in r["records"] if x["batch_size"] == bs and x["method"] == "ar_greedy")
+        _, ok, best = _fastest_dlm(r, bs)
+        name = (f"{best['cache'] or 'no'} cache, block {best['block_length']}, threshold {best['threshold']}"
+                + ("" if ok else " (none at equal quality)"))
+        rows.append(f"| {bs} | {100 * ar['accuracy']:.1f}%, {ar['tokens_per_s']:.0f} | {name} | "
+                    f"{100 * best['accuracy']:.1f}% | {best['tokens_per_s']:.0f} | **{best['x_ar']:.2f}** | "
+                    f"{best['tokens_per_forward']:.2f} |")
+    s = r["settings"]
+    return "\n".join(rows + ["", f"{s['n']} held-out problems, torch threads {s['torch_threads']}, "
+                                  f"{_load(r['machine'])}; every configuration in "
+                                  "[docs/results-text.md](docs/results-text.md#the-race-on-a-task)."])
+
+
 def sampling_task(r: dict | None) -> str | None:
     """The race on the arithmetic task (bench/sampling_task.py): AR greedy against the DLM's samplers."""
     if r is None:
@@ -218,9 +245,7 @@ def sampling_task(r: dict | None) -> str | None:
                     f"{x['tokens_per_forward']:.2f} | {'yes' if x['equal_quality'] else 'no'} |")
     lines = []
     for bs in s["batch_sizes"]:
-        dlm = [x for x in r["records"] if x["batch_size"] == bs and x["method"].startswith("dlm_")]
-        ok = [x for x in dlm if x["equal_quality"]]
-        best = max(ok or dlm, key=lambda x: x["tokens_per_s"])
+        dlm, ok, best = _fastest_dlm(r, bs)
         which = "at equal quality" if ok else "(none at equal quality)"
         vanilla = next((x for x in dlm if x["method"] == "dlm_vanilla"), None)
         x_vanilla = best["tokens_per_s"] / vanilla["tokens_per_s"] if vanilla else None
@@ -721,7 +746,7 @@ def gpu(r: dict | None) -> str | None:
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling,
-             "sampling_task": sampling_task, "quickstart": quickstart,
+             "sampling_task": sampling_task, "sampling_task.summary": sampling_task_summary, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
              "gpu": gpu, "data_scale": data_scale}
@@ -734,9 +759,10 @@ def load_result(name: str) -> dict | None:
 
 
 def blocks():
-    """(name, table) of every block that bench/results/NAME.json (or assets/) has data for."""
+    """(name, table) of every block that bench/results/NAME.json (or assets/) has data for; block NAME.VIEW is
+    another view of NAME.json."""
     for name, render in RENDERERS.items():
-        block = render(load_result(name))
+        block = render(load_result(name.split(".")[0]))
         if block is not None:
             yield name, block
 
@@ -747,6 +773,7 @@ def pages() -> list[Path]:
 
 
 def block_pattern(name: str) -> re.Pattern:
+    name = re.escape(name)
     return re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
 
 
