@@ -13,14 +13,7 @@ from mmdlm.training import TrainArgs
 from mmdlm.training.diffusion import DiffusionTrainer
 from mmdlm.training.lora import LoraArgs, apply_lora, lora_dlm, merge_lora, trainable_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train ~10x faster on one thread when the machine's cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(vocab, seed=0):

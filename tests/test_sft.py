@@ -17,14 +17,7 @@ from mmdlm.text.chat import render_chat
 from mmdlm.training import TrainArgs
 from mmdlm.training.diffusion import DiffusionTrainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train ~10x faster on one thread when the machine's cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SOURCE = '''import os

@@ -37,12 +37,7 @@ from sampling_task import race  # noqa: E402
 STEP = re.compile(r"^(?:(\w+)=)?(\w*)([-+*/])(\d+)=(\d+)$")  # [var=]left op y=result
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_problems_are_deterministic_correct_and_in_range():
