@@ -170,11 +170,11 @@ def sampling_goals(recs: list[dict], ar: dict, ref: dict) -> list[str]:
         return lively(x) and x["gen_ppl"] <= 1.1 * base["gen_ppl"] and x["infill_exact_match"] >= \
             base["infill_exact_match"]
 
-    lines = [f"- Entropy within 5% of the reference text's ({ref['entropy']:.2f} nats): "
-             + ", ".join(f"{x['method']}{'' if x['block_length'] is None else ' b' + str(x['block_length'])}"
-                         f"{'' if x['threshold'] is None else ' t' + str(x['threshold'])}"
-                         for x in recs if lively(x)) + "; the others' text is more repetitive or more random "
-             "than the reference, and their perplexity cannot stand for quality."]
+    passing = ", ".join(f"{x['method']}{'' if x['block_length'] is None else ' b' + str(x['block_length'])}"
+                        f"{'' if x['threshold'] is None else ' t' + str(x['threshold'])}" for x in recs if lively(x))
+    lines = [f"- Entropy within 5% of the reference text's ({ref['entropy']:.2f} nats): {passing or 'none'}; the "
+             "others' text is more repetitive or more random than the reference, and their perplexity cannot stand "
+             "for quality."]
     # each fast configuration against the vanilla DLM at its own temperature (greedy or sampled)
     vanillas = {x.get("temperature"): x for x in recs if x["method"].startswith("dlm_vanilla")}
     fast = [x for x in recs if x.get("cache") and x.get("threshold") and x.get("temperature") in vanillas]
