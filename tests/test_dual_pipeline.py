@@ -414,6 +414,9 @@ def test_train_mm_mmdit_end_to_end(tmp_path, capsys):
                                  ("--pretrained", str(tmp_path), "holds no diffusers model"),
                                  ("--text-schedule", "cubic", "unknown schedule"),
                                  ("--flow-shift", "0", "flow_shift=0.0"),
+                                 ("--flow-shift", "nan", "flow_shift must be a finite number"),
+                                 ("--logit-std", "nan", "logit_std must be a finite number"),
+                                 ("--text-loss-weight", "nan", "text_loss_weight must be a finite number"),
                                  ("--sampler", '{"stochastic": true}', "has no setting(s) ['stochastic']")]:
         assert cli.main(["train-mm", "--config", str(recipe), flag, value]) == 2
         assert message in capsys.readouterr().err

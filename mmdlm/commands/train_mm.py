@@ -1,6 +1,7 @@
 """`mmdlm train-mm`: train a multimodal backbone on image-caption pairs (text-to-image, captioning, joint)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from ..training.lora import LoraArgs
@@ -82,6 +83,9 @@ class TrainMMConfig(LoraArgs, TrainArgs):
             raise ValueError(f"n_train must be >= 1, got {self.n_train}")
         if self.n_eval < 0:
             raise ValueError(f"n_eval must be >= 0, got {self.n_eval}")
+        for name in ("text_loss_weight", "logit_mean", "logit_std", "flow_shift"):  # NaN passes every comparison
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.text_loss_weight < 0:
             raise ValueError(f"text_loss_weight must be >= 0, got {self.text_loss_weight}")
         for name in ("caption_dropout", "image_dropout", "ema_decay"):
