@@ -58,12 +58,17 @@ def load_causal_lm(name_or_path: str, *, attn_implementation: str = "sdpa", dtyp
         raise ValueError(f"the weights of {name_or_path!r} do not fit the architecture its config.json describes "
                          "(some have another shape): is config.json another model's?") from err
     except ValueError as err:
-        raise ValueError(f"could not load a causal LM from {name_or_path!r}: {err}") from err
+        raise ValueError(f"could not load a causal LM from {name_or_path!r}: {_one_line(err)}") from err
     except OSError as err:
         raise ValueError(f"could not load a causal LM from {name_or_path!r} (a local folder or a hub id; "
-                         f"this machine may be offline): {err}") from err
+                         f"this machine may be offline): {_one_line(err)}") from err
     check_weights_fit(model, info, name_or_path)
     return model
+
+
+def _one_line(err: Exception) -> str:
+    """transformers' and the hub's messages run over several lines; the CLI says one."""
+    return " ".join(str(err).split())
 
 
 @contextlib.contextmanager
