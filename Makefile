@@ -52,9 +52,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 quickstart: install
+	$(BIN)/mmdlm eval-task --config configs/quickstart_task.yaml
 	$(BIN)/mmdlm generate --config configs/quickstart.yaml
 	@echo "quickstart outputs: $(CURDIR)/outputs/quickstart.json"
-	$(BIN)/mmdlm eval-task --config configs/quickstart_task.yaml
 	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --output-dir outputs/quickstart-t2i
 	$(BIN)/mmdlm caption outputs/quickstart-t2i/t2i-0.png
 	$(BIN)/mmdlm t2i "a large green triangle above a small red square" --n 4 --model assets/discrete-shapes \
