@@ -256,12 +256,16 @@ def _stop_key(request: gr.Request | None, tab: str) -> tuple[str, str] | None:
 
 def _waiting(app: gr.Blocks, group: str) -> int | None:
     """Requests waiting in `group` of the app's queue; None where this Gradio keeps no count per group.
-    Gradio bounds only the whole queue (`max_size`); its per-group lines are `Queue.event_queue_per_concurrency_id`."""
+    Gradio bounds only the whole queue (`max_size`); its per-group lines are `Queue.event_queue_per_concurrency_id`.
+    Requests in the line for which a slot is free start as soon as Gradio's loop gets to them: they do not wait
+    (counting them turned a burst away early when the loop lagged)."""
     lines = getattr(getattr(app, "_queue", None), "event_queue_per_concurrency_id", None)
     if not isinstance(lines, dict):
         return None
     line = lines.get(group)
-    return 0 if line is None else len(line.queue)
+    if line is None or line.concurrency_limit is None:  # (no limit: nothing waits)
+        return 0
+    return max(0, len(line.queue) - max(0, line.concurrency_limit - line.current_concurrency))
 
 
 # ---------------------------------------------------------------- the app
