@@ -8,8 +8,8 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
   before the block; steps then run only the block and what follows it. For block-attention
   models this is exact (earlier blocks are clean and never see later ones), and the cache is
   not rebuilt: each new block appends the finished one to it by running only the positions
-  the cache lacks, so a step costs the same however long the prefix; for bidirectional models
-  it is Fast-dLLM's approximate prefix cache, refreshed by a full pass once per block.
+  the cache lacks, so no pass runs the prefix again; for bidirectional models it is
+  Fast-dLLM's approximate prefix cache, refreshed by a full pass once per block.
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
