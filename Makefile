@@ -39,7 +39,7 @@ endef
 
 .PHONY: install browser quickstart test gpu-check gpu-wheels demo screenshot teacher dlm mmdit-shapes mmdit-digits vq \
 	discrete-shapes discrete-digits assets bench eval-mm eval-lm lm-eval-tasks cards report clean sft bench-sft study \
-	study-quick task-ar task-dlm bench-task
+	study-quick task-ar task-dlm bench-task bench-length
 
 # DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
 $(STAMP): pyproject.toml constraints.txt
@@ -135,6 +135,12 @@ task-dlm: install
 # The race on the task's held-out problems: AR greedy against the DLM's samplers (bench/results/sampling_task.*).
 bench-task: install
 	$(BIN)/python bench/sampling_task.py
+	$(BIN)/python bench/report.py
+
+# Cost per generated token against length: AR, the DLM's caches, a block DLM's cache append
+# (bench/results/sampling_length.*; one thread, a few minutes).
+bench-length: install
+	OMP_NUM_THREADS=1 $(BIN)/python bench/sampling_length.py
 	$(BIN)/python bench/report.py
 
 # The MM-DiT on shapes, in eight stages (each starts from the last one's weights; about 7 hours on one

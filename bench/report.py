@@ -266,6 +266,35 @@ def sampling_task(r: dict | None) -> str | None:
     return "\n".join(rows)
 
 
+def sampling_length(r: dict | None) -> str | None:
+    """Cost per generated token against length (bench/sampling_length.py): AR with its KV cache, the DLM's caches."""
+    if r is None:
+        return None
+    s, g = r["settings"], r["goal"]
+    lengths, longest = s["lengths"], max(s["lengths"])
+    at = {(x["method"], x["length"]): x for x in r["records"]}
+    rows = ["| method | cache | " + " | ".join(str(n) for n in lengths) + f" | {longest} / 64 | NFE/token |",
+            "|---|---|" + "---:|" * (len(lengths) + 2)]
+    for method in dict.fromkeys(x["method"] for x in r["records"]):
+        first = at[method, lengths[0]]
+        cost = [at[method, n]["ms_per_token"] for n in lengths]
+        rows.append(f"| {method} | {first.get('cache') or 'KV'} | " + " | ".join(f"{c:.2f}" for c in cost) +
+                    f" | {at[method, longest]['ms_per_token'] / at[method, 64]['ms_per_token']:.2f}x | "
+                    f"{first['nfe_per_token']:.2f} |")
+    same = [x["same_tokens_as_full_refresh"] for x in r["records"] if "same_tokens_as_full_refresh" in x]
+    rows += ["", f"ms per generated token (batch 1) for {', '.join(map(str, lengths))} tokens after a prompt of "
+             f"{s['prompt_tokens']} tokens; {s['timing']}, {s['rounds']} rounds. AR: {s['teacher']} greedy through "
+             f"`generate` with its KV cache; DLM: {s['dlm']} (bidirectional) in blocks of {s['block']}, "
+             f"{s['dlm_decoding']}; block DLM: {s['block_dlm']}. cache_full_refresh: the block DLM's cache rebuilt by "
+             f"a full pass at every block start (the path before the append); cache_append: the finished block "
+             f"appended to the cache (same tokens as the full refresh at {sum(same)} of {len(same)} lengths). "
+             f"Torch threads: {s['torch_threads']}, {_load(r['machine'])}; torch {r['versions']['torch']}. "
+             f"Command: `{r['command']}`.", "",
+             f"- Goal: the best DLM configuration's cost per token at {g['length']} within {g['target']}x of its "
+             f"cost at 64: {g['best_dlm']}, **{g['ratio_to_64']:.2f}x** ({'met' if g['met'] else 'not met'})."]
+    return "\n".join(rows)
+
+
 def vq(_: dict | None = None) -> str | None:
     """The judges of the image-text evaluation on VQ reconstructions (assets/vq/reconstruction.json)."""
     path = ROOT / "assets" / "vq" / "reconstruction.json"
@@ -746,7 +775,8 @@ def gpu(r: dict | None) -> str | None:
 
 
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling,
-             "sampling_task": sampling_task, "sampling_task.summary": sampling_task_summary, "quickstart": quickstart,
+             "sampling_task": sampling_task, "sampling_task.summary": sampling_task_summary,
+             "sampling_length": sampling_length, "quickstart": quickstart,
              "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
              "gpu": gpu, "data_scale": data_scale}

@@ -137,3 +137,79 @@ def test_mask_spans(tokenizer):
         mask_spans(text, [(0, 500, 1)])
     with pytest.raises(ValueError, match="tokenizer"):
         mask_spans(text, [(0, 3)])
+
+
+def _full_refresh_only(monkeypatch):
+    """The sampler as it was before the append: every block starts with a full pass."""
+    from mmdlm.text.generate import _Runner
+
+    monkeypatch.setattr(_Runner, "_appendable", lambda self, q0: False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("shift", [True, False])
+def test_block_cache_append_gives_the_tokens_of_a_full_refresh(tokenizer, family, shift, monkeypatch):
+    """A block model's cache grows by appending each finished block (one full pass in all) and decodes
+    the same tokens, with the same forward count, as a full pass at every block start."""
+    from mmdlm.text.generate import _Runner
+
+    dlm = _dlm(tokenizer, family, attention="block", block_size=4, shift=shift)
+    m = dlm.mask_token_id
+    x = torch.tensor([[1, 20, 30, 40, 50] + [m] * 19])
+    blocks = block_ranges(5, 24, 4, align=True)
+    full_passes = []
+    monkeypatch.setattr(_Runner, "full", lambda self, *a, _f=_Runner.full: full_passes.append(1) or _f(self, *a))
+    for cache in ("prefix", "dual"):
+        for threshold in (None, 0.001):
+            kw = dict(steps=19, blocks=blocks, cache=cache)
+            full_passes.clear()
+            appended = generate(dlm, x, MaskedDiffusionScheduler(threshold=threshold), **kw)
+            # the first block's pass; without shift the block after it too (the first block starts off the grid, so
+            # the prompt's last block, held, sees it); every later block appends
+            assert len(full_passes) == 1 + (not shift)
+            with monkeypatch.context() as patch:
+                _full_refresh_only(patch)
+                refreshed = generate(dlm, x, MaskedDiffusionScheduler(threshold=threshold), **kw)
+            assert len(full_passes) == 1 + (not shift) + len(blocks)
+            assert torch.equal(appended.sequences, refreshed.sequences) and appended.nfe == refreshed.nfe
+
+
+def test_block_cache_append_logits_match_a_full_pass(tokenizer):
+    """The append run (the finished block and the new one on the old cache) gives the full pass's logits
+    and leaves the cache a full pass would keep."""
+    from mmdlm.text.generate import _Runner
+
+    dlm = _dlm(tokenizer, attention="block", block_size=4)
+    m = dlm.mask_token_id
+    x = torch.tensor([[1, 20, 30, 40, 50, 60, m, m, m, m, m, m, m, m, m, m]])
+    runner = _Runner(dlm, None, x.shape[1], x.device)
+    runner.full(x, 8, 12, "prefix")
+    x2 = x.clone()
+    x2[0, 8:12] = torch.tensor([70, 71, 72, 73])  # the block [8, 12) finished
+    appended = runner.refresh(x2, 12, 16, "prefix")
+    fresh = _Runner(dlm, None, x.shape[1], x.device)
+    assert torch.allclose(appended, fresh.full(x2, 12, 16, "prefix"), atol=1e-5)
+    assert runner.cached.tolist() == fresh.cached.tolist() == list(range(11))
+    for mine, theirs in zip(runner.cache.layers, fresh.cache.layers):
+        assert torch.allclose(mine.keys, theirs.keys, atol=1e-5) and torch.allclose(mine.values, theirs.values,
+                                                                                    atol=1e-5)
+
+
+def test_no_append_where_the_cache_would_go_stale(tokenizer):
+    """Bidirectional models, and block models decoded off their block grid, refresh by a full pass."""
+    from mmdlm.text.generate import _Runner
+
+    m = _dlm(tokenizer).mask_token_id
+    x = torch.tensor([[1, 20, 30, 40, 50, 60] + [m] * 10])
+    for attention, lo, hi in (("bidirectional", 8, 12), ("block", 7, 10)):
+        dlm = _dlm(tokenizer, attention=attention, block_size=4 if attention == "block" else None)
+        runner = _Runner(dlm, None, x.shape[1], x.device)
+        runner.full(x, lo, hi, "prefix")  # block: holds [0, 6); 4 and 5 see 7 (block [4, 8)), decoded
+        assert not runner._appendable(hi + 3)
+    dlm = _dlm(tokenizer, attention="block", block_size=4)
+    runner = _Runner(dlm, None, x.shape[1], x.device)
+    runner.full(x, 9, 13, "prefix")  # holds [0, 8): two whole blocks
+    assert runner._appendable(11) and not runner._appendable(7)
+    runner = _Runner(_dlm(tokenizer, attention="block", block_size=4, shift=False), None, x.shape[1], x.device)
+    runner.full(x, 7, 10, "prefix")  # without shift: holds [0, 7), and 4..6 see 7
+    assert not runner._appendable(10)

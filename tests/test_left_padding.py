@@ -97,3 +97,21 @@ def test_padded_infill_and_block_length(attention, tokenizer):
         _assert_rows_as_alone(pipe, mixed, gen_length=7, block_length=3, num_inference_steps=9, cache=cache)
         _assert_rows_as_alone(pipe, ["y = <|mask:3|> + 1", "a <|mask:5|>", "import <|mask:1|>, sys"], gen_length=0,
                               num_inference_steps=6, cache=cache)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_padded_batches_decode_alike_with_the_cache_append(family, tokenizer, monkeypatch):
+    """Left-padded batches of a block model: the cache append gives the tokens of a full refresh per block
+    (on the block grid, and with a decoding block length off it, where it falls back to full passes)."""
+    from mmdlm.text.generate import _Runner
+
+    pipe = _pipe(_block_dlm(family, tokenizer), tokenizer)
+    for cache in ("prefix", "dual"):
+        for block_length in (None, 3):
+            kw = dict(gen_length=13, block_length=block_length, num_inference_steps=13, cache=cache)
+            appended = pipe(PROMPTS, **kw)
+            with monkeypatch.context() as patch:
+                patch.setattr(_Runner, "_appendable", lambda self, q0: False)
+                refreshed = pipe(PROMPTS, **kw)
+            assert appended.sequences.tolist() == refreshed.sequences.tolist(), (cache, block_length)
+            assert appended.nfe == refreshed.nfe

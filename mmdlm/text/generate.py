@@ -6,8 +6,10 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
 
 - cache="prefix": at the start of each block one full pass fills a KV cache of everything
   before the block; steps then run only the block and what follows it. For block-attention
-  models this is exact (earlier blocks are clean and never see later ones); for
-  bidirectional models it is Fast-dLLM's approximate prefix cache, refreshed once per block.
+  models this is exact (earlier blocks are clean and never see later ones), and the cache is
+  not rebuilt: each new block appends the finished one to it by running only the positions
+  the cache lacks, so no pass runs the prefix again; for bidirectional models it is
+  Fast-dLLM's approximate prefix cache, refreshed by a full pass once per block.
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
   steps run the block alone.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
@@ -111,6 +113,34 @@ class _Runner:
         self.cache.crop(-len(q))
         return out.logits
 
+    def refresh(self, x, lo, hi, cache: str):
+        """Start the block [lo, hi) with a cache of everything before it; return aligned logits for [lo, hi).
+
+        When the cache held from the previous block stays exact, run only the positions it lacks (the finished
+        block and this one) and keep the finished block's keys/values: the append of block-attention models.
+        Otherwise one full pass."""
+        q0 = lo - self.shift
+        if not self._appendable(q0):
+            return self.full(x, lo, hi, cache)
+        held = len(self.cached)
+        q = torch.arange(held, hi, device=x.device)
+        out = self._run(x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+                        logits_to_keep=torch.arange(q0 - held, hi - self.shift - held, device=x.device))
+        self.cache.crop(q0 - hi)  # keep [0, q0)
+        self.cached = torch.arange(q0, device=x.device)
+        return out.logits
+
+    def _appendable(self, q0: int) -> bool:
+        """Whether the held cache, of positions [0, held) filled when the previous block [held + shift, ..)
+        started, is still exact: past-only attention (the cache is that prefix), held <= q0, and no held
+        position sees a position the previous block may have changed (past-only patterns are transitive, so
+        their keys/values depend on unchanged tokens only). True for block-attention models decoded on their
+        block grid and for causal ones."""
+        if not self.past_only or self.cache is None:
+            return False
+        held = len(self.cached)
+        return held <= q0 and not bool(self.pattern[..., :held, held + self.shift:].any())
+
 
 def _status(x, lo: int, hi: int, mask_id: int, stops: torch.Tensor | None, start: int, *,
             last: bool) -> tuple[bool, bool]:
@@ -176,8 +206,10 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
                 c = runner.full(x, lo, hi, "none")
                 u = runner.full(x.masked_fill(prompt_mask, mask_id), lo, hi, "none")
                 logits = u + (1 + guidance_scale) * (c - u)
-            elif cache == "none" or k == 0:
+            elif cache == "none":
                 logits = runner.full(x, lo, hi, cache)
+            elif k == 0:
+                logits = runner.refresh(x, lo, hi, cache)
             else:
                 logits = runner.window(x, lo, hi, cache)
             out = scheduler.step(logits, t, x[:, lo:hi], mask_token_id=mask_id, confidence=confidence,
