@@ -84,7 +84,8 @@ BUILTIN_RECORDS = "stdlib functions: prompt = signature + docstring, response = 
 
 class SftSplits:
     """The records of an SFT source's train and validation splits, read lazily: the built-in set
-    (the functions of `corpus.TextSplits`' standard-library files, a file at a time), or json(l)
+    (the functions of `corpus.TextSplits`' standard-library files, a file at a time), the built-in
+    arithmetic task (`arithmetic.arithmetic_splits`, generated in memory; validation = held out), or json(l)
     files, a local folder or a hub dataset (`corpus.RecordSplits`: without a validation split,
     the records whose content `is_validation`). `identity` is what the records depend on."""
 
