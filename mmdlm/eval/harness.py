@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -35,6 +35,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ..devices import generator, resolve_device, resolve_dtype
+from ..diffusion import SamplingOptions
 from ..diffusion._checks import check_int
 from ..pipelines import TextDiffusionPipeline
 from ..schedulers import MaskedDiffusionScheduler
@@ -42,7 +43,7 @@ from ..text.chat import end_of_turn_id, render_chat
 from ..text.generate import check_options, default_blocks, generate
 from .likelihood import dlm_elbo_terms
 
-SAMPLING = ("rule", "temperature", "top_k", "top_p", "alg_temp", "threshold", "remasking", "editing_threshold")
+SAMPLING = tuple(f.name for f in fields(SamplingOptions))  # given flat among the model arguments
 
 
 @dataclass
@@ -63,14 +64,7 @@ class HarnessArgs:
     cache: str = "none"
     guidance_scale: float = 0.0
     seed: int = 0  # request i samples with a generator seeded seed + i
-    rule: str = "confidence"
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    alg_temp: float = 0.0
-    threshold: float | None = None
-    remasking: bool = False
-    editing_threshold: float | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)  # rule, temperature, ... (checked when made)
     max_batch_size: int | None = None  # (lm-eval passes it; unused)
 
     def __post_init__(self):
@@ -84,19 +78,17 @@ class HarnessArgs:
         if not isinstance(self.check_greedy, bool):
             raise ValueError(f"check_greedy must be True or False, got {self.check_greedy!r}")
         resolve_device(self.device), resolve_dtype(self.dtype)  # (checked: unknown or absent ones)
-        MaskedDiffusionScheduler(**self.sampling)
 
     @classmethod
     def make(cls, **kwargs) -> "HarnessArgs":
-        unknown = set(kwargs) - {f.name for f in fields(cls)}
+        """From lm-eval's flat model arguments: the sampler's go into `sampling`."""
+        names = [*(f.name for f in fields(cls) if f.name != "sampling"), *SAMPLING]
+        unknown = set(kwargs) - set(names)
         if unknown:
             raise ValueError(f"unknown mmdlm model argument(s) {', '.join(sorted(unknown))}; it takes "
-                             f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**kwargs)
-
-    @property
-    def sampling(self) -> dict:
-        return {name: getattr(self, name) for name in SAMPLING}
+                             f"{', '.join(names)}")
+        sampling = SamplingOptions(**{k: kwargs.pop(k) for k in SAMPLING if k in kwargs})
+        return cls(**kwargs, sampling=sampling)
 
 
 @register_model("mmdlm")
@@ -109,7 +101,7 @@ class MMDLM(TemplateLM):
         self.args = a = HarnessArgs.make(**kwargs)
         self._device = resolve_device(a.device)
         self.pipe = TextDiffusionPipeline.from_pretrained(a.pretrained, dtype=resolve_dtype(a.dtype)).to(self._device)
-        self.pipe.scheduler.register_to_config(**a.sampling)
+        self.pipe.scheduler.register_to_config(**asdict(a.sampling))
         self.pipe.set_progress_bar_config(disable=True)
         self.tokenizer, self.dlm = self.pipe.tokenizer, self.pipe.dlm.eval()
         self.batch_size = a.batch_size
@@ -141,7 +133,9 @@ class MMDLM(TemplateLM):
         return render_chat(self.tokenizer, chat_history, add_generation_prompt=add_generation_prompt)
 
     def get_model_info(self) -> dict:
-        return {"model": "mmdlm", **asdict(self.args)}
+        args = asdict(self.args)
+        sampling = args.pop("sampling")
+        return {"model": "mmdlm", **args, **sampling}  # (flat, as the arguments are given)
 
     # ---- likelihoods --------------------------------------------------------------------------
     def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
