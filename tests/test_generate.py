@@ -213,3 +213,59 @@ def test_no_append_where_the_cache_would_go_stale(tokenizer):
     runner = _Runner(_dlm(tokenizer, attention="block", block_size=4, shift=False), None, x.shape[1], x.device)
     runner.full(x, 7, 10, "prefix")  # without shift: holds [0, 7), and 4..6 see 7
     assert not runner._appendable(10)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_stale_append_on_an_unchanged_sequence_matches_a_full_pass(tokenizer, cache, padded):
+    """A bidirectional cache appended without a full pass: when the tokens did not change since the last
+    full pass (nothing is stale), its logits, the cache it keeps and the window steps after it equal a full
+    pass's; so the bookkeeping (which positions, in which order, at which positions ids) is right."""
+    from mmdlm.text.generate import _Runner
+
+    dlm = _dlm(tokenizer)
+    m = dlm.mask_token_id
+    x = torch.tensor([[0, 0, 1, 20, 30, 40, 50, 60] + [m] * 12, [1, 21, 31, 41, 51, 61, 71, 81] + [m] * 12])
+    mask = (x != 0).long() if padded else None
+    x = x if padded else x[1:]
+    runner = _Runner(dlm, mask, x.shape[1], x.device, refresh_every=3)
+    runner.full(x, 8, 12, cache)
+    appended = runner.refresh(x, 12, 16, cache)  # second block of three: appended, not refreshed
+    assert runner.stale_blocks == 1
+    fresh = _Runner(dlm, mask, x.shape[1], x.device)
+    assert torch.allclose(appended, fresh.full(x, 12, 16, cache), atol=1e-5)
+    assert runner.cached.tolist() == fresh.cached.tolist()
+    for mine, theirs in zip(runner.cache.layers, fresh.cache.layers):
+        assert torch.allclose(mine.keys, theirs.keys, atol=1e-5) and torch.allclose(mine.values, theirs.values,
+                                                                                    atol=1e-5)
+    x2 = x.clone()
+    x2[:, 13] = 77
+    assert torch.allclose(runner.window(x2, 12, 16, cache), fresh.window(x2, 12, 16, cache), atol=1e-5)
+    appended = runner.refresh(x, 16, 20, cache)  # the third block: appended again
+    assert torch.allclose(appended, _Runner(dlm, mask, x.shape[1], x.device).full(x, 16, 20, cache), atol=1e-5)
+    runner.refresh(x, 16, 20, cache)
+    assert runner.stale_blocks == 0  # the fourth start: a full pass
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_refresh_every_counts_full_passes(tokenizer, cache, monkeypatch):
+    """A full pass every `refresh_every` blocks; 1 is Fast-dLLM's (every block), the default."""
+    from mmdlm.text.generate import _Runner
+
+    dlm = _dlm(tokenizer)
+    m = dlm.mask_token_id
+    x = torch.tensor([[1, 20, 30] + [m] * 16])
+    blocks = block_ranges(3, 19, 4)
+    full_passes = []
+    monkeypatch.setattr(_Runner, "full", lambda self, *a, _f=_Runner.full: full_passes.append(1) or _f(self, *a))
+    outs = {}
+    for every, passes in ((1, 4), (2, 2), (3, 2), (4, 1), (100, 1)):
+        full_passes.clear()
+        outs[every] = generate(dlm, x, MaskedDiffusionScheduler(), steps=16, blocks=blocks, cache=cache,
+                               refresh_every=every)
+        assert len(full_passes) == passes and outs[every].nfe == 16
+        assert not (outs[every].sequences == m).any()
+    assert torch.equal(outs[1].sequences, generate(dlm, x, MaskedDiffusionScheduler(), steps=16, blocks=blocks,
+                                                   cache=cache).sequences)
+    with pytest.raises(ValueError, match="refresh_every must be >= 1"):
+        generate(dlm, x, MaskedDiffusionScheduler(), steps=16, blocks=blocks, cache=cache, refresh_every=0)

@@ -55,6 +55,8 @@ TEXT_CASES = {
     "greedy": dict(),
     "prefix cache, threshold": dict(cache="prefix", threshold=0.3, block_length=4),
     "dual cache": dict(cache="dual", block_length=4),
+    "dual cache, a full pass every 2 blocks": dict(cache="dual", block_length=4, refresh_every=2),
+    "prefix cache, no full pass after the first": dict(cache="prefix", block_length=2, refresh_every=100),
     "sampled, top-k, top-p": dict(temperature=1.0, top_k=20, top_p=0.9),
     "remasking": dict(remasking=True, alg_temp=2.0, temperature=1.0),
     "rule origin": dict(rule="origin"),

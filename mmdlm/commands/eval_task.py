@@ -27,7 +27,11 @@ class EvalTaskConfig(DeviceArgs):
     block_length: int | None = field(default=16, metadata={"help": "semi-autoregressive block length"})
     threshold: float | None = field(default=0.9, metadata={
         "help": "parallel decoding: commit every token with confidence >= threshold (none: the commit schedule)"})
+    factor: float | None = field(default=None, metadata={
+        "help": "parallel decoding by Fast-dLLM's factor rule instead of the threshold (give --threshold none)"})
     cache: str = field(default="dual", metadata={"help": "KV cache: none | prefix | dual"})
+    refresh_every: int = field(default=1, metadata={
+        "help": "blocks per full pass of the approximate cache (1: every block, as Fast-dLLM)"})
     rule: str = field(default="confidence", metadata={
         "help": "which tokens to commit: confidence | margin | entropy | random | origin"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's)"})
@@ -54,15 +58,16 @@ def run(c) -> dict:
     check_int(c.show, "show", 0)
     if c.block_length is not None:
         check_int(c.block_length, "block_length", 1)
-    check_options(steps=c.steps, cache=c.cache, guidance_scale=0.0)
-    MaskedDiffusionScheduler(rule=c.rule, threshold=c.threshold)  # validates them before the models load
+    check_options(steps=c.steps, cache=c.cache, guidance_scale=0.0, refresh_every=c.refresh_every)
+    MaskedDiffusionScheduler(rule=c.rule, threshold=c.threshold, factor=c.factor)  # checked before the models load
     if c.output:
         check_output_file(c.output, "--output")
     if c.threads is not None:
         check_int(c.threads, "threads", 1)
         torch.set_num_threads(c.threads)
     device, dtype = c.resolve()
-    sampler = dict(steps=c.steps, block_length=c.block_length, threshold=c.threshold, cache=c.cache, rule=c.rule)
+    sampler = dict(steps=c.steps, block_length=c.block_length, threshold=c.threshold, factor=c.factor,
+                   cache=c.cache, refresh_every=c.refresh_every, rule=c.rule)
     pipe = load_text_pipeline(c.model, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     records = problems("held_out", c.n)
@@ -76,7 +81,9 @@ def run(c) -> dict:
     for name, solve in runs.items():
         solve(records[:1])  # warm-up (lazy initialisation), not counted
         tallies[name] = solve(records)
-    how = {"dlm": f"{c.model}, {c.cache} cache, blocks of {c.block_length or c.gen_length}, threshold {c.threshold}",
+    refresh = "" if c.cache == "none" or c.refresh_every == 1 else f" (a full pass every {c.refresh_every} blocks)"
+    commits = f"factor {c.factor}" if c.factor is not None else f"threshold {c.threshold}"
+    how = {"dlm": f"{c.model}, {c.cache} cache{refresh}, blocks of {c.block_length or c.gen_length}, {commits}",
            "ar": f"{c.ar_model}, greedy with its KV cache"}
     for i, r in enumerate(records[: c.show]):
         print(f"--- held-out problem {i + 1} (answer {r['answer']}) ---\n{r['prompt'].rstrip()}")

@@ -25,7 +25,12 @@ class GenerateConfig(DeviceArgs):
         "help": "which tokens to commit: confidence | margin | entropy | random | origin"})
     threshold: float | None = field(default=None, metadata={
         "help": "parallel decoding: commit every token with confidence >= threshold (at least one per step)"})
+    factor: float | None = field(default=None, metadata={
+        "help": "parallel decoding by Fast-dLLM's factor rule: commit the k most confident tokens, the largest k "
+                "with (i + 1)(1 - c_i) <= factor for each of them (instead of --threshold)"})
     cache: str = field(default="none", metadata={"help": "KV cache: none | prefix | dual (exact for block models)"})
+    refresh_every: int = field(default=1, metadata={
+        "help": "blocks per full pass of a bidirectional model's approximate cache (1: every block, as Fast-dLLM)"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
@@ -62,7 +67,7 @@ def run(c) -> dict:
     check_int(c.gen_length, "gen_length", 1)
     if c.block_length is not None:
         check_int(c.block_length, "block_length", 1)
-    check_options(steps=c.steps, cache=c.cache, guidance_scale=c.guidance_scale)
+    check_options(steps=c.steps, cache=c.cache, guidance_scale=c.guidance_scale, refresh_every=c.refresh_every)
     if c.history not in (None, "terminal") and not c.history.endswith((".gif", ".html")):
         raise ValueError(f"history must be 'terminal' or a path ending in .gif or .html, got {c.history!r}")
     for name, path in (("--output", c.output), ("--history", c.history)):
@@ -71,16 +76,17 @@ def run(c) -> dict:
     if c.chat and c.prompt is None:
         raise ValueError("--chat sends --prompt through the chat template: give --prompt")
     sampling = dict(rule=c.rule, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, alg_temp=c.alg_temp,
-                    threshold=c.threshold, remasking=c.remasking, editing_threshold=c.editing_threshold)
+                    threshold=c.threshold, remasking=c.remasking, editing_threshold=c.editing_threshold,
+                    factor=c.factor)
     MaskedDiffusionScheduler(**sampling)  # validates every sampling option before the model loads
     device, dtype = c.resolve()
     check_attn_implementation(c.attn_implementation)
     pipe = load_text_pipeline(c.model, device=device, dtype=dtype, attn_implementation=c.attn_implementation,
                               **sampling)
     pipe.set_progress_bar_config(disable=True)
-    settings = {**sampling, "steps": c.steps, "cache": c.cache, "gen_length": c.gen_length,
-                "block_length": c.block_length, "guidance_scale": c.guidance_scale, "seed": c.seed, "chat": c.chat,
-                "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+    settings = {**sampling, "steps": c.steps, "cache": c.cache, "refresh_every": c.refresh_every,
+                "gen_length": c.gen_length, "block_length": c.block_length, "guidance_scale": c.guidance_scale,
+                "seed": c.seed, "chat": c.chat, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                 "attn_implementation": c.attn_implementation}
     results: dict = {"model": c.model, "settings": settings}
     jobs = []  # (kind, text, the call's input: a prompt or a chat, its other arguments)
@@ -92,9 +98,10 @@ def run(c) -> dict:
     if c.infill is not None:
         jobs.append(("infill", _unescape(c.infill), {"prompt": _unescape(c.infill)}, dict(gen_length=0)))
     for _, _, call, kw in jobs:  # every job checked (lengths against the model's context) before any runs
-        pipe.check_inputs(**call, num_inference_steps=c.steps, cache=c.cache, **kw)
+        pipe.check_inputs(**call, num_inference_steps=c.steps, cache=c.cache, refresh_every=c.refresh_every, **kw)
     for kind, text, call, kw in jobs:
-        out = pipe(**call, num_inference_steps=c.steps, cache=c.cache, stop_at_eos=c.stop_at_eos,
+        out = pipe(**call, num_inference_steps=c.steps, cache=c.cache, refresh_every=c.refresh_every,
+                   stop_at_eos=c.stop_at_eos,
                    return_history=c.history is not None, generator=generator(device, c.seed), **kw)
         results[kind] = {"input": text, "output": out.texts[0], "nfe": out.nfe}
         turn = "\n" if "messages" in call else ""  # a chat's answer goes on a line of its own

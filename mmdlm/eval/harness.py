@@ -62,6 +62,7 @@ class HarnessArgs:
     steps: int | None = None  # denoising steps (default: one per generated token)
     block_length: int | None = None
     cache: str = "none"
+    refresh_every: int = 1  # blocks per full pass of an approximate cache
     guidance_scale: float = 0.0
     seed: int = 0  # request i samples with a generator seeded seed + i
     sampling: SamplingOptions = field(default_factory=SamplingOptions)  # rule, temperature, ... (checked when made)
@@ -74,7 +75,8 @@ class HarnessArgs:
         for name in ("steps", "block_length"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
-        check_options(steps=self.steps or 1, cache=self.cache, guidance_scale=self.guidance_scale)
+        check_options(steps=self.steps or 1, cache=self.cache, guidance_scale=self.guidance_scale,
+                      refresh_every=self.refresh_every)
         if not isinstance(self.check_greedy, bool):
             raise ValueError(f"check_greedy must be True or False, got {self.check_greedy!r}")
         resolve_device(self.device), resolve_dtype(self.dtype)  # (checked: unknown or absent ones)
@@ -257,7 +259,8 @@ class MMDLM(TemplateLM):
                 a = self.args
                 texts = self.pipe([prompts[i] for i in part], gen_length=gen_length,
                                   num_inference_steps=a.steps or gen_length, block_length=a.block_length,
-                                  cache=a.cache, guidance_scale=a.guidance_scale, **overrides,
+                                  cache=a.cache, refresh_every=a.refresh_every, guidance_scale=a.guidance_scale,
+                                  **overrides,
                                   generator=[generator(self._device, a.seed + i) for i in part]).texts
                 for i, text in zip(part, texts):
                     cut = min([text.index(s) for s in stops if s and s in text], default=len(text))

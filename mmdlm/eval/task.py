@@ -110,8 +110,8 @@ def evaluate_ar(model, tokenizer, records, *, batch_size: int = 1, max_new_token
 
 @torch.no_grad()
 def evaluate_dlm(pipe, records, *, batch_size: int = 1, gen_length: int = GEN_LENGTH, steps: int | None = None,
-                 block_length: int | None = None, threshold: float | None = None, cache: str = "none",
-                 rule: str = "confidence") -> Tally:
+                 block_length: int | None = None, threshold: float | None = None, factor: float | None = None,
+                 cache: str = "none", refresh_every: int = 1, rule: str = "confidence") -> Tally:
     """`pipe` (a TextDiffusionPipeline) on each batch: `gen_length` masks after the prompt, `steps`
     (default `gen_length`: one token per step without a threshold) split across the blocks."""
     mask_id = pipe.mask_token_id
@@ -127,7 +127,8 @@ def evaluate_dlm(pipe, records, *, batch_size: int = 1, gen_length: int = GEN_LE
 
         t0 = time.perf_counter()
         out = pipe([r["prompt"] for r in batch], gen_length=gen_length, block_length=block_length,
-                   num_inference_steps=steps or gen_length, threshold=threshold, cache=cache, rule=rule,
+                   num_inference_steps=steps or gen_length, threshold=threshold, factor=factor, cache=cache,
+                   refresh_every=refresh_every, rule=rule,
                    output_type="ids", callback_on_step_end=count, callback_on_step_end_tensor_inputs=["sequences"])
         generated = out.sequences[:, -gen_length:].tolist()
         seconds = time.perf_counter() - t0

@@ -167,17 +167,18 @@ class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
         return list(prompts)
 
     def check_inputs(self, prompt=None, *, messages=None, gen_length: int = 64, block_length: int | None = None,
-                     num_inference_steps: int = 64, cache: str = "none", guidance_scale: float = 0.0,
-                     stop_at_eos: bool = True, output_type: str = "text", return_history: bool = False,
-                     return_dict: bool = True, callback_on_step_end_tensor_inputs: list[str] | None = None,
-                     **sampling) -> None:
+                     num_inference_steps: int = 64, cache: str = "none", refresh_every: int = 1,
+                     guidance_scale: float = 0.0, stop_at_eos: bool = True, output_type: str = "text",
+                     return_history: bool = False, return_dict: bool = True,
+                     callback_on_step_end_tensor_inputs: list[str] | None = None, **sampling) -> None:
         """Refuse bad call arguments (a one-line ValueError) before anything is built or run."""
         prompts = self._prompts(prompt, messages)
         check_int(gen_length, "gen_length", 0)
         if block_length is not None:
             check_int(block_length, "block_length", 1)
         check_steps(num_inference_steps, "num_inference_steps")
-        check_options(steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale)
+        check_options(steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
+                      refresh_every=refresh_every)
         for name, flag in (("stop_at_eos", stop_at_eos), ("return_history", return_history),
                            ("return_dict", return_dict)):
             check_bool(flag, name)
@@ -197,9 +198,9 @@ class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
                  num_inference_steps: int = 64, rule: str | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, alg_temp: float | None = None,
                  threshold: float | None = None, remasking: bool | None = None,
-                 editing_threshold: float | None = None, cache: str = "none", guidance_scale: float = 0.0,
-                 stop_at_eos: bool = True, generator: torch.Generator | list[torch.Generator] | None = None,
-                 output_type: str = "text",
+                 editing_threshold: float | None = None, factor: float | None = None,
+                 cache: str = "none", refresh_every: int = 1, guidance_scale: float = 0.0, stop_at_eos: bool = True,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "text",
                  return_history: bool = False, return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None):
         """Continue each prompt by `gen_length` tokens and fill its `<|mask:N|>` placeholders.
@@ -209,16 +210,20 @@ class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
         stops at the template's end-of-turn token as at EOS. Sampling options left as None take the
         scheduler's config (`remasking`: a committed token can go back under the mask;
         `editing_threshold`: a committed token is replaced when the model disagrees with it with
-        more confidence; see `MaskedDiffusionScheduler`). `output_type` is "text" (decoded texts)
-        or "ids" (sequences only). `generator`: one, or a list with one per prompt.
+        more confidence; `factor`: Fast-dLLM's factor rule for how many tokens a step commits; see
+        `MaskedDiffusionScheduler`). `output_type` is "text" (decoded texts)
+        or "ids" (sequences only). `generator`: one, or a list with one per prompt. `cache`: none,
+        prefix or dual; `refresh_every`: blocks per full pass of a bidirectional model's approximate
+        cache (1, Fast-dLLM's: every block; see `mmdlm.text.generate`).
         """
         overrides = {k: v for k, v in dict(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p,
                                            alg_temp=alg_temp, threshold=threshold, remasking=remasking,
-                                           editing_threshold=editing_threshold).items() if v is not None}
+                                           editing_threshold=editing_threshold, factor=factor).items()
+                     if v is not None}
         self.check_inputs(prompt, messages=messages, gen_length=gen_length, block_length=block_length,
-                          num_inference_steps=num_inference_steps, cache=cache, guidance_scale=guidance_scale,
-                          stop_at_eos=stop_at_eos, output_type=output_type, return_history=return_history,
-                          return_dict=return_dict,
+                          num_inference_steps=num_inference_steps, cache=cache, refresh_every=refresh_every,
+                          guidance_scale=guidance_scale, stop_at_eos=stop_at_eos, output_type=output_type,
+                          return_history=return_history, return_dict=return_dict,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **overrides)
         prompts = self._prompts(prompt, messages)
         stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
@@ -260,7 +265,8 @@ class TextDiffusionPipeline(SharedPipeline, DiffusionPipeline):
 
             out = generate(self.dlm, sequences[sel, cut:], self.scheduler, steps=num_inference_steps,
                            blocks=[(lo - cut, hi - cut) for lo, hi in blocks],
-                           attention_mask=mask, cache=cache, guidance_scale=guidance_scale,
+                           attention_mask=mask, cache=cache, refresh_every=refresh_every,
+                           guidance_scale=guidance_scale,
                            prompt_mask=prompt_mask[sel, cut:], eos_token_id=stops or None,
                            stop_at_eos=stop_at_eos, callback=on_step, **overrides,
                            generator=[generator[i] for i in index] if isinstance(generator, list) else generator)

@@ -9,9 +9,12 @@ tokens (by a commit schedule, or every token above a confidence threshold). Opti
   models this is exact (earlier blocks are clean and never see later ones), and the cache is
   not rebuilt: each new block appends the finished one to it by running only the positions
   the cache lacks, so no pass runs the prefix again; for bidirectional models it is
-  Fast-dLLM's approximate prefix cache, refreshed by a full pass once per block.
+  Fast-dLLM's approximate prefix cache, refreshed by a full pass every `refresh_every` blocks
+  (1: every block, as Fast-dLLM). Between refreshes the finished block is appended the same
+  way, its keys/values computed against the stale cache: cheaper, and approximate twice over.
 - cache="dual": the cache also keeps the positions after the block (Fast-dLLM's dual cache):
-  steps run the block alone.
+  steps run the block alone. Between refreshes the positions after the block keep the
+  keys/values of the last full pass.
 - guidance_scale > 0: classifier-free guidance; the unconditional pass masks the prompt.
 - stop_at_eos: once a row has produced EOS (or another of the `eos_token_id` given, e.g. a chat
   template's end of turn), its remaining masks become EOS (no EOS flood to decode, nothing after
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..diffusion._checks import check_finite, check_steps
+from ..diffusion._checks import check_finite, check_int, check_steps
 
 CACHES = ("none", "prefix", "dual")
 
@@ -69,8 +72,9 @@ def _select(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
 class _Runner:
     """Runs the model on a window of positions, with or without cached keys/values."""
 
-    def __init__(self, dlm, attention_mask, length, device):
-        self.dlm, self.attention_mask, self.nfe = dlm, attention_mask, 0
+    def __init__(self, dlm, attention_mask, length, device, refresh_every: int = 1):
+        self.dlm, self.attention_mask, self.nfe, self.refresh_every = dlm, attention_mask, 0, refresh_every
+        self.stale_blocks = 0  # blocks started since the last full pass
         self.shift = int(dlm.config.shift)
         # With causal or block-causal attention nothing after the current block can matter.
         self.past_only = dlm.config.attention in ("causal", "block")
@@ -81,34 +85,39 @@ class _Runner:
             self.positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             self.pattern = dlm.pattern(length, device, self.positions)
         self.cache, self.cached = None, None  # cached: absolute positions held by the cache, in order
+        self.prefix, self.suffix = 0, None
 
-    def _run(self, x, q, kv, *, own_pattern: bool = False, **kwargs):
+    def _run(self, kind: str, x, q, kv, *, own_pattern: bool = False, **kwargs):
         """The model on queries `q` over keys `kv`; `own_pattern`: the queries and keys are one prefix of the
-        sequence, whose pattern the model builds itself (mask-free where it can)."""
+        sequence, whose pattern the model builds itself (mask-free where it can). `kind` labels the pass for
+        torch.profiler ("mmdlm.<kind>")."""
         pad = None if self.attention_mask is None else self.attention_mask[:, kv]
         positions = self.positions.expand(x.shape[0], -1)[:, q]
         self.nfe += 1
         pattern = None if own_pattern else self.pattern[..., q, :][..., kv]
-        return self.dlm(x[:, q], pad, pattern=pattern, position_ids=positions, **kwargs)
+        with torch.profiler.record_function(f"mmdlm.{kind}"):
+            return self.dlm(x[:, q], pad, pattern=pattern, position_ids=positions, **kwargs)
 
     def full(self, x, lo, hi, keep_cache: str):
         """Run the whole sequence; return aligned logits for [lo, hi); optionally keep a cache."""
         q0, end = lo - self.shift, hi if self.past_only else x.shape[1]
         q = torch.arange(end, device=x.device)
-        out = self._run(x, q, q, own_pattern=True, use_cache=keep_cache != "none",
+        out = self._run("full_pass", x, q, q, own_pattern=True, use_cache=keep_cache != "none",
                         logits_to_keep=torch.arange(q0, hi - self.shift, device=x.device))
         if keep_cache != "none":
             keep = torch.arange(q0, device=x.device)
             if keep_cache == "dual":
                 keep = torch.cat([keep, torch.arange(hi, end, device=x.device)])
-            self.cache, self.cached = _select(out.past_key_values, keep), keep
+            self.cache = _select(out.past_key_values, keep)
+            self._hold(q0, hi if keep_cache == "dual" and end > hi else None, x.device)
+            self.stale_blocks = 0
         return out.logits
 
     def window(self, x, lo, hi, cache: str):
         """Run only the positions the cache lacks; return aligned logits for [lo, hi)."""
         q0 = lo - self.shift
         q = torch.arange(q0, hi if cache == "dual" or self.past_only else x.shape[1], device=x.device)
-        out = self._run(x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+        out = self._run("window", x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
                         logits_to_keep=torch.arange(hi - lo, device=x.device))
         self.cache.crop(-len(q))
         return out.logits
@@ -121,14 +130,46 @@ class _Runner:
         Otherwise one full pass."""
         q0 = lo - self.shift
         if not self._appendable(q0):
-            return self.full(x, lo, hi, cache)
+            self.stale_blocks += 1
+            if self.cache is None or self.stale_blocks >= self.refresh_every:
+                return self.full(x, lo, hi, cache)
+            return self.append_stale(x, lo, hi, cache)
         held = len(self.cached)
         q = torch.arange(held, hi, device=x.device)
-        out = self._run(x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+        out = self._run("append", x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
                         logits_to_keep=torch.arange(q0 - held, hi - self.shift - held, device=x.device))
         self.cache.crop(q0 - hi)  # keep [0, q0)
-        self.cached = torch.arange(q0, device=x.device)
+        self._hold(q0, None, x.device)
         return out.logits
+
+    def append_stale(self, x, lo, hi, cache: str):
+        """Start the block [lo, hi) without a full pass: the positions the cache lacks before the block (the
+        finished block) run with the block, over the cache as it is, and are appended to it; cached positions
+        after the block keep their old keys/values. Return aligned logits for [lo, hi)."""
+        q0, length = lo - self.shift, x.shape[1]
+        end = hi if cache == "dual" or self.past_only else length
+        arange = lambda a, b: torch.arange(a, b, device=x.device)  # noqa: E731
+        held, suffix = self.prefix, self.suffix  # the cache holds [0, held), then [suffix, length)
+        if suffix is not None and suffix < hi:  # the block's own positions leave the cache: they are queries now
+            self.cache = _select(self.cache, torch.cat([arange(0, held), held + arange(hi - suffix, length - suffix)]))
+            suffix = hi
+        after = arange(suffix, length) if suffix is not None else arange(0, 0)
+        q = arange(held, end)
+        out = self._run("append_stale", x, q, torch.cat([arange(0, held), after, q]), past_key_values=self.cache,
+                        use_cache=True, logits_to_keep=arange(q0 - held, q0 - held + hi - lo))
+        # Now [0, held), the positions after, then q: keep [0, q0) (the finished block joins), then those after.
+        n = len(after)
+        self.cache = _select(self.cache, torch.cat([arange(0, held), held + n + arange(0, q0 - held),
+                                                    arange(held, held + n)]))
+        self._hold(q0, suffix, x.device)
+        return out.logits
+
+    def _hold(self, prefix: int, suffix: int | None, device) -> None:
+        """Record that the cache holds positions [0, prefix), then [suffix, length) (none when None)."""
+        self.prefix, self.suffix = prefix, suffix
+        after = torch.arange(suffix, len(self.positions[0]), device=device) if suffix is not None else None
+        self.cached = torch.arange(prefix, device=device) if after is None else \
+            torch.cat([torch.arange(prefix, device=device), after])
 
     def _appendable(self, q0: int) -> bool:
         """Whether the held cache, of positions [0, held) filled when the previous block [held + shift, ..)
@@ -157,17 +198,19 @@ def _status(x, lo: int, hi: int, mask_id: int, stops: torch.Tensor | None, start
     return bool(code & 1), bool(code & 2)
 
 
-def check_options(*, steps: int, cache: str, guidance_scale: float) -> None:
+def check_options(*, steps: int, cache: str, guidance_scale: float, refresh_every: int = 1) -> None:
     """The options of `generate` other than the scheduler's, checked before anything runs."""
     check_steps(steps)
     if cache not in CACHES:
         raise ValueError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
     check_finite(guidance_scale, "guidance_scale")
+    check_int(refresh_every, "refresh_every", 1)
 
 
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
-             attention_mask: torch.Tensor | None = None, cache: str = "none", guidance_scale: float = 0.0,
+             attention_mask: torch.Tensor | None = None, cache: str = "none", refresh_every: int = 1,
+             guidance_scale: float = 0.0,
              prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | list[int] | None = None,
              stop_at_eos: bool = False, record_history: bool = False, callback=None,
              generator: torch.Generator | None = None, **step_options) -> GenerationResult:
@@ -175,8 +218,9 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
 
     `steps` is the budget for the whole generation, split evenly across blocks; with a
     threshold a block may finish early. `callback(step, t, x)` runs after every step.
+    `refresh_every`: blocks per full pass of an approximate cache (see the module's docstring).
     """
-    check_options(steps=steps, cache=cache, guidance_scale=guidance_scale)
+    check_options(steps=steps, cache=cache, guidance_scale=guidance_scale, refresh_every=refresh_every)
     if guidance_scale > 0 and cache != "none":
         raise ValueError("classifier-free guidance runs without a cache (cache='none')")
     if guidance_scale > 0 and (prompt_mask is None or not prompt_mask.any()):
@@ -190,7 +234,7 @@ def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[
     blocks = blocks or [region]
     if dlm.config.shift and region[0] == 0:
         raise ValueError("with shift, position 0 cannot be generated: start the input with BOS or a prompt token")
-    runner = _Runner(dlm, attention_mask, x.shape[1], x.device)
+    runner = _Runner(dlm, attention_mask, x.shape[1], x.device, refresh_every)
     history = [x.clone()] if record_history else None
     per_block = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
     step_index = 0
