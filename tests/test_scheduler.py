@@ -49,6 +49,36 @@ def test_threshold_and_at_least_one():
     assert out.committed.tolist() == [[True, True, True, False, False]]
 
 
+def _confident(confidences):
+    """Logits (1, L, 10) whose prediction at position i (token i) has probability confidences[i] (mask: 9)."""
+    rows = []
+    for i, c in enumerate(confidences):
+        row = [(1 - c) / 8] * 10
+        row[i], row[M] = c, 1e-9
+        rows.append(row)
+    return _logits(rows)[None]
+
+
+def test_factor_commits_the_largest_run_that_passes():
+    """Fast-dLLM's factor rule: the k most confident, k the largest with (i + 1)(1 - c_i) <= f for i <= k."""
+    x = torch.full((1, 4), M)
+    logits = _confident([0.9, 0.5, 0.99, 0.95])  # sorted: 0.99, 0.95, 0.9, 0.5 -> 0.02, 0.15, 0.4, 2.5
+    for factor, committed in ((1.0, [True, False, True, True]), (0.2, [False, False, True, True]),
+                              (0.01, [False, False, True, False]), (3.0, [True, True, True, True])):
+        out = MaskedDiffusionScheduler(factor=factor).step(logits, 1.0, x, mask_token_id=M)
+        assert out.committed.tolist() == [committed], factor
+    given = x.clone()
+    given[0, 2] = 2  # a given token does not count: 0.95, 0.9, 0.5 -> 0.1, 0.3, 1.5
+    out = MaskedDiffusionScheduler(factor=0.2).step(logits, 1.0, given, mask_token_id=M)
+    assert out.committed.tolist() == [[False, False, False, True]]
+    for bad, match in (({"factor": 0}, "factor must be a number above 0"),
+                       ({"factor": float("nan")}, "factor must be a number above 0"),
+                       ({"factor": 1.0, "threshold": 0.9}, "cannot be combined"),
+                       ({"factor": 1.0, "rule": "origin"}, "cannot be combined")):
+        with pytest.raises(ValueError, match=match):
+            MaskedDiffusionScheduler(**bad)
+
+
 def test_origin_rate_and_last_step():
     s = MaskedDiffusionScheduler(num_inference_steps=4, rule="origin")
     x = torch.full((1, 4000), M)

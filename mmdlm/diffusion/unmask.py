@@ -6,7 +6,9 @@ some of them:
 
 - how many: a commit schedule (default), n - round(n m(s)/m(t)) of the n masked tokens, at least
   one; or every token whose confidence reaches `threshold` (Fast-dLLM's parallel decoding), at
-  least the single best one; or rule "origin" (LLaDA / Dream): each masked token independently with
+  least the single best one; or, with `factor` f (Fast-dLLM's factor rule), the largest k whose
+  confidences c_1 >= c_2 >= ... all pass (i + 1)(1 - c_i) <= f: the more tokens a step commits,
+  the surer each must be (at least one); or rule "origin" (LLaDA / Dream): each masked token independently with
   probability 1 - m(s)/m(t);
 - which: the highest scores under the rule ("confidence" = max probability, "margin" = top1 -
   top2, "entropy" = negative entropy, "random"), or with `alg_temp` > 0 a draw without replacement
@@ -59,6 +61,7 @@ class SamplingOptions:
     threshold: float | None = None
     remasking: bool = False
     editing_threshold: float | None = None
+    factor: float | None = None
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -76,6 +79,12 @@ class SamplingOptions:
                              f"and no threshold, got rule={self.rule!r}, threshold={self.threshold}")
         if self.remasking and self.editing_threshold is not None:
             raise ValueError("remasking and editing_threshold both revise committed tokens: choose one")
+        if self.factor is not None:
+            if not (is_real(self.factor) and 0 < self.factor < float("inf")):
+                raise ValueError(f"factor must be a number above 0, got {self.factor!r}")
+            if self.threshold is not None or self.remasking or self.rule == "origin":
+                raise ValueError("factor sets how many tokens a step commits: it cannot be combined with threshold, "
+                                 "remasking or rule 'origin'")
 
     @property
     def carries_confidence(self) -> bool:
@@ -317,6 +326,12 @@ def reverse_step(logits: Tensor, ids: Tensor, t: float, s: float, mask_id: int, 
         if options.threshold is not None:
             commit = candidates & (chosen >= options.threshold)
             commit |= select_top(scores, torch.ones_like(n_cand), candidates)  # at least one
+        elif options.factor is not None:
+            # (i + 1)(1 - c_i) grows with i for confidences sorted downwards: the passing ones are a prefix.
+            ranked = torch.where(candidates, chosen, -1.0).sort(-1, descending=True).values
+            i = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device)
+            passing = ((i + 1) * (1 - ranked) <= options.factor) & (ranked >= 0)
+            commit = select_top(scores, passing.sum(-1).clamp(min=1), candidates)
         else:
             n = tokens_to_commit(n_cand, t, s, schedule) if t > 0 else n_cand
             commit = select_top(scores, n, candidates, alg_temp=options.alg_temp, generator=generator)

@@ -44,10 +44,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_inference_steps: int = 64, schedule: str = "linear", eps: float = 1e-3,
                  rule: str = "confidence", temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None, alg_temp: float = 0.0, threshold: float | None = None,
-                 remasking: bool = False, editing_threshold: float | None = None):
+                 remasking: bool = False, editing_threshold: float | None = None, factor: float | None = None):
         get_schedule(schedule, eps)
         SamplingOptions(rule=rule, temperature=temperature, top_k=top_k, top_p=top_p, alg_temp=alg_temp,
-                        threshold=threshold, remasking=remasking, editing_threshold=editing_threshold)
+                        threshold=threshold, remasking=remasking, editing_threshold=editing_threshold, factor=factor)
         self.set_timesteps(num_inference_steps)
 
     def sampling_options(self, **overrides) -> SamplingOptions:
