@@ -39,7 +39,7 @@ endef
 
 .PHONY: install browser quickstart test gpu-check gpu-wheels demo screenshot teacher dlm mmdit-shapes mmdit-digits vq \
 	discrete-shapes discrete-digits assets bench eval-mm eval-lm lm-eval-tasks cards report clean sft bench-sft study \
-	study-quick task-ar task-dlm bench-task bench-length
+	study-quick parity task-ar task-dlm bench-task bench-length
 
 # DeepSpeed (the extra "scale") builds against the installed torch, without its CUDA ops.
 $(STAMP): pyproject.toml constraints.txt
@@ -230,6 +230,13 @@ study: install
 # Its smoke test (a minute or two; CI can run it): tiny runs, results under outputs/study-quick/.
 study-quick: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/study.py --config configs/study.yaml --quick
+
+# The adaptation curve to parity: the study's dream recipe adapted for 2x and 4x its M, each its own run
+# (about 30 min of training on an otherwise idle 2-core machine), beside the study's run and the shipped
+# DLM (8x M): bench/results/adaptation_parity.{json,png}, then docs/results-text.md.
+parity: install
+	OMP_WAIT_POLICY=PASSIVE TQDM_MININTERVAL=30 $(BIN)/python bench/parity.py --config configs/parity.yaml
+	$(BIN)/python bench/report.py
 
 report: install
 	$(BIN)/python bench/report.py

@@ -272,7 +272,9 @@ def _curve_trainer_cls():
 
 def _settings_key(c, cfg) -> dict:
     """Everything a finished run's results depend on (a rerun reuses them only if it matches)."""
-    return {"adapt": asdict(cfg), "curve": [c.curve_points, c.curve_rows, c.curve_grid],
+    # The precision the run really used ("auto" is "no" on a CPU), so a default that changed name matches.
+    adapt = {**asdict(cfg), "mixed_precision": cfg.resolved_mixed_precision()}
+    return {"adapt": adapt, "curve": [c.curve_points, c.curve_rows, c.curve_grid],
             "final": [c.eval_rows, c.grid, c.replicates, c.eval_batch_size],
             "held_out": [c.infill_spans, c.span, c.left, c.right, c.prompts, c.prompt_len, c.gen_length,
                          c.gen_temperature], "seed": c.seed}
@@ -438,14 +440,54 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-# ---- the study --------------------------------------------------------------------------------
-def run_study(c, command: str | None = None) -> dict:
+# ---- the shared data and the teacher ----------------------------------------------------------
+def held_out_data(c, seq_len: int, log) -> dict:
+    """The packed training rows and every held-out draw of the study (the same for every run and every rerun)."""
     from mmdlm.data import load_text_splits, pack_texts
-    from mmdlm.eval.infill import exact_match, fill_spans_ar, held_out
+    from mmdlm.eval.infill import held_out
+    from mmdlm.text.base import load_tokenizer
+
+    tokenizer = load_tokenizer(c.teacher)
+    train, validation, corpus = load_text_splits("stdlib", max_files=c.max_files)
+    train_ids = pack_texts(train["text"], tokenizer, seq_len)
+    val_ids = pack_texts(validation["text"], tokenizer, seq_len)
+    if len(val_ids) < c.eval_rows:
+        raise ValueError(f"the validation split has {len(val_ids)} rows of {seq_len} tokens, fewer than "
+                         f"eval_rows={c.eval_rows}; lower eval_rows or use more files")
+    order = torch.randperm(len(val_ids), generator=torch.Generator().manual_seed(c.seed))
+    eval_ids = val_ids[order[:c.eval_rows]]
+    prompts, spans = held_out(tokenizer, validation["text"], n_prompts=c.prompts, prompt_len=c.prompt_len,
+                              n_spans=c.infill_spans, span=c.span, left=c.left, right=c.right, seed=c.seed)
+    log(f"corpus: {len(train_ids):,} training rows, {len(val_ids):,} validation rows of {seq_len} tokens")
+    return {"train_ids": train_ids, "corpus": corpus, "eval_ids": eval_ids, "curve_ids": eval_ids[:c.curve_rows],
+            "validation_rows": len(val_ids), "prompts": prompts, "spans": spans, "bos": tokenizer.bos_token_id,
+            "tokenizer": tokenizer}
+
+
+def measure_teacher(c, data: dict):
+    """The AR teacher (loaded) and its held-out figures on exactly the rows, spans and prompts the DLMs get."""
+    from mmdlm.eval.infill import exact_match, fill_spans_ar
     from mmdlm.eval.likelihood import ar_nll, continuation_nll
     from mmdlm.eval.samples import sample_ar, token_entropy
+    from mmdlm.text.base import load_causal_lm
+
+    tokenizer = data["tokenizer"]
+    teacher = load_causal_lm(c.teacher).eval()
+    ar = ar_nll(teacher, data["eval_ids"], batch_size=c.eval_batch_size)
+    ar_curve = ar_nll(teacher, data["curve_ids"], batch_size=c.eval_batch_size)
+    preds = fill_spans_ar(teacher, data["spans"], tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          batch_size=c.eval_batch_size)
+    head, samples = sample_ar(teacher, data["prompts"], tokenizer.bos_token_id, gen_length=c.gen_length,
+                              temperature=c.gen_temperature, pad_token_id=tokenizer.pad_token_id, seed=c.seed)
+    return teacher, {"ar": ar.to_dict(), "ar_ppl": ar.ppl, "ar_ppl_curve_rows": ar_curve.ppl,
+                     "infill_exact_match_left_only": exact_match(preds, data["spans"]),
+                     "gen_ppl_own_samples": continuation_nll(teacher, head, samples).ppl,
+                     "gen_entropy": token_entropy(samples)}
+
+
+# ---- the study --------------------------------------------------------------------------------
+def run_study(c, command: str | None = None) -> dict:
     from mmdlm.provenance import command_line, machine, versions
-    from mmdlm.text.base import load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
     c = apply_quick(c)
@@ -464,34 +506,12 @@ def run_study(c, command: str | None = None) -> dict:
     log(f"teacher {c.teacher}: N = {teacher_meta['tokens']} tokens; adaptation M = {adapt_tokens:,} tokens; "
         f"from scratch {scratch_tokens:,} tokens")
 
-    tokenizer = load_tokenizer(c.teacher)
-    train, validation, corpus = load_text_splits("stdlib", max_files=c.max_files)
-    train_ids = pack_texts(train["text"], tokenizer, seq_len)
-    val_ids = pack_texts(validation["text"], tokenizer, seq_len)
-    if len(val_ids) < c.eval_rows:
-        raise ValueError(f"the validation split has {len(val_ids)} rows of {seq_len} tokens, fewer than "
-                         f"eval_rows={c.eval_rows}; lower eval_rows or use more files")
-    order = torch.randperm(len(val_ids), generator=torch.Generator().manual_seed(c.seed))
-    eval_ids = val_ids[order[:c.eval_rows]]
-    prompts, spans = held_out(tokenizer, validation["text"], n_prompts=c.prompts, prompt_len=c.prompt_len,
-                              n_spans=c.infill_spans, span=c.span, left=c.left, right=c.right, seed=c.seed)
-    data = {"train_ids": train_ids, "corpus": corpus, "eval_ids": eval_ids, "curve_ids": eval_ids[:c.curve_rows],
-            "prompts": prompts, "spans": spans, "bos": tokenizer.bos_token_id, "tokenizer": tokenizer}
-    teacher_meta["same_corpus"] = (teacher_meta.get("corpus") or {}).get("files_sha256") == corpus.files_sha256
-    log(f"corpus: {len(train_ids):,} training rows, {len(val_ids):,} validation rows of {seq_len} tokens")
-
-    teacher = load_causal_lm(c.teacher).eval()
-    ar = ar_nll(teacher, eval_ids, batch_size=c.eval_batch_size)
-    ar_curve = ar_nll(teacher, data["curve_ids"], batch_size=c.eval_batch_size)
-    preds = fill_spans_ar(teacher, spans, tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-                          batch_size=c.eval_batch_size)
-    head, samples = sample_ar(teacher, prompts, tokenizer.bos_token_id, gen_length=c.gen_length,
-                              temperature=c.gen_temperature, pad_token_id=tokenizer.pad_token_id, seed=c.seed)
-    teacher_meta.update({"ar": ar.to_dict(), "ar_ppl": ar.ppl, "ar_ppl_curve_rows": ar_curve.ppl,
-                         "infill_exact_match_left_only": exact_match(preds, spans),
-                         "gen_ppl_own_samples": continuation_nll(teacher, head, samples).ppl,
-                         "gen_entropy": token_entropy(samples)})
-    log(f"teacher: AR ppl {ar.ppl:.2f} on {ar.tokens:,} held-out tokens")
+    data = held_out_data(c, seq_len, log)
+    teacher_meta["same_corpus"] = (teacher_meta.get("corpus") or {}).get("files_sha256") == \
+        data["corpus"].files_sha256
+    teacher, measured = measure_teacher(c, data)
+    teacher_meta.update(measured)
+    log(f"teacher: AR ppl {measured['ar_ppl']:.2f} on {measured['ar']['tokens']:,} held-out tokens")
 
     records = [run_one(name, cfg, c, data, teacher, log) for name, cfg in configs.items()]
     found = analyse(records, teacher_meta["ar"], scratch_tokens)
@@ -504,7 +524,7 @@ def run_study(c, command: str | None = None) -> dict:
         "best_recipe": best["name"],
         "dlm_elbo_ppl": best["dlm_elbo_ppl"],
         "dlm_elbo_ppl_se": best["dlm_elbo_ppl_se"],
-        "ar_ppl": ar.ppl,
+        "ar_ppl": teacher_meta["ar_ppl"],
         "ppl_gap": best["ppl_gap_vs_ar"],
         "goals": {"token_efficiency_ratio_at_least": GOAL_RATIO, "ppl_gap_at_most": GOAL_GAP,
                   "ratio_met": best["goal_ratio_met"], "gap_met": best["goal_gap_met"],
@@ -527,12 +547,13 @@ def run_study(c, command: str | None = None) -> dict:
             "token_efficiency": "from-scratch tokens / adaptation tokens at which the adapted curve first reaches "
                                 "the from-scratch run's final curve value (linear between measured points)",
         },
-        "held_out": {"eval_rows": c.eval_rows, "validation_rows": len(val_ids), "infill_spans": c.infill_spans,
+        "held_out": {"eval_rows": c.eval_rows, "validation_rows": data["validation_rows"],
+                     "infill_spans": c.infill_spans,
                      "span": c.span, "left": c.left, "right": c.right, "prompts": c.prompts,
                      "prompt_len": c.prompt_len, "gen_length": c.gen_length, "gen_temperature": c.gen_temperature,
                      "gen_steps": c.gen_length, "gen_rule": "random (counts from the schedule)",
                      "infill": "greedy confidence decoding, one step per token"},
-        "corpus": corpus.to_dict(),
+        "corpus": data["corpus"].to_dict(),
         "seeds": {"study": c.seed, "runs": {r["name"]: r["seed"] for r in records}},
         "threads": c.threads,
         "machine": machine(),
@@ -548,20 +569,26 @@ def run_study(c, command: str | None = None) -> dict:
     return copy.deepcopy(result)
 
 
-def main(argv: list[str] | None = None) -> int:
+def config_main(name: str, cls, run, argv: list[str] | None = None) -> int:
+    """The command line of a bench script run by a config dataclass `cls`: its flags (and --config), then
+    `run(config)`; a bad value or a missing file ends it with one line and exit status 2."""
     import argparse
     import sys
 
     from mmdlm.config import add_arguments, resolve
 
-    parser = argparse.ArgumentParser(prog="bench/study.py", description=StudyConfig.__doc__)
-    add_arguments(parser, StudyConfig)
+    parser = argparse.ArgumentParser(prog=f"bench/{name}.py", description=cls.__doc__)
+    add_arguments(parser, cls)
     try:
-        run_study(resolve(StudyConfig, parser.parse_args(argv)))
+        run(resolve(cls, parser.parse_args(argv)))
     except (ValueError, FileNotFoundError) as err:
-        print(f"study: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return config_main("study", StudyConfig, run_study, argv)
 
 
 if __name__ == "__main__":
