@@ -204,6 +204,20 @@ def sampling_goals(recs: list[dict], ar: dict, ref: dict) -> list[str]:
     return lines
 
 
+def _commits(cfg: dict) -> str:
+    """How a race configuration decides how many tokens a step commits."""
+    if cfg.get("factor") is not None:
+        return f"factor {cfg['factor']}"
+    return "schedule" if cfg.get("threshold") is None else f"threshold {cfg['threshold']}"
+
+
+def label_of(cfg: dict) -> str:
+    """A DLM configuration of the race in words."""
+    every = cfg.get("refresh_every", 1)
+    return (f"{cfg.get('cache') or 'no'} cache" + (f" with a full pass every {every} blocks" if every > 1 else "") +
+            f", block {cfg.get('block_length')}, {_commits(cfg)}")
+
+
 def _fastest_dlm(r: dict, batch_size: int) -> tuple[list[dict], list[dict], dict]:
     """(the DLM records at `batch_size`, those at equal quality, the fastest of those, else of all)."""
     dlm = [x for x in r["records"] if x["batch_size"] == batch_size and x["method"].startswith("dlm_")]
@@ -220,8 +234,7 @@ def sampling_task_summary(r: dict | None) -> str | None:
     for bs in r["settings"]["batch_sizes"]:
         ar = next(x for x in r["records"] if x["batch_size"] == bs and x["method"] == "ar_greedy")
         _, ok, best = _fastest_dlm(r, bs)
-        name = (f"{best['cache'] or 'no'} cache, block {best['block_length']}, threshold {best['threshold']}"
-                + ("" if ok else " (none at equal quality)"))
+        name = label_of(best) + ("" if ok else " (none at equal quality)")
         rows.append(f"| {bs} | {100 * ar['accuracy']:.1f}%, {ar['tokens_per_s']:.0f} | {name} | "
                     f"{100 * best['accuracy']:.1f}% | {best['tokens_per_s']:.0f} | **{best['x_ar']:.2f}** | "
                     f"{best['tokens_per_forward']:.2f} |")
@@ -236,11 +249,16 @@ def sampling_task(r: dict | None) -> str | None:
     if r is None:
         return None
     s = r["settings"]
-    rows = ["| batch | method | block | threshold | cache | accuracy % (+- s.e.) | tokens/s | x AR greedy | "
-            "NFE/token | tokens/forward | equal quality |", "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    rows = ["| batch | method | block | commits | cache | full pass every (blocks) | accuracy % (+- s.e.) | "
+            "same text as every block | tokens/s | x AR greedy | NFE/token | tokens/forward | equal quality |",
+            "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for x in r["records"]:
-        rows.append(f"| {x['batch_size']} | {x['method']} | {x['block_length'] or ''} | {x['threshold'] or ''} | "
-                    f"{x['cache'] or ''} | {100 * x['accuracy']:.1f} +- {100 * x['accuracy_se']:.1f} | "
+        same = x.get("same_output_as_every_block_refresh")
+        every = x.get("refresh_every", 1) if x["cache"] else None
+        commits = "" if x["method"].startswith("ar_") else _commits(x).replace("threshold ", "t ")
+        rows.append(f"| {x['batch_size']} | {x['method']} | {x['block_length'] or ''} | {commits} | "
+                    f"{x['cache'] or ''} | {every or ''} | {100 * x['accuracy']:.1f} +- {100 * x['accuracy_se']:.1f} | "
+                    f"{'' if same is None or every == 1 else f'{100 * same:.1f}%'} | "
                     f"{x['tokens_per_s']:.1f} | {x['x_ar']:.2f} | {x['nfe_per_token']:.3f} | "
                     f"{x['tokens_per_forward']:.2f} | {'yes' if x['equal_quality'] else 'no'} |")
     lines = []
@@ -251,10 +269,18 @@ def sampling_task(r: dict | None) -> str | None:
         x_vanilla = best["tokens_per_s"] / vanilla["tokens_per_s"] if vanilla else None
         against_vanilla = "" if vanilla is None else (
             f"; **{x_vanilla:.1f}x** the vanilla DLM, goal >= 5x: {'met' if ok and x_vanilla >= 5 else 'not met'}")
-        lines.append(f"- Batch {bs}: fastest DLM configuration {which}: {best['method']} block "
-                     f"{best['block_length']} threshold {best['threshold']}, **{best['x_ar']:.2f}x** AR greedy "
-                     f"({100 * best['accuracy']:.1f}% correct, {best['tokens_per_forward']:.2f} tokens per forward; "
+        lines.append(f"- Batch {bs}: fastest DLM configuration {which}: {label_of(best)}, **{best['x_ar']:.2f}x** "
+                     f"AR greedy ({100 * best['accuracy']:.1f}% correct, {best['tokens_per_forward']:.2f} tokens per "
+                     "forward; "
                      f"goal >= 2x: {'met' if ok and best['x_ar'] >= 2 else 'not met'}{against_vanilla}).")
+    names = {"full_pass": "full passes", "append": "appends (exact)", "append_stale": "appends to the stale cache",
+             "window": "window steps"}
+    for t in r.get("time_split", []):
+        d = t["dlm"]
+        passes = ", ".join(f"{names.get(k, k)} {100 * v:.0f}%" for k, v in d["shares"].items())
+        lines.append(f"- Where the time goes at batch {t['batch_size']} ({t['n']} problems): AR greedy spends "
+                     f"{100 * t['ar']['prefill_share']:.0f}% of its time in the prompt's pass; the DLM "
+                     f"({label_of(d['config'])}) {passes}, and {100 * d['other_share']:.0f}% outside the model.")
     m = r["machine"]
     rows += ["", f"{s['n']} held-out problems of the arithmetic task (unseen number combinations; word problems "
              f"with unseen names and objects), {s['gen_length']} masks after each prompt for the DLM "
@@ -487,6 +513,48 @@ def adaptation_study(r: dict | None) -> str | None:
         f"Command: `{r['command']}`.",
     ]
     return "\n".join(lines)
+
+
+def _tokens(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f}M"
+
+
+def adaptation_parity(r: dict | None) -> str | None:
+    """bench/results/adaptation_parity.json: one recipe adapted for longer, to the teacher's perplexity."""
+    if r is None:
+        return None
+    rows = ["| adaptation tokens M | steps | run | ELBO ppl (+- s.e.) | vs AR teacher | infill exact match | "
+            "gen. ppl (entropy) |", "|---:|---:|---|---:|---:|---:|---:|"]
+    t = r["teacher"]
+    rows.append(f"| | | AR teacher | {t['ar_ppl']:.2f} (exact) | | {t['infill_exact_match_left_only']:.3f} (left "
+                f"context only) | {t['gen_ppl_own_samples']:.2f} ({t['gen_entropy']:.2f}) |")
+    for p in r["points"]:
+        source = {"trained here": "trained here"}.get(p["source"], f"`{p['source']}`")
+        if p["differs"]:
+            source += " (trained with " + ", ".join(f"{k} {v}" for k, v in p["differs"].items()) + ")"
+        rows.append(f"| {_tokens(p['tokens'])} | {p['steps']} | {source} | {p['dlm_elbo_ppl']:.2f} +- "
+                    f"{p['dlm_elbo_ppl_se']:.2f} | {p['gap']:+.0%} | {p['infill_exact_match']:.3f} | "
+                    f"{p['gen_ppl']:.2f} ({p['gen_entropy']:.2f}) |")
+    a = r["analysis"]
+    reach = "; ".join(f"within {t['gap']:.0%} of the teacher: **{_tokens(t['tokens'])}** tokens, {t['how']}"
+                      for t in a["targets"])
+    fit = a["fit"]
+    law = "" if fit is None else \
+        f" Power law fitted to the {len(r['points'])} gaps: gap = {fit['a']:.3g} x M^{fit['b']:.2f}."
+    return "\n".join([
+        ("**Smoke test, not a result.** " if r["quick"] else "") +
+        ("" if r["complete"] else f"**Partial: {len(r['points'])} of {len(r['lengths'])} lengths measured.** ") +
+        f"Recipe {r['recipe']} ({r['recipe_description']}), AR teacher perplexity {r['ar_ppl']:.2f} on the same "
+        f"tokens. Tokens needed: {reach}.{law}",
+        "",
+        *rows,
+        "",
+        "Each length is its own run with its own schedule (warmup, cosine decay to the last step), measured like the "
+        "study's runs: the same held-out rows, fixed-grid ELBO estimator, spans and prompts. The "
+        "ELBO bounds the DLM's NLL from above, so the gap shown is an upper bound. Interpolation: straight line in "
+        "log gap against log M between measured lengths; extrapolation: the power law. "
+        f"Torch threads: {r['threads']}; torch {r['versions']['torch']}. Command: `{r['command']}`.",
+    ])
 
 
 def _pct(value) -> str:
@@ -777,7 +845,8 @@ def gpu(r: dict | None) -> str | None:
 RENDERERS = {"train_throughput": train_throughput, "assets": assets, "sampling": sampling,
              "sampling_task": sampling_task, "sampling_task.summary": sampling_task_summary,
              "sampling_length": sampling_length, "quickstart": quickstart,
-             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study, "imagetext": imagetext,
+             "sft": sft, "ddp_equality": ddp_equality, "adaptation_study": adaptation_study,
+             "adaptation_parity": adaptation_parity, "imagetext": imagetext,
              "imagetext_stages": imagetext_stages, "vq": vq, "lm_eval": lm_eval,
              "gpu": gpu, "data_scale": data_scale}
 

@@ -32,7 +32,7 @@ from mmdlm.training.diffusion import DiffusionTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import report  # noqa: E402
-from sampling_task import race  # noqa: E402
+from sampling_task import race, time_split  # noqa: E402
 
 STEP = re.compile(r"^(?:(\w+)=)?(\w*)([-+*/])(\d+)=(\d+)$")  # [var=]left op y=result
 
@@ -156,27 +156,39 @@ def test_race_core_on_tiny_models(tokenizer_factory):
     pipe = TextDiffusionPipeline(dlm.model, dlm_tokenizer, MaskedDiffusionScheduler(), diffusion_config=dlm.config)
     pipe.set_progress_bar_config(disable=True)
     configs = [{"method": "ar_greedy"}, {"method": "dlm_vanilla"},
-               {"method": "dlm_dual_cache", "block_length": 8, "threshold": 0.5, "cache": "dual"}]
+               {"method": "dlm_dual_cache", "block_length": 8, "threshold": 0.5, "cache": "dual"},
+               {"method": "dlm_dual_cache", "block_length": 4, "threshold": 0.5, "cache": "dual", "refresh_every": 4}]
     records = race(ar, ar_tokenizer, pipe, problems("held_out", 3), configs=configs, batch_sizes=(1, 2), rounds=2,
                    gen_length=16)
     assert [(r["batch_size"], r["method"]) for r in records] == [(b, c["method"]) for b in (1, 2) for c in configs]
     for r in records:
         assert r["n"] == 3 and 0 < r["tokens"] <= 3 * 16 and r["tokens_per_s"] > 0 and len(r["sample_outputs"]) == 3
         assert 0 <= r["accuracy"] <= 1 and isinstance(r["equal_quality"], bool)
-    ar1, vanilla1, dual1 = records[:3]
+    ar1, vanilla1, dual1, stale1 = records[:4]
+    assert dual1["refresh_every"] == 1 and dual1["same_output_as_every_block_refresh"] == 1.0  # itself
+    assert stale1["refresh_every"] == 4 and stale1["same_output_as_every_block_refresh"] is None  # no b4 r1 run
+    assert vanilla1["same_output_as_every_block_refresh"] is None
     assert ar1["tokens_per_forward"] == 1.0 and ar1["nfe_per_token"] == 1.0 and ar1["x_ar"] == 1.0
     assert vanilla1["tokens_per_forward"] == 1.0  # one token per step without a threshold
     assert dual1["tokens_per_forward"] >= 1.0
     with pytest.raises(ValueError, match="ar_greedy"):
         race(ar, ar_tokenizer, pipe, problems("held_out", 1), configs=configs[1:])
+    split = time_split(ar, ar_tokenizer, pipe, problems("held_out", 2), records, 2, gen_length=16)
+    assert 0 < split["ar"]["prefill_share"] < 1
+    shares = split["dlm"]["shares"]
+    assert "full_pass" in shares and all(0 < v < 1 for v in shares.values())  # the sampler's labelled passes
+    assert sum(shares.values()) + split["dlm"]["other_share"] == pytest.approx(1, abs=1e-3)
 
     result = {"records": records, "versions": {"torch": torch.__version__}, "command": "python bench/sampling_task.py",
               "settings": {"n": 3, "gen_length": 16, "steps": 16, "batch_sizes": [1, 2], "rounds": 2,
                            "torch_threads": 1, "equal_quality": "within a point", "tokens": "to the first EOS"},
-              "machine": {"cpus": 2, "load_average_before": [1.0], "load_average_after": [1.5], "shared": "shared"}}
+              "machine": {"cpus": 2, "load_average_before": [1.0], "load_average_after": [1.5], "shared": "shared"},
+              "time_split": [split]}
     table = report.sampling_task(result).splitlines()
-    assert len([row for row in table if row.startswith("| 1 |") or row.startswith("| 2 |")]) == 6
-    assert table[-2].startswith("- Batch 1: fastest DLM configuration") and table[-1].startswith("- Batch 2:")
+    assert len([row for row in table if row.startswith("| 1 |") or row.startswith("| 2 |")]) == 8
+    assert any("| dual | 4 |" in row for row in table)  # the cache column says how often it is refreshed
+    assert table[-3].startswith("- Batch 1: fastest DLM configuration") and table[-2].startswith("- Batch 2:")
+    assert table[-1].startswith("- Where the time goes at batch 2 (2 problems): AR greedy spends")
 
 
 def test_eval_task_command(tmp_path, tokenizer_factory, capsys):
