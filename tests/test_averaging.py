@@ -61,3 +61,14 @@ def test_average_refuses_what_cannot_be_averaged(tmp_path, capsys):
         code, err = _average(capsys, *args)
         assert code == 2 and message in err, (args, err)
     assert not (tmp_path / "x").exists()
+    # An output that would replace a file, or a folder of other files, is refused and left as it was.
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "draft.txt").write_text("mine\n")
+    for output, message in ((tmp_path / "notes.txt", "is a file, not a folder"),
+                            (tmp_path / "work", "not an earlier mmdlm average output")):
+        code, err = _average(capsys, "--models", a, b, "--output", str(output))
+        assert code == 2 and message in err, err
+    assert (tmp_path / "notes.txt").read_text() == (tmp_path / "work" / "draft.txt").read_text() == "mine\n"
+    assert _average(capsys, "--models", a, b, "--output", str(tmp_path / "avg"))[0] == 0
+    assert _average(capsys, "--models", b, a, "--output", str(tmp_path / "avg"))[0] == 0  # an earlier average

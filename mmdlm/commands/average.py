@@ -22,13 +22,17 @@ class AverageConfig:
 def run(c) -> None:
     """Average saved pipelines' transformer weights; save the result with `average.json` (the
     sources and weights) inside it, atomically."""
-    from ..io import atomic_dir
+    from ..io import atomic_dir, check_output_dir
     from ..pipelines.averaging import average_pipelines, normalised_weights
 
     if not c.models or not c.output:
         raise ValueError("give --models (two or more saved pipelines) and --output")
     if any(Path(m).resolve() == Path(c.output).resolve() for m in c.models):
         raise ValueError("--output must differ from every --models folder")
+    out = check_output_dir(c.output, "--output")
+    if out.is_dir() and any(out.iterdir()) and not (out / "average.json").is_file():
+        # The result replaces the folder: only an earlier average (or an empty folder) may be replaced.
+        raise ValueError(f"--output {out} holds files and is not an earlier mmdlm average output; give a new folder")
     weights = normalised_weights(c.weights, len(c.models))
     pipe = average_pipelines(c.models, weights)
     record = {"models": c.models, "weights": weights, "command": command_line(), "versions": versions()}
