@@ -292,6 +292,21 @@ def sampling_task(r: dict | None) -> str | None:
     return "\n".join(rows)
 
 
+def _one_pass(records: list[dict]) -> str:
+    """What the bidirectional caches with a single full pass are, and how many of their tokens a pass at every
+    block start also wrote."""
+    stale = [x for x in records if "tokens_as_every_block_refresh" in x]
+    if not stale:
+        return ""
+    by_method: dict[str, list[str]] = {}
+    for x in stale:
+        by_method.setdefault(x["method"], []).append(f"{100 * x['tokens_as_every_block_refresh']:.0f}%")
+    shares = "; ".join(f"{m}: {', '.join(v)}" for m, v in by_method.items())
+    return ("*_one_full_pass: the bidirectional caches with one full pass in all, every later block appended to the "
+            "stale cache (`refresh_every`); the share of their tokens that a full pass at every block start also "
+            f"wrote, by length: {shares}. ")
+
+
 def sampling_length(r: dict | None) -> str | None:
     """Cost per generated token against length (bench/sampling_length.py): AR with its KV cache, the DLM's caches."""
     if r is None:
@@ -314,6 +329,7 @@ def sampling_length(r: dict | None) -> str | None:
              f"{s['dlm_decoding']}; block DLM: {s['block_dlm']}. cache_full_refresh: the block DLM's cache rebuilt by "
              f"a full pass at every block start (the path before the append); cache_append: the finished block "
              f"appended to the cache (same tokens as the full refresh at {sum(same)} of {len(same)} lengths). "
+             + _one_pass(r["records"]) +
              f"Torch threads: {s['torch_threads']}, {_load(r['machine'])}; torch {r['versions']['torch']}. "
              f"Command: `{r['command']}`.", "",
              f"- Goal: the best DLM configuration's cost per token at {g['length']} within {g['target']}x of its "

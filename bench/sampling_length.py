@@ -4,7 +4,8 @@ One prompt (the same for everyone), batch 1, `--lengths` tokens generated; ms pe
 (wall time of the whole generation / length; median over interleaved rounds). Configurations:
 - the AR teacher (assets/teacher) greedy through `model.generate` with its KV cache;
 - the shipped DLM (assets/dlm, bidirectional) in blocks of `--block`: no cache (vanilla), prefix
-  and dual cache (Fast-dLLM: a full pass refreshes the cache at every block start);
+  and dual cache (Fast-dLLM: a full pass refreshes the cache at every block start), and both caches
+  with one full pass in all (`refresh_every`: later blocks append the finished one to the stale cache);
 - a block-attention DLM (block size `--block`), no cache and prefix cache: the cache grows by
   appending each finished block (mmdlm.text.generate), and, for comparison, the path before that
   (a full pass at every block start, the append switched off in this process only).
@@ -42,6 +43,9 @@ CONFIGS = [
     {"method": "dlm_vanilla", "model": "bidirectional", "cache": "none"},
     {"method": "dlm_prefix_cache", "model": "bidirectional", "cache": "prefix"},
     {"method": "dlm_dual_cache", "model": "bidirectional", "cache": "dual"},
+    # one full pass in all: every later block appends the finished one to the stale cache (refresh_every)
+    {"method": "dlm_prefix_cache_one_full_pass", "model": "bidirectional", "cache": "prefix", "refresh_every": 10**6},
+    {"method": "dlm_dual_cache_one_full_pass", "model": "bidirectional", "cache": "dual", "refresh_every": 10**6},
     {"method": "block_dlm_no_cache", "model": "block", "cache": "none"},
     {"method": "block_dlm_cache_full_refresh", "model": "block", "cache": "prefix", "append": False},
     {"method": "block_dlm_cache_append", "model": "block", "cache": "prefix"},
@@ -99,7 +103,8 @@ class Models:
         blocks = default_blocks(dlm, len(self.prompt), ids.shape[1], self.block)
         t0 = time.perf_counter()
         with append_off() if cfg.get("append") is False else nullcontext():
-            res = generate(dlm, ids, MaskedDiffusionScheduler(), steps=length, blocks=blocks, cache=cfg["cache"])
+            res = generate(dlm, ids, MaskedDiffusionScheduler(), steps=length, blocks=blocks, cache=cfg["cache"],
+                           refresh_every=cfg.get("refresh_every", 1))
         return res.sequences[0, len(self.prompt):].tolist(), res.nfe, time.perf_counter() - t0
 
 
@@ -123,6 +128,11 @@ def measure(models: Models, lengths: list[int], rounds: int) -> list[dict]:
             if cfg["method"] == "block_dlm_cache_append":  # exactness on the real shape: the full refresh's tokens
                 full = next(j for j, c in enumerate(CONFIGS) if c["method"] == "block_dlm_cache_full_refresh")
                 rec["same_tokens_as_full_refresh"] = outputs[i, n][0] == outputs[full, n][0]
+            if cfg.get("refresh_every"):  # a stale cache: the share of tokens that a pass at every block also wrote
+                every = next(j for j, c in enumerate(CONFIGS) if c["model"] == cfg["model"] and
+                             c["cache"] == cfg["cache"] and not c.get("refresh_every"))
+                pairs = list(zip(outputs[i, n][0], outputs[every, n][0]))
+                rec["tokens_as_every_block_refresh"] = round(sum(a == b for a, b in pairs) / len(pairs), 4)
             records.append(rec)
     return records
 

@@ -37,5 +37,9 @@ def test_sampling_length_bench(tmp_path, tokenizer_factory, monkeypatch):
     assert out.with_suffix(".png").exists()
     table = report.sampling_length(result).splitlines()
     assert table[0] == "| method | cache | 8 | 64 | 64 / 64 | NFE/token |"
-    assert [row.split(" | ")[0] for row in table[2:9]] == [f"| {c['method']}" for c in sampling_length.CONFIGS]
+    n = len(sampling_length.CONFIGS)
+    assert [row.split(" | ")[0] for row in table[2:2 + n]] == [f"| {c['method']}" for c in sampling_length.CONFIGS]
+    stale = [r for r in records if r.get("refresh_every")]
+    assert len(stale) == 4 and all(0 <= r["tokens_as_every_block_refresh"] <= 1 for r in stale)
+    assert "the share of their tokens that a full pass at every block start also wrote" in "\n".join(table)
     assert table[-1].startswith("- Goal: the best DLM configuration's cost per token at 64 within 1.2x")
