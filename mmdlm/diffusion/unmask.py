@@ -8,8 +8,8 @@ some of them:
   one; or every token whose confidence reaches `threshold` (Fast-dLLM's parallel decoding), at
   least the single best one; or, with `factor` f (Fast-dLLM's factor rule), the largest k whose
   confidences c_1 >= c_2 >= ... all pass (i + 1)(1 - c_i) <= f: the more tokens a step commits,
-  the surer each must be (at least one); or rule "origin" (LLaDA / Dream): each masked token independently with
-  probability 1 - m(s)/m(t);
+  the surer each must be (at least one); or rule "origin" (LLaDA / Dream): each masked token
+  independently with probability 1 - m(s)/m(t);
 - which: the highest scores under the rule ("confidence" = max probability, "margin" = top1 -
   top2, "entropy" = negative entropy, "random"), or with `alg_temp` > 0 a draw without replacement
   from softmax(score / alg_temp) (Dream);
