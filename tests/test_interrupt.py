@@ -66,8 +66,11 @@ def _in_process(argv) -> str:
 
 def _kill_at(pause_at: str, argv, marker: Path, sig=signal.SIGKILL) -> tuple[int, str]:
     """(exit status, stderr) of `mmdlm ARGV` sent `sig` at the pause."""
+    # SIGINT back to its default in the child: a shell without job control starts background jobs (a test
+    # suite run with `&`) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, str(PAUSE_SCRIPT), *argv], env=_env(PAUSE_AT=pause_at,
-                            PAUSE_MARKER=str(marker)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            PAUSE_MARKER=str(marker)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None, f"the run ended before pausing: {proc.stderr.read()[-3000:]}"
