@@ -71,6 +71,16 @@ def tiny_causal_lm(family: str, tokenizer, attn_implementation: str = "sdpa", se
 
 
 @pytest.fixture
+def teacher_dir(tmp_path, tokenizer):
+    """A saved tiny LLaMA with its tokenizer and a training log, as `mmdlm pretrain` leaves a teacher."""
+    folder = tmp_path / "teacher"
+    tiny_causal_lm("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "log.csv").write_text("step,tokens,loss,lr,tokens_per_s,elapsed_s,val_loss\n2,64,5.0,0,1,1,4.9\n")
+    return folder
+
+
+@pytest.fixture
 def text_files(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(TEXT))

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_causal_lm
 
 from mmdlm.config import build
 
@@ -17,13 +16,9 @@ from study import StudyConfig, run_study  # noqa: E402
 
 
 @pytest.fixture
-def study_yaml(tmp_path, tokenizer):
-    teacher = tmp_path / "teacher"
-    tiny_causal_lm("llama", tokenizer).save_pretrained(teacher)
-    tokenizer.save_pretrained(teacher)
-    (teacher / "log.csv").write_text("step,tokens,loss,lr,tokens_per_s,elapsed_s,val_loss\n2,64,5.0,0,1,1,4.9\n")
+def study_yaml(tmp_path, teacher_dir):
     study = dict(
-        teacher=str(teacher), output_dir=str(tmp_path / "study"), results=str(tmp_path / "study.json"),
+        teacher=str(teacher_dir), output_dir=str(tmp_path / "study"), results=str(tmp_path / "study.json"),
         max_files=70, adapt_steps=2, adapt={"batch_size": 2, "seq_len": 16, "lr": 1e-2, "warmup_steps": 0},
         recipes={"dream": {"attention": "bidirectional"}}, scratch={"shift": False}, curve_points=2, curve_rows=4,
         curve_grid=2, eval_rows=6, grid=2, replicates=2, eval_batch_size=4, infill_spans=3, span=2, left=4,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_causal_lm
 
 from mmdlm import cli
 from mmdlm.commands.adapt import build_dlm
@@ -17,15 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from study import StudyConfig, analyse, curve_steps, run_study, tokens_to_reach  # noqa: E402
 from study import main as study_main  # noqa: E402
-
-
-@pytest.fixture
-def teacher_dir(tmp_path, tokenizer):
-    folder = tmp_path / "teacher"
-    tiny_causal_lm("llama", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "log.csv").write_text("step,tokens,loss,lr,tokens_per_s,elapsed_s,val_loss\n2,64,5.0,0,1,1,4.9\n")
-    return folder
 
 
 def _config(tmp_path, teacher_dir, **kw):
