@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from conftest import tiny_causal_lm
@@ -82,6 +84,23 @@ def test_approximate_caches_run(tokenizer, cache):
     x = torch.tensor([[1, 20, 30] + [m] * 8])
     out = generate(dlm, x, MaskedDiffusionScheduler(), steps=8, blocks=block_ranges(3, 11, 4), cache=cache)
     assert not (out.sequences == m).any() and out.nfe == 8
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", ["bidirectional", "block"])
+def test_caches_use_the_installed_transformers_names(tokenizer, family, mode):
+    """The cache goes to the model under the name the installed transformers takes: no deprecation warnings
+    (a deprecated name is removed in a later version)."""
+    dlm = _dlm(tokenizer, family, attention=mode, block_size=4 if mode == "block" else None)
+    m = dlm.mask_token_id
+    x = torch.tensor([[1, 20, 30] + [m] * 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        for cache in ("prefix", "dual"):  # full passes, windows, appends (exact or to a stale cache)
+            out = generate(dlm, x, MaskedDiffusionScheduler(), steps=8, blocks=block_ranges(3, 11, 4), cache=cache,
+                           refresh_every=2)
+            assert not (out.sequences == m).any()
 
 
 def test_threshold_commits_many_per_step(tokenizer):

@@ -27,7 +27,7 @@ from ..diffusion import get_schedule
 from ..diffusion._checks import check_bool, check_finite, check_int
 from ..io import atomic_dir
 from . import attention as attn
-from .base import ATTN_IMPLEMENTATIONS, load_causal_lm, load_tokenizer
+from .base import ATTN_IMPLEMENTATIONS, CACHE, load_causal_lm, load_tokenizer
 
 CONFIG_NAME = "mmdlm.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -313,9 +313,9 @@ class DiffusionLM(nn.Module):
 
         `attention_mask` is the usual (B, K) padding mask over the keys (cached ones first); the
         positions (and a block model's block grid) are then counted from each row's first real
-        token. `pattern` is (L, L) or (B, L, L), or (.., L, K) when `past_key_values` hold the
-        first K - L keys. Returns the model's output with raw (unshifted) logits; `align` gives
-        logits[:, i] for token i.
+        token. `pattern` is (L, L) or (B, L, L), or (.., L, K) when `cache` (a transformers Cache)
+        holds the first K - L keys. Returns the model's output with raw (unshifted) logits; `align`
+        gives logits[:, i] for token i, `cache_of` its cache.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
@@ -324,6 +324,8 @@ class DiffusionLM(nn.Module):
             raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if "cache" in kwargs and CACHE != "cache":
+            kwargs[CACHE] = kwargs.pop("cache")
         if self._probe_pending and input_ids.device.type == "cuda":
             self.probe()
         if pattern is None and self._can_skip_mask(attention_mask, kwargs):
@@ -334,7 +336,7 @@ class DiffusionLM(nn.Module):
 
     def _can_skip_mask(self, attention_mask, kwargs) -> bool:
         """Whether the inference pattern may run mask-free: the probe trusts it, no padding, no cached keys."""
-        return (self.mask_free and attention_mask is None and kwargs.get("past_key_values") is None
+        return (self.mask_free and attention_mask is None and kwargs.get(CACHE) is None
                 and self.config.attention in (*OPEN_MODES, "causal")
                 and getattr(self.model.config, "_attn_implementation", None) == self._probed_impl)
 
@@ -347,6 +349,11 @@ class DiffusionLM(nn.Module):
         if not causal:
             kwargs["is_causal"] = False  # reaches the attention functions (transformers' attention kwargs)
         return self.model(input_ids=input_ids, position_ids=position_ids, **kwargs)
+
+    @staticmethod
+    def cache_of(output):
+        """The KV cache of a forward's output (under the installed transformers' name)."""
+        return getattr(output, CACHE)
 
     def align(self, logits: torch.Tensor) -> torch.Tensor:
         """With shift, logits[:, i-1] predict token i: move them right; position 0 keeps its own."""

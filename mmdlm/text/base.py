@@ -8,8 +8,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # those that run diffusion attention (adapt.py)
+# The KV cache's name in the models' arguments and outputs: transformers renamed `past_key_values` to `cache`
+# (the old name warns, and goes in 5.40); mmdlm says `cache` and passes it on under the installed version's name.
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def check_attn_implementation(name: str) -> str:

@@ -108,7 +108,7 @@ class _Runner:
             keep = torch.arange(q0, device=x.device)
             if keep_cache == "dual":
                 keep = torch.cat([keep, torch.arange(hi, end, device=x.device)])
-            self.cache = _select(out.past_key_values, keep)
+            self.cache = _select(self.dlm.cache_of(out), keep)
             self._hold(q0, hi if keep_cache == "dual" and end > hi else None, x.device)
             self.stale_blocks = 0
         return out.logits
@@ -117,7 +117,7 @@ class _Runner:
         """Run only the positions the cache lacks; return aligned logits for [lo, hi)."""
         q0 = lo - self.shift
         q = torch.arange(q0, hi if cache == "dual" or self.past_only else x.shape[1], device=x.device)
-        out = self._run("window", x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+        out = self._run("window", x, q, torch.cat([self.cached, q]), cache=self.cache, use_cache=True,
                         logits_to_keep=torch.arange(hi - lo, device=x.device))
         self.cache.crop(-len(q))
         return out.logits
@@ -136,7 +136,7 @@ class _Runner:
             return self.append_stale(x, lo, hi, cache)
         held = len(self.cached)
         q = torch.arange(held, hi, device=x.device)
-        out = self._run("append", x, q, torch.cat([self.cached, q]), past_key_values=self.cache, use_cache=True,
+        out = self._run("append", x, q, torch.cat([self.cached, q]), cache=self.cache, use_cache=True,
                         logits_to_keep=torch.arange(q0 - held, hi - self.shift - held, device=x.device))
         self.cache.crop(q0 - hi)  # keep [0, q0)
         self._hold(q0, None, x.device)
@@ -155,7 +155,7 @@ class _Runner:
             suffix = hi
         after = arange(suffix, length) if suffix is not None else arange(0, 0)
         q = arange(held, end)
-        out = self._run("append_stale", x, q, torch.cat([arange(0, held), after, q]), past_key_values=self.cache,
+        out = self._run("append_stale", x, q, torch.cat([arange(0, held), after, q]), cache=self.cache,
                         use_cache=True, logits_to_keep=arange(q0 - held, q0 - held + hi - lo))
         # Now [0, held), the positions after, then q: keep [0, q0) (the finished block joins), then those after.
         n = len(after)
