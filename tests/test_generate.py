@@ -103,6 +103,21 @@ def test_caches_use_the_installed_transformers_names(tokenizer, family, mode):
             assert not (out.sequences == m).any()
 
 
+def test_forward_takes_either_cache_name(tokenizer):
+    """`cache` or the older `past_key_values`: the same logits, passed on under the installed name (no warning)."""
+    dlm = _dlm(tokenizer)
+    x = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    logits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in ("cache", "past_key_values"):
+            past = dlm.cache_of(dlm(x[:, :4], use_cache=True))
+            logits.append(dlm(x[:, 4:], pattern=dlm.pattern(6)[4:], position_ids=torch.tensor([[4, 5]]),
+                              use_cache=True, **{name: past}).logits)
+    assert torch.allclose(logits[0], logits[1])
+    assert torch.allclose(logits[0], dlm(x).logits[:, 4:], atol=1e-5)  # the cached keys were used
+
+
 def test_threshold_commits_many_per_step(tokenizer):
     dlm = _dlm(tokenizer)
     m = dlm.mask_token_id

@@ -324,8 +324,9 @@ class DiffusionLM(nn.Module):
             raise ValueError(f"sequence has {length} tokens but the model's context is {self.max_length}")
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        if "cache" in kwargs and CACHE != "cache":
-            kwargs[CACHE] = kwargs.pop("cache")
+        for name in ("cache", "past_key_values"):  # either name, passed on under the installed version's
+            if name != CACHE and name in kwargs:
+                kwargs[CACHE] = kwargs.pop(name)
         if self._probe_pending and input_ids.device.type == "cuda":
             self.probe()
         if pattern is None and self._can_skip_mask(attention_mask, kwargs):
