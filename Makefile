@@ -231,8 +231,8 @@ study: install
 study-quick: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/study.py --config configs/study.yaml --quick
 
-# The adaptation curve to parity: the study's dream recipe adapted for 2x and 4x its M, each its own run
-# (about 30 min of training on an otherwise idle 2-core machine), beside the study's run and the shipped
+# The adaptation curve to parity: the study's dream recipe adapted for 2x, 4x and 16x its M, each its own run
+# (about 50 min of training on an otherwise idle 2-core machine), beside the study's run and the shipped
 # DLM (8x M): bench/results/adaptation_parity.{json,png}, then docs/results-text.md.
 parity: install
 	OMP_WAIT_POLICY=PASSIVE TQDM_MININTERVAL=30 $(BIN)/python bench/parity.py --config configs/parity.yaml

@@ -134,7 +134,7 @@ class _Runner:
             if self.cache is None or self.stale_blocks >= self.refresh_every:
                 return self.full(x, lo, hi, cache)
             return self.append_stale(x, lo, hi, cache)
-        held = len(self.cached)
+        held = self.prefix  # past-only: the cache holds [0, held) and nothing after
         q = torch.arange(held, hi, device=x.device)
         out = self._run("append", x, q, torch.cat([self.cached, q]), cache=self.cache, use_cache=True,
                         logits_to_keep=torch.arange(q0 - held, hi - self.shift - held, device=x.device))
@@ -179,7 +179,7 @@ class _Runner:
         block grid and for causal ones."""
         if not self.past_only or self.cache is None:
             return False
-        held = len(self.cached)
+        held = self.prefix
         return held <= q0 and not bool(self.pattern[..., :held, held + self.shift:].any())
 
 
@@ -210,8 +210,8 @@ def check_options(*, steps: int, cache: str, guidance_scale: float, refresh_ever
 @torch.no_grad()
 def generate(dlm, ids: torch.LongTensor, scheduler, *, steps: int, blocks: list[tuple[int, int]] | None = None,
              attention_mask: torch.Tensor | None = None, cache: str = "none", refresh_every: int = 1,
-             guidance_scale: float = 0.0,
-             prompt_mask: torch.BoolTensor | None = None, eos_token_id: int | list[int] | None = None,
+             guidance_scale: float = 0.0, prompt_mask: torch.BoolTensor | None = None,
+             eos_token_id: int | list[int] | None = None,
              stop_at_eos: bool = False, record_history: bool = False, callback=None,
              generator: torch.Generator | None = None, **step_options) -> GenerationResult:
     """Fill every mask token of `ids` (B, L). `blocks` cut the masked region (default: one block).
